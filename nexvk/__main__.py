@@ -1,0 +1,3 @@
+from nexvk.cli import main
+
+main()

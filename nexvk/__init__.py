@@ -1,23 +1,18 @@
 """nexvk: large-context LLM inference with a ~3-bit TurboQuant KV cache on any Vulkan GPU.
 
 Public surface (imported lazily so `import nexvk` stays cheap and never touches Vulkan):
-devices(), codec(), FORMATS, KVCache, Model, perplexity.
+devices(), codec(), FORMATS, bits_per_value(), KVCache, Model, perplexity.
+The codec itself lives in nexvk.quant (numpy, the specification of every format).
 """
 __version__ = "0.1.0"
 
-FORMATS = ("f16", "q8_0", "q4_0", "turbo2", "turbo3", "turbo4")
+from nexvk.quant import FORMATS, bits_per_value, codec  # numpy only: cheap
 
 
 def devices():
     """Vulkan devices as plain records; [] when there is no loader or driver (never crashes)."""
     from nexvk.device.probe import devices as _devices
     return _devices()
-
-
-def codec(name, head_dim, seed=0, backend="numpy", device=None):
-    """A codec for one format at one head_dim (see nexvk.codec)."""
-    from nexvk.codec import codec as _codec
-    return _codec(name, head_dim, seed=seed, backend=backend, device=device)
 
 
 def __getattr__(name):

@@ -1,0 +1,97 @@
+"""The KV codec: `codec(name, head_dim, seed, backend, device)` -> encode/decode.
+
+numpy is the specification (formats.py); the vulkan backend runs the same math in
+shaders/quantize.comp and shaders/dequantize.comp and must agree with it.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from nexvk.quant.formats import HEAD_DIMS, REGISTRY, make
+
+FORMATS = tuple(REGISTRY)
+
+
+def bits_per_value(name, head_dim):
+    """Real storage cost of a format in bits per value, norms and scales included."""
+    return make(name, head_dim).bits_per_value
+
+
+@dataclass
+class Encoded:
+    """Encoded vectors: `codes` (n, words) uint32 and `scales` (n, n_scales) float16, for n
+    vectors of the original `shape` (..., head_dim)."""
+    format: str
+    shape: tuple
+    codes: np.ndarray
+    scales: np.ndarray
+
+    @property
+    def nbytes(self):
+        return self.codes.nbytes + self.scales.nbytes
+
+
+def check_vectors(x, head_dim, what="x"):
+    """Validate (..., head_dim) float32/float16 finite non-empty input; return float32 (n, d)."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array, got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float16):
+        raise ValueError(f"{what} must be float32 or float16, got {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] != head_dim:
+        raise ValueError(f"{what} must have shape (..., {head_dim}), got {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{what} is empty (shape {x.shape})")
+    flat = np.ascontiguousarray(x.reshape(-1, head_dim), dtype=np.float32)
+    if not np.isfinite(flat).all():
+        bad = int((~np.isfinite(flat)).sum())
+        raise ValueError(f"{what} contains {bad} non-finite values (NaN or Inf)")
+    return flat
+
+
+class Codec:
+    """One format at one head_dim. encode(x) -> Encoded; decode(Encoded) -> float32."""
+
+    backend = "numpy"
+
+    def __init__(self, name, head_dim, seed=0):
+        self.format = make(name, head_dim, seed)
+        self.name, self.head_dim, self.seed = name, self.format.head_dim, seed
+
+    @property
+    def bits_per_value(self):
+        return self.format.bits_per_value
+
+    def encode(self, x):
+        flat = check_vectors(x, self.head_dim)
+        codes, scales = self._encode_rows(flat)
+        return Encoded(self.name, tuple(x.shape), codes, scales)
+
+    def decode(self, enc):
+        if not isinstance(enc, Encoded):
+            raise ValueError(f"decode takes an Encoded from encode(), got {type(enc).__name__}")
+        if enc.format != self.name or enc.shape[-1] != self.head_dim:
+            raise ValueError(f"this codec is {self.name} at head_dim {self.head_dim}; the data is "
+                             f"{enc.format} with shape {enc.shape}")
+        return self._decode_rows(enc.codes, enc.scales).reshape(enc.shape)
+
+    def _encode_rows(self, flat):
+        return self.format.encode_rows(flat)
+
+    def _decode_rows(self, codes, scales):
+        return self.format.decode_rows(codes, scales)
+
+    def __repr__(self):
+        return f"Codec({self.name!r}, head_dim={self.head_dim}, backend={self.backend!r})"
+
+
+def codec(name, head_dim, seed=0, backend="numpy", device=None):
+    """A codec for format `name` (one of FORMATS) at `head_dim` (power of two 16..512)."""
+    if backend == "numpy":
+        return Codec(name, head_dim, seed)
+    if backend == "vulkan":
+        from nexvk.kernels.codec import VulkanCodec
+        return VulkanCodec(name, head_dim, seed, device=device)
+    raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'vulkan'")
+
+
+__all__ = ["FORMATS", "HEAD_DIMS", "Codec", "Encoded", "bits_per_value", "codec", "check_vectors"]

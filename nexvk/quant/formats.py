@@ -1,0 +1,177 @@
+"""Every KV format: storage layout, encode and decode, in numpy float32 (the specification).
+
+A vector of head_dim d is stored as `words` uint32 code words plus `n_scales` fp16 scales:
+
+| format | code words                         | fp16 scales                  | bits/value  |
+|--------|------------------------------------|------------------------------|-------------|
+| f16    | d/2: two halves per word (low first)| none                        | 16          |
+| q8_0   | d/4: int8 per byte, little-endian  | d/32: one per block of 32    | 8.5         |
+| q4_0   | d/8: 4-bit (q+8) per nibble         | d/32                         | 4.5         |
+| turboB | B*d/32: B-bit Lloyd-Max indices    | 1: corrected norm            | B + 16/d    |
+
+q8_0 and q4_0 follow ggml's block-of-32 rules. turboB is TurboQuant's MSE scheme: rotate by
+R = H D / sqrt(d), quantize each coordinate with the Lloyd-Max codebook of the exact
+post-rotation law, store gamma/||c|| so the decoded vector keeps the original norm.
+For attention, a format also exposes its "compute domain": turbo formats score and
+accumulate in the rotated domain (rotate the query once, un-rotate the output once).
+"""
+import numpy as np
+
+from nexvk.quant import hadamard, lloyd_max, pack
+
+HEAD_DIMS = tuple(1 << k for k in range(4, 10))  # 16 .. 512
+
+
+class Format:
+    name = ""
+    rotated = False  # scores/values live in the rotated domain
+
+    def __init__(self, head_dim, seed=0):
+        self.head_dim = head_dim
+        self.seed = seed
+
+    @property
+    def bits_per_value(self):
+        return (32 * self.words + 16 * self.n_scales) / self.head_dim
+
+    def bytes_per_vector(self):
+        return 4 * self.words + 2 * self.n_scales
+
+    # compute-domain hooks used by packed attention; identity unless rotated
+    def to_compute(self, x):
+        return np.asarray(x, np.float32)
+
+    def from_compute(self, y):
+        return np.asarray(y, np.float32)
+
+    def decode_compute(self, codes, scales):
+        """Decoded rows in the compute domain, float32 (n, d)."""
+        return self.decode_rows(codes, scales)
+
+    def decode_rows(self, codes, scales):
+        return self.from_compute(self.decode_compute(codes, scales))
+
+    def __repr__(self):
+        return f"{self.name}(head_dim={self.head_dim})"
+
+
+class F16(Format):
+    name = "f16"
+
+    def __init__(self, head_dim, seed=0):
+        super().__init__(head_dim, seed)
+        self.words, self.n_scales = head_dim // 2, 0
+
+    def encode_rows(self, x):
+        codes = np.ascontiguousarray(x.astype(np.float16)).view(np.uint32)
+        return codes, np.zeros((len(x), 0), np.float16)
+
+    def decode_compute(self, codes, scales):
+        return np.ascontiguousarray(codes).view(np.float16).astype(np.float32)
+
+
+def _round_half_away(x):
+    """roundf() in float32, as the shader computes it: trunc(x + copysign(0.5, x))."""
+    return np.trunc(x + np.copysign(np.float32(0.5), x))
+
+
+class Q8_0(Format):
+    name = "q8_0"
+
+    def __init__(self, head_dim, seed=0):
+        super().__init__(head_dim, seed)
+        self.words, self.n_scales = head_dim // 4, head_dim // 32
+
+    def encode_rows(self, x):
+        b = x.reshape(len(x), -1, 32)                     # (n, d/32, 32)
+        d = np.abs(b).max(axis=2, keepdims=True) / np.float32(127)
+        with np.errstate(divide="ignore"):
+            inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        q = _round_half_away(b * inv).astype(np.int8)
+        codes = np.ascontiguousarray(q.reshape(len(x), -1)).view(np.uint32)
+        return codes, d[..., 0].astype(np.float16)
+
+    def decode_compute(self, codes, scales):
+        q = np.ascontiguousarray(codes).view(np.int8).astype(np.float32)
+        q = q.reshape(len(q), -1, 32) * scales.astype(np.float32)[..., None]
+        return q.reshape(len(q), -1)
+
+
+class Q4_0(Format):
+    name = "q4_0"
+
+    def __init__(self, head_dim, seed=0):
+        super().__init__(head_dim, seed)
+        self.words, self.n_scales = head_dim // 8, head_dim // 32
+
+    def encode_rows(self, x):
+        b = x.reshape(len(x), -1, 32)
+        idx = np.abs(b).argmax(axis=2)[..., None]
+        mx = np.take_along_axis(b, idx, axis=2)           # signed value of largest magnitude
+        d = mx / np.float32(-8)
+        with np.errstate(divide="ignore"):
+            inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        q = np.minimum(15, np.trunc(b * inv + np.float32(8.5))).astype(np.uint8)
+        return pack.pack(q.reshape(len(x), -1), 4), d[..., 0].astype(np.float16)
+
+    def decode_compute(self, codes, scales):
+        q = pack.unpack(codes, 4, self.head_dim).astype(np.float32) - 8
+        q = q.reshape(len(q), -1, 32) * scales.astype(np.float32)[..., None]
+        return q.reshape(len(q), -1)
+
+
+class Turbo(Format):
+    bits = 0
+    rotated = True
+
+    def __init__(self, head_dim, seed=0):
+        super().__init__(head_dim, seed)
+        self.words, self.n_scales = pack.words_per_vector(self.bits, head_dim), 1
+        self.signs = hadamard.signs(head_dim, seed)
+        self.centroids, self.thresholds = lloyd_max.codebook(self.bits, head_dim)
+
+    def to_compute(self, x):
+        return hadamard.rotate(x, self.signs)
+
+    def from_compute(self, y):
+        return hadamard.unrotate(y, self.signs)
+
+    def quantize_rotated(self, x):
+        """x (n, d) -> (rotated unit vectors y, codes, norms gamma). Exposed for validation."""
+        gamma = np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float32))
+        y = hadamard.rotate(x, self.signs)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = y * np.where(gamma > 0, np.float32(1) / gamma, np.float32(0))[:, None]
+        codes = np.searchsorted(self.thresholds, y, side="right").astype(np.uint8)
+        return y, codes, gamma
+
+    def encode_rows(self, x):
+        _, codes, gamma = self.quantize_rotated(x)
+        c = self.centroids[codes]
+        cn = np.sqrt(np.einsum("nd,nd->n", c, c, dtype=np.float32))
+        norm = np.where(cn > 0, gamma / cn, 0).astype(np.float16)
+        return pack.pack(codes, self.bits), norm[:, None]
+
+    def decode_compute(self, codes, scales):
+        c = self.centroids[pack.unpack(codes, self.bits, self.head_dim)]
+        return c * scales.astype(np.float32)
+
+
+def _turbo(bits):
+    return type(f"Turbo{bits}", (Turbo,), {"bits": bits, "name": f"turbo{bits}"})
+
+
+REGISTRY = {cls.name: cls for cls in (F16, Q8_0, Q4_0, _turbo(2), _turbo(3), _turbo(4))}
+
+
+def make(name, head_dim, seed=0):
+    """The Format object for a name; ValueError naming what is supported otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown KV format {name!r}; supported: {', '.join(REGISTRY)}")
+    if not isinstance(head_dim, (int, np.integer)) or int(head_dim) not in HEAD_DIMS:
+        raise ValueError(f"head_dim {head_dim!r} is not supported; nexvk supports powers of two "
+                         f"{HEAD_DIMS[0]}..{HEAD_DIMS[-1]}")
+    head_dim = int(head_dim)
+    if name in ("q8_0", "q4_0") and head_dim % 32:
+        raise ValueError(f"{name} needs head_dim to be a multiple of 32 (blocks of 32); got {head_dim}")
+    return REGISTRY[name](head_dim, seed)

@@ -1,0 +1,98 @@
+"""Perplexity and KL divergence against an f16 cache, with llama.cpp's perplexity semantics.
+
+The whole text is tokenized once and cut into consecutive windows of `ctx` tokens. Each window
+runs from an empty cache (its first token replaced by BOS when the vocab says to add one, as
+llama.cpp does), and only the second half is scored: the logits at positions ctx/2 .. ctx-2
+predict tokens ctx/2+1 .. ctx-1, so ctx/2 - 1 tokens per window. With kld=True a second cache
+in f16 (sharing the same weights) runs the same windows and the next-token distributions are
+compared: mean KL(p_f16 || p_fmt), its 99th percentile and top-1 agreement.
+"""
+import math
+import sys
+
+import numpy as np
+
+
+def _log_softmax(logits):
+    """(n, vocab) float32 -> float64 log-probabilities."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return z
+
+
+def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
+               backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0):
+    """Perplexity of `text` (see the module docstring); returns a dict:
+    ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type and, with kld=True,
+    kld_mean, kld_err, kld_p99, top1_agree (percent), ppl_f16."""
+    from nexvk.model.llama import Model
+    if ctx < 4:
+        raise ValueError(f"ctx must be at least 4 for perplexity, got {ctx}")
+    if isinstance(model_or_path, Model):
+        base_model = model_or_path
+        if base_model.ctx < ctx:
+            raise ValueError(f"model context {base_model.ctx} is smaller than ctx {ctx}")
+        model = base_model.with_cache(k_type, v_type, ctx=ctx, sparse_v=sparse_v)
+    else:
+        model = Model.load(model_or_path, ctx=ctx, k_type=k_type, v_type=v_type, backend=backend,
+                           device=device, sparse_v=sparse_v, seed=seed, progress=progress)
+    ref = model.with_cache("f16", "f16", sparse_v=None) if kld else None
+    tok = model.tokenizer
+    ids = np.asarray(tok.encode(text, bos=False), dtype=np.int64)
+    n_max = len(ids) // ctx
+    if n_max == 0:
+        raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {ctx}")
+    n = n_max if chunks is None else min(int(chunks), n_max)
+    if n <= 0:
+        raise ValueError(f"chunks must be positive, got {chunks}")
+    add_bos = tok.add_bos if bos is None else bos
+    first = ctx // 2
+
+    nll, kl, agree, nll_ref = [], [], [], []
+    it = range(n)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"ppl {k_type}/{v_type} ctx {ctx}", unit="window", file=sys.stderr)
+    for i in it:
+        window = ids[i * ctx:(i + 1) * ctx].copy()  # (ctx,)
+        if add_bos and tok.bos_id is not None:
+            window[0] = tok.bos_id
+        target = window[first + 1:]                  # (ctx - first - 1,)
+        rows = np.arange(target.size)
+        model.reset()
+        lp = _log_softmax(model.forward(window, 0)[first:ctx - 1])  # (n_scored, vocab)
+        nll.append(-lp[rows, target])
+        if ref is not None:
+            ref.reset()
+            lp_ref = _log_softmax(ref.forward(window, 0)[first:ctx - 1])
+            nll_ref.append(-lp_ref[rows, target])
+            kl.append(np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=1))
+            agree.append(lp_ref.argmax(axis=1) == lp.argmax(axis=1))
+        if progress:
+            it.set_postfix(ppl=f"{math.exp(np.concatenate(nll).mean()):.4f}")
+
+    nll = np.concatenate(nll)
+    mean = float(nll.mean())
+    err = float(np.sqrt(max(np.mean(nll ** 2) - mean ** 2, 0.0) / max(nll.size - 1, 1)))
+    out = dict(ppl=math.exp(mean), ppl_err=math.exp(mean) * err, nll=mean, n_tokens=int(nll.size),
+               n_chunks=n, ctx=ctx, k_type=k_type, v_type=v_type)
+    if ref is not None:
+        kl = np.concatenate(kl)
+        out.update(kld_mean=float(kl.mean()),
+                   kld_err=float(kl.std(ddof=1) / math.sqrt(kl.size)) if kl.size > 1 else 0.0,
+                   kld_p99=float(np.percentile(kl, 99)),
+                   top1_agree=100.0 * float(np.concatenate(agree).mean()),
+                   ppl_f16=math.exp(float(np.concatenate(nll_ref).mean())))
+    return out
+
+
+def format_result(r):
+    """The result dict as the lines `nexvk ppl` prints."""
+    lines = [f"ppl {r['k_type']}/{r['v_type']}: {r['ppl']:.4f} +/- {r['ppl_err']:.4f} "
+             f"({r['n_tokens']} tokens scored, {r['n_chunks']} windows of {r['ctx']})"]
+    if "kld_mean" in r:
+        lines.append(f"vs f16 cache: ppl_f16 {r['ppl_f16']:.4f}, KLD mean {r['kld_mean']:.6f} "
+                     f"+/- {r['kld_err']:.6f}, KLD p99 {r['kld_p99']:.6f}, "
+                     f"top-1 agreement {r['top1_agree']:.2f}%")
+    return lines

@@ -1,0 +1,36 @@
+"""Shipped SPIR-V modules and host-side packing of push/specialization constants."""
+import functools
+from pathlib import Path
+
+import numpy as np
+
+SPV_DIR = Path(__file__).resolve().parent.parent / "spv"
+MAX_PUSH_BYTES = 128  # the Vulkan minimum guarantee for push constants
+
+
+@functools.lru_cache(maxsize=None)
+def load(name):
+    """SPIR-V bytes of shader variant `name` (nexvk/spv/<name>.spv)."""
+    path = SPV_DIR / f"{name}.spv"
+    if not path.exists():
+        known = sorted(p.stem for p in SPV_DIR.glob("*.spv"))
+        raise ValueError(f"no compiled shader {name!r} (have: {', '.join(known)}); "
+                         "run tools/build_shaders.py")
+    return path.read_bytes()
+
+
+def words(values):
+    """Pack a sequence of ints/floats into uint32 words (floats by bit pattern).
+
+    NOTE: Kompute 0.9 converts Python lists to float, so push and spec constants always go
+    as uint32 numpy arrays, with floats reinterpreted via .view(np.uint32).
+    """
+    out = np.empty(len(values), np.uint32)
+    for i, v in enumerate(values):
+        if isinstance(v, (float, np.floating)):
+            out[i] = np.float32(v).view(np.uint32)
+        else:
+            out[i] = np.uint32(int(v))
+    if out.nbytes > MAX_PUSH_BYTES:
+        raise ValueError(f"{out.nbytes} bytes of constants exceed the {MAX_PUSH_BYTES}-byte limit")
+    return out

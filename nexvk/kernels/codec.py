@@ -1,0 +1,67 @@
+"""The Vulkan codec: quantize.comp / dequantize.comp in fixed-size chunks of rows."""
+import numpy as np
+
+from nexvk.device.manager import get_device
+from nexvk.kernels import layout
+from nexvk.quant import Codec
+
+
+class VulkanCodec(Codec):
+    """Same interface and results as the numpy Codec; buffers are allocated once per codec."""
+
+    backend = "vulkan"
+    _count = 0
+
+    def __init__(self, name, head_dim, seed=0, device=None, chunk=None):
+        super().__init__(name, head_dim, seed)
+        self.device = get_device(device)
+        fmt = self.format
+        d = self.head_dim
+        self.chunk = chunk or max(1, min(1 << 16, (16 << 20) // d))  # <= 64 MiB of float32 rows
+        VulkanCodec._count += 1
+        tag = f"codec{VulkanCodec._count}/"
+        pool = self.device.pool
+        self._x = pool.get(tag + "x", self.chunk * d, np.float32, kind="device")
+        self._kv = pool.get(tag + "kv", layout.region_words(fmt, self.chunk), np.uint32, kind="device")
+        self._y = pool.get(tag + "y", self.chunk * d, np.float32, kind="device")
+        self._tab = pool.get(tag + "tab", layout.TAB_SIGNS + d, np.float32, kind="device")
+        self._tab.host[:] = layout.table(fmt)
+        self.device.run(uploads=[self._tab])
+        spec = [layout.WG, d, *layout.spec(fmt)]
+        self._enc = self.device.pipeline("quantize", [self._x, self._kv, self._tab], self.chunk, spec)
+        self._dec = self.device.pipeline("dequantize", [self._kv, self._y, self._tab], self.chunk, spec)
+        self._sbase = self.chunk * fmt.words
+
+    def _encode_rows(self, flat):
+        fmt, d = self.format, self.head_dim
+        n = len(flat)
+        codes = np.empty((n, fmt.words), np.uint32)
+        scales = np.empty((n, fmt.n_scales), np.float16)
+        for s in range(0, n, self.chunk):
+            m = min(self.chunk, n - s)
+            self._x.host[: m * d] = flat[s:s + m].reshape(-1)
+            self.device.run([self._x], [(self._enc, [m, 0, 0, self._sbase])], [self._kv])
+            c, sc = self._chunk_views(m)
+            codes[s:s + m], scales[s:s + m] = c, sc
+        return codes, scales
+
+    def _decode_rows(self, codes, scales):
+        d = self.head_dim
+        n = len(codes)
+        out = np.empty((n, d), np.float32)
+        for s in range(0, n, self.chunk):
+            m = min(self.chunk, n - s)
+            c, sc = self._chunk_views(m)
+            c[:] = codes[s:s + m]
+            sc[:] = scales[s:s + m]
+            self.device.run([self._kv], [(self._dec, [m, 0, 0, self._sbase])], [self._y])
+            out[s:s + m] = self._y.host[: m * d].reshape(m, d)
+        return out
+
+    def _chunk_views(self, m):
+        """Views of the first m vectors' codes and scales inside the staging region."""
+        fmt = self.format
+        codes = self._kv.host[: self.chunk * fmt.words].reshape(self.chunk, fmt.words)[:m]
+        halves = self._kv.host[self._sbase:].view(np.float16)
+        scales = halves[: self.chunk * fmt.n_scales].reshape(self.chunk, fmt.n_scales)[:m]
+        return codes, scales

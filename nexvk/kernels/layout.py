@@ -1,0 +1,39 @@
+"""Host mirror of shaders/include/kv_format.glsl: format ids, per-format tables, regions."""
+import numpy as np
+
+from nexvk.quant.formats import Turbo
+
+FMT_IDS = {"f16": 0, "q8_0": 1, "q4_0": 2, "turbo": 3}
+TAB_CENTROIDS, TAB_THRESHOLDS, TAB_INV_SQRT_D, TAB_SIGNS = 0, 16, 32, 64
+WG = 64  # threads per workgroup (spec constant 0 of every shader)
+
+
+def spec(fmt):
+    """(format id, bits) specialization constants of a Format."""
+    if isinstance(fmt, Turbo):
+        return FMT_IDS["turbo"], fmt.bits
+    return FMT_IDS[fmt.name], 0
+
+
+def table(fmt):
+    """float32 (64 + d,) table: centroids, thresholds, 1/sqrt(d) and signs (turbo only)."""
+    t = np.zeros(TAB_SIGNS + fmt.head_dim, np.float32)
+    t[TAB_INV_SQRT_D] = np.float32(1.0 / np.sqrt(fmt.head_dim))
+    if isinstance(fmt, Turbo):
+        t[TAB_CENTROIDS:TAB_CENTROIDS + len(fmt.centroids)] = fmt.centroids
+        t[TAB_THRESHOLDS:TAB_THRESHOLDS + len(fmt.thresholds)] = fmt.thresholds
+        t[TAB_SIGNS:] = fmt.signs
+    return t
+
+
+def region_words(fmt, n_vectors):
+    """uint32 words holding n vectors: codes, then the fp16 scales two per word."""
+    return n_vectors * fmt.words + (n_vectors * fmt.n_scales + 1) // 2
+
+
+def split_region(words, fmt, n_vectors):
+    """(codes (n, W) uint32, scales (n, S) float16) views of a region's words."""
+    n_codes = n_vectors * fmt.words
+    codes = words[:n_codes].reshape(n_vectors, fmt.words)
+    half = words[n_codes:region_words(fmt, n_vectors)].view(np.float16)
+    return codes, half[: n_vectors * fmt.n_scales].reshape(n_vectors, fmt.n_scales)

@@ -1,0 +1,131 @@
+#version 450
+// Encode rows of D floats into a KV format, written in place into a cache (or codec) buffer.
+// One workgroup per row. Twin: nexvk/quant/formats.py (encode_rows).
+#extension GL_GOOGLE_include_directive : require
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint WG = 64;
+layout(constant_id = 1) const uint D = 128;
+layout(constant_id = 2) const uint FMT = 3;
+layout(constant_id = 3) const uint BITS = 3;
+
+layout(binding = 0) readonly buffer X { float x[]; };          // (n_rows, D)
+layout(binding = 1) buffer KV { uint kv_words[]; };            // codes at base, scales at sbase
+layout(binding = 2) readonly buffer Tab { float tab[]; };      // this format's table
+
+layout(push_constant) uniform Push {
+    uint n_rows;    // rows to encode
+    uint dst_vec0;  // vector index of the first row in kv_words
+    uint base;      // word offset of the code region
+    uint sbase;     // word offset of the fp16 scale region
+} pc;
+
+shared float sh_x[D];
+shared float sh_red[WG];
+shared uint sh_code[D];
+
+#include "include/kv_format.glsl"
+#include "include/wht.glsl"
+#include "include/half.glsl"
+
+// fp16 number idx of the scale region; other halves of the same word belong to other rows
+void store_half(uint idx, float val) {
+    uint w = pc.sbase + (idx >> 1);
+    uint sh = (idx & 1u) * 16u;
+    atomicAnd(kv_words[w], ~(0xFFFFu << sh));
+    atomicOr(kv_words[w], f32_to_f16_rte(val) << sh);
+}
+
+float reduce_sum(float v) {
+    uint t = gl_LocalInvocationID.x;
+    sh_red[t] = v;
+    barrier();
+    for (uint s = WG / 2u; s > 0u; s >>= 1) {
+        if (t < s) sh_red[t] += sh_red[t + s];
+        barrier();
+    }
+    float r = sh_red[0];
+    barrier();
+    return r;
+}
+
+void main() {
+    uint row = gl_WorkGroupID.x;
+    if (row >= pc.n_rows) return;
+    uint t = gl_LocalInvocationID.x;
+    uint v = pc.dst_vec0 + row;
+    uint W = fmt_words(FMT, BITS, D);
+    for (uint i = t; i < D; i += WG) sh_x[i] = x[row * D + i];
+    barrier();
+
+    if (FMT == FMT_F16) {
+        for (uint k = t; k < D / 2u; k += WG)
+            kv_words[pc.base + v * W + k] = f32_to_f16_rte(sh_x[2u * k]) | (f32_to_f16_rte(sh_x[2u * k + 1u]) << 16);
+    } else if (FMT == FMT_Q8_0) {
+        for (uint b = t; b < D / 32u; b += WG) {
+            float amax = 0.0;
+            for (uint j = 0u; j < 32u; ++j) amax = max(amax, abs(sh_x[b * 32u + j]));
+            float d = amax / 127.0;
+            float id = d > 0.0 ? 1.0 / d : 0.0;
+            for (uint k = 0u; k < 8u; ++k) {
+                uint w = 0u;
+                for (uint j = 0u; j < 4u; ++j) {
+                    float y = sh_x[b * 32u + k * 4u + j] * id;
+                    int q = int(trunc(y + (y < 0.0 ? -0.5 : 0.5)));
+                    w |= (uint(q) & 0xFFu) << (8u * j);
+                }
+                kv_words[pc.base + v * W + b * 8u + k] = w;
+            }
+            store_half(v * (D / 32u) + b, d);
+        }
+    } else if (FMT == FMT_Q4_0) {
+        for (uint b = t; b < D / 32u; b += WG) {
+            float amax = 0.0, mx = 0.0;
+            for (uint j = 0u; j < 32u; ++j) {
+                float y = sh_x[b * 32u + j];
+                if (abs(y) > amax) { amax = abs(y); mx = y; }
+            }
+            float d = mx / -8.0;
+            float id = d != 0.0 ? 1.0 / d : 0.0;
+            for (uint k = 0u; k < 4u; ++k) {
+                uint w = 0u;
+                for (uint j = 0u; j < 8u; ++j) {
+                    uint q = min(15u, uint(trunc(sh_x[b * 32u + k * 8u + j] * id + 8.5)));
+                    w |= q << (4u * j);
+                }
+                kv_words[pc.base + v * W + b * 4u + k] = w;
+            }
+            store_half(v * (D / 32u) + b, d);
+        }
+    } else {  // FMT_TURBO
+        float ss = 0.0;
+        for (uint i = t; i < D; i += WG) ss += sh_x[i] * sh_x[i];
+        float gamma = sqrt(reduce_sum(ss));
+        for (uint i = t; i < D; i += WG) sh_x[i] *= tab[TAB_SIGNS + i];
+        barrier();
+        wht_rows(1u, tab[TAB_INV_SQRT_D]);
+        float inv = gamma > 0.0 ? 1.0 / gamma : 0.0;
+        float cc = 0.0;
+        uint n_thr = (1u << BITS) - 1u;
+        for (uint i = t; i < D; i += WG) {
+            float y = sh_x[i] * inv;
+            uint code = 0u;
+            for (uint k = 0u; k < n_thr; ++k) code += tab[TAB_THRESHOLDS + k] <= y ? 1u : 0u;
+            sh_code[i] = code;
+            float c = tab[TAB_CENTROIDS + code];
+            cc += c * c;
+        }
+        float cn = sqrt(reduce_sum(cc));  // the barrier inside also publishes sh_code
+        for (uint w = t; w < W; w += WG) {
+            uint word = 0u;
+            uint i0 = (32u * w) / BITS;
+            uint i1 = min(D, (32u * w + 31u) / BITS + 1u);
+            for (uint i = i0; i < i1; ++i) {
+                int sh = int(BITS * i) - int(32u * w);
+                word |= sh >= 0 ? sh_code[i] << uint(sh) : sh_code[i] >> uint(-sh);
+            }
+            kv_words[pc.base + v * W + w] = word;
+        }
+        if (t == 0u) store_half(v, cn > 0.0 ? gamma / cn : 0.0);
+    }
+}

@@ -18,6 +18,7 @@ layout(push_constant) uniform Push {
     uint src_vec0;
     uint base;
     uint sbase;
+    uint tabo;      // offset of this format's table in tab[]
 } pc;
 
 shared float sh_x[D];
@@ -30,11 +31,11 @@ void main() {
     if (row >= pc.n_rows) return;
     uint t = gl_LocalInvocationID.x;
     uint v = pc.src_vec0 + row;
-    for (uint i = t; i < D; i += WG) sh_x[i] = kv_value(FMT, BITS, D, pc.base, pc.sbase, 0u, v, i);
+    for (uint i = t; i < D; i += WG) sh_x[i] = kv_value(FMT, BITS, D, pc.base, pc.sbase, pc.tabo, v, i);
     barrier();
     if (FMT == FMT_TURBO) {
-        wht_rows(1u, tab[TAB_INV_SQRT_D]);
-        for (uint i = t; i < D; i += WG) sh_x[i] *= tab[TAB_SIGNS + i];
+        wht_rows(1u, tab[pc.tabo + TAB_INV_SQRT_D]);
+        for (uint i = t; i < D; i += WG) sh_x[i] *= tab[pc.tabo + TAB_SIGNS + i];
         barrier();
     }
     for (uint i = t; i < D; i += WG) y[row * D + i] = sh_x[i];

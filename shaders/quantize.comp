@@ -11,13 +11,14 @@ layout(constant_id = 3) const uint BITS = 3;
 
 layout(binding = 0) readonly buffer X { float x[]; };          // (n_rows, D)
 layout(binding = 1) buffer KV { uint kv_words[]; };            // codes at base, scales at sbase
-layout(binding = 2) readonly buffer Tab { float tab[]; };      // this format's table
+layout(binding = 2) readonly buffer Tab { float tab[]; };      // format tables
 
 layout(push_constant) uniform Push {
     uint n_rows;    // rows to encode
     uint dst_vec0;  // vector index of the first row in kv_words
     uint base;      // word offset of the code region
     uint sbase;     // word offset of the fp16 scale region
+    uint tabo;      // offset of this format's table in tab[]
 } pc;
 
 shared float sh_x[D];
@@ -101,18 +102,18 @@ void main() {
         float ss = 0.0;
         for (uint i = t; i < D; i += WG) ss += sh_x[i] * sh_x[i];
         float gamma = sqrt(reduce_sum(ss));
-        for (uint i = t; i < D; i += WG) sh_x[i] *= tab[TAB_SIGNS + i];
+        for (uint i = t; i < D; i += WG) sh_x[i] *= tab[pc.tabo + TAB_SIGNS + i];
         barrier();
-        wht_rows(1u, tab[TAB_INV_SQRT_D]);
+        wht_rows(1u, tab[pc.tabo + TAB_INV_SQRT_D]);
         float inv = gamma > 0.0 ? 1.0 / gamma : 0.0;
         float cc = 0.0;
         uint n_thr = (1u << BITS) - 1u;
         for (uint i = t; i < D; i += WG) {
             float y = sh_x[i] * inv;
             uint code = 0u;
-            for (uint k = 0u; k < n_thr; ++k) code += tab[TAB_THRESHOLDS + k] <= y ? 1u : 0u;
+            for (uint k = 0u; k < n_thr; ++k) code += tab[pc.tabo + TAB_THRESHOLDS + k] <= y ? 1u : 0u;
             sh_code[i] = code;
-            float c = tab[TAB_CENTROIDS + code];
+            float c = tab[pc.tabo + TAB_CENTROIDS + code];
             cc += c * c;
         }
         float cn = sqrt(reduce_sum(cc));  // the barrier inside also publishes sh_code

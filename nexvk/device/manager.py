@@ -116,7 +116,7 @@ class Device:
             seq.record(kp.OpTensorSyncDevice([b.tensor for b in uploads]))
         for algo, push in dispatches:
             p = np.zeros(32, np.uint32)
-            p[: len(push)] = push
+            p[: len(push)] = spirv.words(push)
             seq.record(kp.OpAlgoDispatch(algo, p))
         if downloads:
             seq.record(kp.OpTensorSyncLocal([b.tensor for b in downloads]))

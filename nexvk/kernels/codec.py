@@ -1,16 +1,20 @@
 """The Vulkan codec: quantize.comp / dequantize.comp in fixed-size chunks of rows."""
+import itertools
+import weakref
+
 import numpy as np
 
 from nexvk.device.manager import get_device
 from nexvk.kernels import layout
 from nexvk.quant import Codec
 
+_ids = itertools.count()
+
 
 class VulkanCodec(Codec):
     """Same interface and results as the numpy Codec; buffers are allocated once per codec."""
 
     backend = "vulkan"
-    _count = 0
 
     def __init__(self, name, head_dim, seed=0, device=None, chunk=None):
         super().__init__(name, head_dim, seed)
@@ -18,9 +22,9 @@ class VulkanCodec(Codec):
         fmt = self.format
         d = self.head_dim
         self.chunk = chunk or max(1, min(1 << 16, (16 << 20) // d))  # <= 64 MiB of float32 rows
-        VulkanCodec._count += 1
-        tag = f"codec{VulkanCodec._count}/"
+        tag = f"codec{next(_ids)}/"
         pool = self.device.pool
+        weakref.finalize(self, pool.release, tag)
         self._x = pool.get(tag + "x", self.chunk * d, np.float32, kind="device")
         self._kv = pool.get(tag + "kv", layout.region_words(fmt, self.chunk), np.uint32, kind="device")
         self._y = pool.get(tag + "y", self.chunk * d, np.float32, kind="device")
@@ -40,7 +44,7 @@ class VulkanCodec(Codec):
         for s in range(0, n, self.chunk):
             m = min(self.chunk, n - s)
             self._x.host[: m * d] = flat[s:s + m].reshape(-1)
-            self.device.run([self._x], [(self._enc, [m, 0, 0, self._sbase])], [self._kv])
+            self.device.run([self._x], [(self._enc, [m, 0, 0, self._sbase, 0])], [self._kv])
             c, sc = self._chunk_views(m)
             codes[s:s + m], scales[s:s + m] = c, sc
         return codes, scales
@@ -54,7 +58,7 @@ class VulkanCodec(Codec):
             c, sc = self._chunk_views(m)
             c[:] = codes[s:s + m]
             sc[:] = scales[s:s + m]
-            self.device.run([self._kv], [(self._dec, [m, 0, 0, self._sbase])], [self._y])
+            self.device.run([self._kv], [(self._dec, [m, 0, 0, self._sbase, 0])], [self._y])
             out[s:s + m] = self._y.host[: m * d].reshape(m, d)
         return out
 

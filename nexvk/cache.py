@@ -1,0 +1,266 @@
+"""KVCache: compressed keys and values per layer, attention computed from the codes.
+
+All memory for `capacity` tokens is reserved at construction; append() and attention()
+allocate nothing afterwards. The numpy backend is the reference; the vulkan backend keeps
+the cache on the device (only new rows go up, only attention outputs come back) and packs
+layers into arenas no larger than the device's storage-buffer limit.
+"""
+import itertools
+import weakref
+
+import numpy as np
+
+from nexvk.kernels import attention as attn_kernel
+from nexvk.kernels import layout
+from nexvk.quant import check_vectors
+from nexvk.quant.formats import make
+
+_ids = itertools.count()
+_SCRATCH_BYTES = 64 << 20  # scores of one prefill chunk; decode needs n_heads * capacity
+
+
+class KVCache:
+    """A KV cache of n_layers x capacity tokens x n_kv_heads vectors of head_dim, with key
+    and value formats chosen independently from nexvk.FORMATS."""
+
+    def __init__(self, n_layers, n_kv_heads, head_dim, capacity, k_type="turbo3",
+                 v_type="turbo3", backend="numpy", device=None, seed=0, n_heads=None,
+                 max_batch=256):
+        for name, val in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
+                          ("capacity", capacity), ("max_batch", max_batch)):
+            if not isinstance(val, (int, np.integer)) or val < 1:
+                raise ValueError(f"{name} must be a positive integer, got {val!r}")
+        self.kfmt = make(k_type, head_dim, seed)
+        self.vfmt = make(v_type, head_dim, seed)
+        self.n_layers, self.n_kv_heads, self.head_dim = int(n_layers), int(n_kv_heads), int(head_dim)
+        self.capacity, self.k_type, self.v_type = int(capacity), k_type, v_type
+        if n_heads is not None and (n_heads < n_kv_heads or n_heads % n_kv_heads):
+            raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}")
+        self.max_heads = int(n_heads or 8 * n_kv_heads)
+        self._len = [0] * self.n_layers
+        self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
+        from nexvk.device.manager import resolve_backend
+        self.backend = resolve_backend(backend, device)
+        if self.backend == "numpy":
+            self._impl = _NumpyStore(self)
+        else:
+            self._impl = _VulkanStore(self, device, max_batch, n_heads)
+
+    @property
+    def nbytes(self):
+        """Device (or host) bytes of K and V for the full capacity."""
+        per_token = self.n_kv_heads * (self.kfmt.bytes_per_vector() + self.vfmt.bytes_per_vector())
+        return self.n_layers * self.capacity * per_token
+
+    @property
+    def bits_per_value(self):
+        return (self.kfmt.bits_per_value + self.vfmt.bits_per_value) / 2
+
+    def length(self, layer):
+        self._check_layer(layer)
+        return self._len[layer]
+
+    def reset(self):
+        self._len = [0] * self.n_layers
+
+    def append(self, layer, k, v):
+        """Encode k, v (T, n_kv_heads, head_dim) after the tokens already in `layer`."""
+        self._check_layer(layer)
+        shape = (self.n_kv_heads, self.head_dim)
+        for name, x in (("k", k), ("v", v)):
+            if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[1:] != shape:
+                got = x.shape if isinstance(x, np.ndarray) else type(x).__name__
+                raise ValueError(f"{name} must have shape (T, {shape[0]}, {shape[1]}), got {got}")
+        if k.shape[0] != v.shape[0]:
+            raise ValueError(f"k and v have different token counts: {k.shape[0]} vs {v.shape[0]}")
+        n = self._len[layer]
+        if n + k.shape[0] > self.capacity:
+            raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} tokens; "
+                             f"cannot append {k.shape[0]} more")
+        kf = check_vectors(k, self.head_dim, "k")
+        vf = check_vectors(v, self.head_dim, "v")
+        self._impl.append(layer, n, kf, vf)
+        self._len[layer] = n + k.shape[0]
+
+    def attention(self, layer, q, scale=None, sparse_v=None):
+        """Causal attention of q (T, n_heads, head_dim), the last T positions of `layer`,
+        over the cached keys and values. Returns float32 (T, n_heads, head_dim)."""
+        self._check_layer(layer)
+        d = self.head_dim
+        if not isinstance(q, np.ndarray) or q.ndim != 3 or q.shape[2] != d:
+            got = q.shape if isinstance(q, np.ndarray) else type(q).__name__
+            raise ValueError(f"q must have shape (T, n_heads, {d}), got {got}")
+        T, H, _ = q.shape
+        if H % self.n_kv_heads:
+            raise ValueError(f"q has {H} heads, not a multiple of n_kv_heads={self.n_kv_heads}")
+        n = self._len[layer]
+        if T == 0 or T > n:
+            raise ValueError(f"q has {T} positions but layer {layer} holds {n} tokens "
+                             "(queries are the last T cached positions)")
+        qf = check_vectors(q, d, "q").reshape(T, H, d)
+        scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
+        thr = float(sparse_v or 0.0)
+        if not 0.0 <= thr < 1.0:
+            raise ValueError(f"sparse_v must be a weight threshold in [0, 1), got {sparse_v}")
+        out, skipped, total = self._impl.attention(layer, qf, n - T, scale, thr)
+        self.stats = {"skipped": skipped, "total": total,
+                      "skip_rate": skipped / total if total else 0.0}
+        return out
+
+    def _check_layer(self, layer):
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer must be in 0..{self.n_layers - 1}, got {layer!r}")
+
+    def __repr__(self):
+        return (f"KVCache({self.n_layers} layers x {self.capacity} tokens x {self.n_kv_heads} heads "
+                f"x {self.head_dim}, k={self.k_type}, v={self.v_type}, {self.backend})")
+
+
+class _NumpyStore:
+    """Host arrays per layer: codes (capacity, HKV, W) uint32, scales (capacity, HKV, S) f16."""
+
+    def __init__(self, c):
+        self.c = c
+        shape = (c.n_layers, c.capacity, c.n_kv_heads)
+        self.k = (np.zeros(shape + (c.kfmt.words,), np.uint32),
+                  np.zeros(shape + (c.kfmt.n_scales,), np.float16))
+        self.v = (np.zeros(shape + (c.vfmt.words,), np.uint32),
+                  np.zeros(shape + (c.vfmt.n_scales,), np.float16))
+
+    def append(self, layer, n, kf, vf):
+        c = self.c
+        T = len(kf) // c.n_kv_heads
+        kcodes, kscales = c.kfmt.encode_rows(kf)     # encode both before writing either
+        vcodes, vscales = c.vfmt.encode_rows(vf)
+        for (codes, scales), (ec, es) in ((self.k, (kcodes, kscales)), (self.v, (vcodes, vscales))):
+            codes[layer, n:n + T] = ec.reshape(T, c.n_kv_heads, -1)
+            scales[layer, n:n + T] = es.reshape(T, c.n_kv_heads, -1)
+
+    def attention(self, layer, q, pos0, scale, thr):
+        c = self.c
+        return attn_kernel.ref(c.kfmt, c.vfmt, self.k[0][layer], self.k[1][layer],
+                               self.v[0][layer], self.v[1][layer], q, pos0, scale, thr)
+
+
+class _VulkanStore:
+    """Arenas of layers on the device plus fixed staging for 1-row and max_batch-row calls."""
+
+    def __init__(self, c, device, max_batch, n_heads):
+        from nexvk.device.manager import get_device
+        self.c = c
+        self.dev = dev = get_device(device)
+        pool = dev.pool
+        kf, vf, d, hkv, cap = c.kfmt, c.vfmt, c.head_dim, c.n_kv_heads, c.capacity
+        self.tag = f"kvcache{next(_ids)}/"
+        weakref.finalize(self, pool.release, self.tag)  # device memory goes with the cache
+        # layers -> arenas: [K codes, K scales, V codes, V scales] per layer, contiguous
+        kw, vw = layout.region_words(kf, cap * hkv), layout.region_words(vf, cap * hkv)
+        layer_words = kw + vw
+        per_arena = dev.max_buffer_bytes // (4 * layer_words)
+        if per_arena < 1:
+            raise ValueError(f"one layer of this cache needs {4 * layer_words / 2**20:.1f} MiB, over "
+                             f"{dev.name}'s {dev.max_buffer_bytes / 2**20:.0f} MiB storage-buffer "
+                             "limit; lower the capacity")
+        self.regions = []  # per layer: (arena buffer, (k_base, k_sbase), (v_base, v_sbase))
+        n_arenas = -(-c.n_layers // per_arena)
+        arenas = []
+        for a in range(n_arenas):
+            layers = min(per_arena, c.n_layers - a * per_arena)
+            arenas.append(pool.get(f"{self.tag}arena{a}", layers * layer_words))
+        for layer in range(c.n_layers):
+            a, i = divmod(layer, per_arena)
+            base = i * layer_words
+            self.regions.append((arenas[a], (base, base + cap * hkv * kf.words),
+                                 (base + kw, base + kw + cap * hkv * vf.words)))
+        # tables: K at 0, V at vtab
+        self.vtab = layout.TAB_SIGNS + d
+        self.tab = pool.get(self.tag + "tab", 2 * self.vtab, np.float32, kind="device")
+        self.tab.host[: self.vtab] = layout.table(kf)
+        self.tab.host[self.vtab:] = layout.table(vf)
+        self.stats = pool.get(self.tag + "stats", 2, np.uint32, kind="device")
+        # staging per row class; scores scratch sized for the prefill chunk
+        H = c.max_heads
+        per_query = H * cap * 4
+        if per_query > dev.max_buffer_bytes:
+            raise ValueError(f"attention scores for {H} heads x {cap} tokens exceed the device's "
+                             "storage-buffer limit; lower the capacity")
+        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query))
+        self.scr = pool.get(self.tag + "scores", self.chunk * H * cap, np.float32)
+        self.io = {}
+        for rows in sorted({1, self.chunk}):
+            self.io[rows] = {
+                "k": pool.get(f"{self.tag}k{rows}", rows * hkv * d, np.float32, kind="device"),
+                "v": pool.get(f"{self.tag}v{rows}", rows * hkv * d, np.float32, kind="device"),
+                "q": pool.get(f"{self.tag}q{rows}", rows * H * d, np.float32, kind="device"),
+                "o": pool.get(f"{self.tag}o{rows}", rows * H * d, np.float32, kind="device"),
+            }
+        dev.run(uploads=[self.tab])
+        for layer in range(c.n_layers):  # create every pipeline now, not on the first token
+            for rows in self.io:
+                self._append_pipes(layer, rows)
+                if n_heads:
+                    self._attn_pipe(layer, rows, n_heads // hkv)
+
+    def _append_pipes(self, layer, rows):
+        c, dev = self.c, self.dev
+        arena = self.regions[layer][0]
+        io = self.io[rows]
+        n = rows * c.n_kv_heads
+        kp = dev.pipeline("quantize", [io["k"], arena, self.tab], n,
+                          [layout.WG, c.head_dim, *layout.spec(c.kfmt)])
+        vp = dev.pipeline("quantize", [io["v"], arena, self.tab], n,
+                          [layout.WG, c.head_dim, *layout.spec(c.vfmt)])
+        return kp, vp
+
+    def _attn_pipe(self, layer, rows, group):
+        c, io = self.c, self.io[rows]
+        bufs = [self.regions[layer][0], io["q"], io["o"], self.scr, self.tab, self.tab, self.stats]
+        del bufs[5]  # one table buffer holds both formats
+        return self.dev.pipeline("attention", bufs, rows * c.n_kv_heads,
+                                 attn_kernel.spec(c.kfmt, c.vfmt, group))
+
+    def _rows(self, n):
+        return 1 if n == 1 else self.chunk
+
+    def append(self, layer, n, kf, vf):
+        c = self.c
+        hkv, d = c.n_kv_heads, c.head_dim
+        T = len(kf) // hkv
+        _, kreg, vreg = self.regions[layer]
+        with self.dev.lock:
+            for s in range(0, T, self.chunk):
+                m = min(self.chunk, T - s)
+                io = self.io[self._rows(m)]
+                io["k"].host[: m * hkv * d] = kf[s * hkv:(s + m) * hkv].reshape(-1)
+                io["v"].host[: m * hkv * d] = vf[s * hkv:(s + m) * hkv].reshape(-1)
+                kp, vp = self._append_pipes(layer, self._rows(m))
+                vec0 = (n + s) * hkv
+                self.dev.run([io["k"], io["v"]],
+                             [(kp, [m * hkv, vec0, *kreg, 0]), (vp, [m * hkv, vec0, *vreg, self.vtab])])
+
+    def attention(self, layer, q, pos0, scale, thr):
+        c = self.c
+        T, H, d = q.shape
+        if H > c.max_heads:
+            raise ValueError(f"q has {H} heads; this cache was sized for at most {c.max_heads} "
+                             "(pass n_heads= to KVCache)")
+        out = np.empty((T, H, d), np.float32)
+        _, kreg, vreg = self.regions[layer]
+        skipped = total = 0
+        with self.dev.lock:
+            for s in range(0, T, self.chunk):
+                m = min(self.chunk, T - s)
+                rows = self._rows(m)
+                io = self.io[rows]
+                io["q"].host[: m * H * d] = q[s:s + m].reshape(-1)
+                self.stats.host[:] = 0
+                pipe = self._attn_pipe(layer, rows, H // c.n_kv_heads)
+                push = attn_kernel.push(m, pos0 + s, c.n_kv_heads, kreg, vreg, 0, self.vtab,
+                                        c.capacity, scale, thr)
+                self.dev.run([io["q"], self.stats], [(pipe, push)], [io["o"], self.stats])
+                out[s:s + m] = io["o"].host[: m * H * d].reshape(m, H, d)
+                skipped += int(self.stats.host[0])
+                total += int(self.stats.host[1])
+        if thr <= 0:
+            total = pos0 * T * H + T * (T + 1) // 2 * H
+        return out, skipped, total

@@ -1,0 +1,48 @@
+"""Packed causal GQA attention: the numpy twin of shaders/attention.comp and its push block.
+
+ref() works like the shader: the query is rotated once into the key format's compute
+domain and scored against centroids times norms (no inverse rotation of any key); values
+are accumulated in the value format's compute domain and un-rotated once per query head.
+Weights below the sparse-V threshold are dropped (not renormalized), as in the shader.
+"""
+import numpy as np
+
+from nexvk.kernels import layout
+
+
+def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0):
+    """kcodes/vcodes: (L, HKV, W) uint32, kscales/vscales: (L, HKV, S) float16 for the L
+    cached positions; q: (T, H, d) float32 at positions pos0..pos0+T-1 (pos0 + T <= L).
+    Returns (out (T, H, d) float32, skipped pairs, total pairs)."""
+    T, H, d = q.shape
+    L = pos0 + T
+    hkv = kcodes.shape[1]
+    G = H // hkv
+    kc = kfmt.decode_compute(kcodes[:L].reshape(L * hkv, -1), kscales[:L].reshape(L * hkv, -1))
+    vc = vfmt.decode_compute(vcodes[:L].reshape(L * hkv, -1), vscales[:L].reshape(L * hkv, -1))
+    kc, vc = kc.reshape(L, hkv, d), vc.reshape(L, hkv, d)
+    qr = kfmt.to_compute(q).reshape(T, hkv, G, d)
+    s = np.einsum("tgrd,lgd->tgrl", qr, kc) * np.float32(scale)      # (T, HKV, G, L)
+    visible = np.arange(L)[None, :] <= (pos0 + np.arange(T))[:, None]  # (T, L)
+    s = np.where(visible[:, None, None, :], s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    skipped = 0
+    if thr > 0:
+        drop = (p < thr) & visible[:, None, None, :]
+        skipped = int(drop.sum())
+        p[drop] = 0
+    total = int(visible.sum()) * H
+    acc = np.einsum("tgrl,lgd->tgrd", p.astype(np.float32), vc)
+    return vfmt.from_compute(acc.reshape(T, H, d)), skipped, total
+
+
+def spec(kfmt, vfmt, group):
+    """Specialization constants of attention.comp."""
+    return [layout.WG, kfmt.head_dim, group, *layout.spec(kfmt), *layout.spec(vfmt)]
+
+
+def push(n_q, pos0, hkv, k_region, v_region, ktab, vtab, scr_stride, scale, thr):
+    """The push block of attention.comp, in declaration order."""
+    return [n_q, pos0, hkv, *k_region, *v_region, ktab, vtab, scr_stride,
+            float(scale), float(thr)]

@@ -152,7 +152,7 @@ class _VulkanStore:
         pool = dev.pool
         kf, vf, d, hkv, cap = c.kfmt, c.vfmt, c.head_dim, c.n_kv_heads, c.capacity
         self.tag = f"kvcache{next(_ids)}/"
-        weakref.finalize(self, pool.release, self.tag)  # device memory goes with the cache
+        weakref.finalize(self, dev.release, self.tag)  # device memory goes with the cache
         # layers -> arenas: [K codes, K scales, V codes, V scales] per layer, contiguous
         kw, vw = layout.region_words(kf, cap * hkv), layout.region_words(vf, cap * hkv)
         layer_words = kw + vw
@@ -178,13 +178,15 @@ class _VulkanStore:
         self.tab.host[: self.vtab] = layout.table(kf)
         self.tab.host[self.vtab:] = layout.table(vf)
         self.stats = pool.get(self.tag + "stats", 2, np.uint32, kind="device")
+        self.dyn = pool.get(self.tag + "dyn", 4, np.uint32, kind="device")  # per-call words
         # staging per row class; scores scratch sized for the prefill chunk
         H = c.max_heads
         per_query = H * cap * 4
         if per_query > dev.max_buffer_bytes:
             raise ValueError(f"attention scores for {H} heads x {cap} tokens exceed the device's "
                              "storage-buffer limit; lower the capacity")
-        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query))
+        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query,
+                                dev.max_groups // c.n_kv_heads))
         self.scr = pool.get(self.tag + "scores", self.chunk * H * cap, np.float32)
         self.io = {}
         for rows in sorted({1, self.chunk}):
@@ -206,16 +208,15 @@ class _VulkanStore:
         arena = self.regions[layer][0]
         io = self.io[rows]
         n = rows * c.n_kv_heads
-        kp = dev.pipeline("quantize", [io["k"], arena, self.tab], n,
+        kp = dev.pipeline("quantize", [io["k"], arena, self.tab, self.dyn], n,
                           [layout.WG, c.head_dim, *layout.spec(c.kfmt)])
-        vp = dev.pipeline("quantize", [io["v"], arena, self.tab], n,
+        vp = dev.pipeline("quantize", [io["v"], arena, self.tab, self.dyn], n,
                           [layout.WG, c.head_dim, *layout.spec(c.vfmt)])
         return kp, vp
 
     def _attn_pipe(self, layer, rows, group):
         c, io = self.c, self.io[rows]
-        bufs = [self.regions[layer][0], io["q"], io["o"], self.scr, self.tab, self.tab, self.stats]
-        del bufs[5]  # one table buffer holds both formats
+        bufs = [self.regions[layer][0], io["q"], io["o"], self.scr, self.tab, self.stats, self.dyn]
         return self.dev.pipeline("attention", bufs, rows * c.n_kv_heads,
                                  attn_kernel.spec(c.kfmt, c.vfmt, group))
 
@@ -234,9 +235,9 @@ class _VulkanStore:
                 io["k"].host[: m * hkv * d] = kf[s * hkv:(s + m) * hkv].reshape(-1)
                 io["v"].host[: m * hkv * d] = vf[s * hkv:(s + m) * hkv].reshape(-1)
                 kp, vp = self._append_pipes(layer, self._rows(m))
-                vec0 = (n + s) * hkv
-                self.dev.run([io["k"], io["v"]],
-                             [(kp, [m * hkv, vec0, *kreg, 0]), (vp, [m * hkv, vec0, *vreg, self.vtab])])
+                self.dyn.host[:2] = (m * hkv, (n + s) * hkv)
+                self.dev.run([io["k"], io["v"], self.dyn],
+                             [(kp, [*kreg, 0]), (vp, [*vreg, self.vtab])])
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c
@@ -255,9 +256,9 @@ class _VulkanStore:
                 io["q"].host[: m * H * d] = q[s:s + m].reshape(-1)
                 self.stats.host[:] = 0
                 pipe = self._attn_pipe(layer, rows, H // c.n_kv_heads)
-                push = attn_kernel.push(m, pos0 + s, c.n_kv_heads, kreg, vreg, 0, self.vtab,
-                                        c.capacity, scale, thr)
-                self.dev.run([io["q"], self.stats], [(pipe, push)], [io["o"], self.stats])
+                push = attn_kernel.push(c.n_kv_heads, kreg, vreg, 0, self.vtab, c.capacity)
+                self.dyn.host[:] = attn_kernel.dyn(m, pos0 + s, scale, thr)
+                self.dev.run([io["q"], self.stats, self.dyn], [(pipe, push)], [io["o"], self.stats])
                 out[s:s + m] = io["o"].host[: m * H * d].reshape(m, H, d)
                 skipped += int(self.stats.host[0])
                 total += int(self.stats.host[1])

@@ -28,10 +28,12 @@ layout(binding = 2) writeonly buffer O { float o[]; };         // (n_q, HKV*G, D
 layout(binding = 3) buffer Scr { float scr[]; };               // (n_q, HKV*G, scr_stride)
 layout(binding = 4) readonly buffer Tab { float tab[]; };      // K table at ktab, V at vtab
 layout(binding = 5) buffer Stats { uint stats[]; };            // [skipped pairs, total pairs]
+// per-call values, so recorded sequences are replayed unchanged:
+// [queries in this dispatch, absolute position of query 0 (query t sees keys 0..pos0+t),
+//  scale (float bits), sparse-V threshold (float bits, 0: off)]
+layout(binding = 6) readonly buffer Dyn { uint dyn[]; };
 
 layout(push_constant) uniform Push {
-    uint n_q;         // queries in this dispatch
-    uint pos0;        // absolute position of query 0; query t sees keys 0..pos0+t
     uint hkv;         // KV heads
     uint k_base;
     uint k_sbase;
@@ -40,8 +42,6 @@ layout(push_constant) uniform Push {
     uint ktab;
     uint vtab;
     uint scr_stride;  // >= pos0 + n_q
-    float scale;
-    float thr;        // sparse-V threshold (0: off)
 } pc;
 
 shared float sh_x[G * D];
@@ -73,9 +73,11 @@ void main() {
     uint t = gl_LocalInvocationID.x;
     uint qi = gl_WorkGroupID.x / pc.hkv;
     uint g = gl_WorkGroupID.x % pc.hkv;
-    if (qi >= pc.n_q) return;
+    if (qi >= dyn[0]) return;
+    float scale = uintBitsToFloat(dyn[2]);
+    float thr = uintBitsToFloat(dyn[3]);
     uint H = pc.hkv * G;
-    uint L = pc.pos0 + qi + 1u;                     // keys visible to this query
+    uint L = dyn[1] + qi + 1u;                      // keys visible to this query
     uint row0 = qi * H + g * G;                     // first query head row of the group
 
     // 1. queries -> sh_x (rotated into K's domain for turbo keys)
@@ -104,7 +106,7 @@ void main() {
             for (uint r = 0u; r < G; ++r) dot[r] += part[r] * sc;
         }
         for (uint r = 0u; r < G; ++r) {
-            float s = dot[r] * pc.scale;
+            float s = dot[r] * scale;
             scr[(row0 + r) * pc.scr_stride + j] = s;
             m[r] = max(m[r], s);
         }
@@ -128,7 +130,7 @@ void main() {
             float p = 0.0;
             if (j < L) {
                 p = exp(scr[(row0 + r) * pc.scr_stride + j] - m[r]) / l[r];
-                if (p < pc.thr) { p = 0.0; skipped += 1u; }
+                if (p < thr) { p = 0.0; skipped += 1u; }
             }
             sh_p[r * WG + t] = p;
         }
@@ -149,7 +151,7 @@ void main() {
         }
         barrier();
     }
-    if (pc.thr > 0.0) {
+    if (thr > 0.0) {
         atomicAdd(stats[0], skipped);
         if (t == 0u) atomicAdd(stats[1], L * G);
     }

@@ -12,10 +12,9 @@ layout(constant_id = 3) const uint BITS = 3;
 layout(binding = 0) readonly buffer KV { uint kv_words[]; };
 layout(binding = 1) writeonly buffer Y { float y[]; };         // (n_rows, D)
 layout(binding = 2) readonly buffer Tab { float tab[]; };
+layout(binding = 3) readonly buffer Dyn { uint dyn[]; };       // [rows to decode, first vector]
 
 layout(push_constant) uniform Push {
-    uint n_rows;
-    uint src_vec0;
     uint base;
     uint sbase;
     uint tabo;      // offset of this format's table in tab[]
@@ -28,9 +27,9 @@ shared float sh_x[D];
 
 void main() {
     uint row = gl_WorkGroupID.x;
-    if (row >= pc.n_rows) return;
+    if (row >= dyn[0]) return;
     uint t = gl_LocalInvocationID.x;
-    uint v = pc.src_vec0 + row;
+    uint v = dyn[1] + row;
     for (uint i = t; i < D; i += WG) sh_x[i] = kv_value(FMT, BITS, D, pc.base, pc.sbase, pc.tabo, v, i);
     barrier();
     if (FMT == FMT_TURBO) {

@@ -12,10 +12,9 @@ layout(constant_id = 3) const uint BITS = 3;
 layout(binding = 0) readonly buffer X { float x[]; };          // (n_rows, D)
 layout(binding = 1) buffer KV { uint kv_words[]; };            // codes at base, scales at sbase
 layout(binding = 2) readonly buffer Tab { float tab[]; };      // format tables
+layout(binding = 3) readonly buffer Dyn { uint dyn[]; };       // [rows to encode, first vector]
 
 layout(push_constant) uniform Push {
-    uint n_rows;    // rows to encode
-    uint dst_vec0;  // vector index of the first row in kv_words
     uint base;      // word offset of the code region
     uint sbase;     // word offset of the fp16 scale region
     uint tabo;      // offset of this format's table in tab[]
@@ -52,9 +51,9 @@ float reduce_sum(float v) {
 
 void main() {
     uint row = gl_WorkGroupID.x;
-    if (row >= pc.n_rows) return;
+    if (row >= dyn[0]) return;
     uint t = gl_LocalInvocationID.x;
-    uint v = pc.dst_vec0 + row;
+    uint v = dyn[1] + row;
     uint W = fmt_words(FMT, BITS, D);
     for (uint i = t; i < D; i += WG) sh_x[i] = x[row * D + i];
     barrier();

@@ -15,9 +15,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from nexvk.device.spirv import TARGET_ENV as TARGET, spirv_val  # noqa: E402
 SRC = ROOT / "shaders"
 OUT = ROOT / "nexvk" / "spv"
-TARGET = "vulkan1.1"
 
 VARIANTS = {
     "quantize": ("quantize.comp", {}),
@@ -45,13 +46,10 @@ def compile_variant(name, dest_dir):
 
 
 def validate(path):
-    exe = shutil.which("spirv-val")
-    if exe is None:
-        return "spirv-val not installed"
-    r = subprocess.run([exe, "--target-env", TARGET, str(path)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"spirv-val rejected {path.name}:\n{r.stdout}{r.stderr}")
-    return None
+    ok, msg = spirv_val(path)
+    if ok is False:
+        raise SystemExit(f"spirv-val rejected {path.name}:\n{msg}")
+    return None if ok else msg
 
 
 def main():

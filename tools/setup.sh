@@ -31,19 +31,23 @@ fi
 [ -x "$VENV/bin/python" ] || { echo "[setup] creating $VENV"; "$PY" -m venv "$VENV"; }
 VPY="$VENV/bin/python"
 "$VPY" -m pip install -q --upgrade pip
-"$VPY" -m pip install -q 'pybind11>=2.12,<3' numpy
+"$VPY" -m pip install -q 'pybind11>=2.12,<3' numpy setuptools wheel
 
 mkdir -p "$WHEELS"
 if ! ls "$WHEELS"/kp-0.9.0-*.whl >/dev/null 2>&1; then
   echo "[setup] building Kompute 0.9.0 wheel (2-3 minutes, once)"
   PB=$("$VPY" -c 'import pybind11,os;print(os.path.dirname(pybind11.__file__))')
+  # NOTE: kp 0.9.0's setup.py glues -DPYTHON_EXECUTABLE onto the previous flag (a missing
+  # comma), so CMake would pick any python3.X on PATH; a toolchain file pins the venv's.
+  TC=$(mktemp --suffix=.cmake)
+  echo "set(PYTHON_EXECUTABLE \"$(cd "$VENV" && pwd)/bin/python\" CACHE FILEPATH \"\" FORCE)" > "$TC"
   KOMPUTE_OPT_INSTALL=OFF \
   KOMPUTE_OPT_USE_BUILT_IN_VULKAN_HEADER=OFF \
   KOMPUTE_OPT_USE_BUILT_IN_FMT=OFF \
   KOMPUTE_OPT_USE_BUILT_IN_PYBIND11=OFF \
   KOMPUTE_OPT_DISABLE_VULKAN_VERSION_CHECK=ON \
   KOMPUTE_OPT_DISABLE_VK_DEBUG_LAYERS=ON \
-  CMAKE_PREFIX_PATH="$PB" \
+  CMAKE_PREFIX_PATH="$PB" CMAKE_TOOLCHAIN_FILE="$TC" \
   CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     "$VPY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" kp==0.9.0
 fi

@@ -30,6 +30,13 @@ class Buffer:
         return f"Buffer({self.name!r}, {self.size} x {self.dtype}, {self.kind})"
 
 
+class Pipeline:
+    """A compiled shader bound to its buffers; `key` names it in recorded sequences."""
+
+    def __init__(self, key, algo):
+        self.key, self.algo = key, algo
+
+
 class BufferPool:
     """Owns all device memory of one Device. Buffers are named; asking again for a name
     returns the same buffer, so steady-state work allocates nothing. `allocations` and
@@ -83,7 +90,7 @@ class Device:
         self.max_buffer_bytes = min(limits["max_storage_buffer_range"], 1 << 31)
         self.pool = BufferPool(self.mgr, self.max_buffer_bytes)
         self._pipelines = {}
-        self._seq = self.mgr.sequence()
+        self._sequences = {}
         self.lock = threading.Lock()
 
     @property
@@ -93,34 +100,55 @@ class Device:
     def pipeline(self, shader, buffers, groups, spec):
         """A cached Kompute algorithm: shader variant bound to buffers, dispatching `groups`
         workgroups with specialization constants `spec` (sequence of ints/floats)."""
+        limit = self.info["limits"]["max_compute_work_group_count"][0]
+        if groups > limit:
+            raise ValueError(f"{groups} workgroups exceed {self.name}'s limit of {limit}")
         key = (shader, tuple(b.name for b in buffers), int(groups), tuple(spec))
-        algo = self._pipelines.get(key)
-        if algo is None:
-            code = spirv.load(shader)
-            algo = self.mgr.algorithm([b.tensor for b in buffers], code, [int(groups), 1, 1],
-                                      spirv.words(spec), np.zeros(32, np.uint32))
-            self._pipelines[key] = algo
-        return algo
+        pipe = self._pipelines.get(key)
+        if pipe is None:
+            algo = self.mgr.algorithm([b.tensor for b in buffers], spirv.load(shader),
+                                      [int(groups), 1, 1], spirv.words(spec), np.zeros(32, np.uint32))
+            pipe = self._pipelines[key] = Pipeline(key, algo)
+        return pipe
 
     @property
-    def n_pipelines(self):
-        return len(self._pipelines)
+    def max_groups(self):
+        return self.info["limits"]["max_compute_work_group_count"][0]
 
     def run(self, uploads=(), dispatches=(), downloads=()):
-        """Upload host views, dispatch (pipeline, push words) pairs, download host views.
-        Dispatches in one call must not depend on each other (no barrier between them)."""
-        kp = self._kp
-        seq = self._seq
-        seq.clear()
-        if uploads:
-            seq.record(kp.OpTensorSyncDevice([b.tensor for b in uploads]))
-        for algo, push in dispatches:
-            p = np.zeros(32, np.uint32)
-            p[: len(push)] = spirv.words(push)
-            seq.record(kp.OpAlgoDispatch(algo, p))
-        if downloads:
-            seq.record(kp.OpTensorSyncLocal([b.tensor for b in downloads]))
+        """Upload host views, dispatch (pipeline, push constants) pairs, download host views.
+
+        The command sequence is recorded once per distinct recipe and replayed afterwards,
+        so per-call values must travel in an uploaded buffer, not in push constants.
+        Dispatches in one call must not depend on each other (no barrier between them).
+        """
+        key = (tuple(b.name for b in uploads), tuple((p.key, tuple(push)) for p, push in dispatches),
+               tuple(b.name for b in downloads))
+        seq = self._sequences.get(key)
+        if seq is None:
+            kp = self._kp
+            seq = self.mgr.sequence()
+            if uploads:
+                seq.record(kp.OpTensorSyncDevice([b.tensor for b in uploads]))
+            for pipe, push in dispatches:
+                words = np.zeros(32, np.uint32)
+                words[: len(push)] = spirv.words(push)
+                seq.record(kp.OpAlgoDispatch(pipe.algo, words))
+            if downloads:
+                seq.record(kp.OpTensorSyncLocal([b.tensor for b in downloads]))
+            self._sequences[key] = seq
         seq.eval()
+
+    def release(self, prefix):
+        """Free the buffers named prefix*, with the pipelines and sequences that use them."""
+        def uses(names):
+            return any(n.startswith(prefix) for n in names)
+        for key in [k for k in self._sequences if uses(k[0] + k[2]) or
+                    any(uses(pk[1]) for pk, _ in k[1])]:
+            self._sequences.pop(key).destroy()
+        for key in [k for k in self._pipelines if uses(k[1])]:
+            self._pipelines.pop(key).algo.destroy()
+        self.pool.release(prefix)
 
     def __repr__(self):
         return f"Device({self.info['index']}: {self.name})"

@@ -1,10 +1,13 @@
 """Shipped SPIR-V modules and host-side packing of push/specialization constants."""
 import functools
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
 SPV_DIR = Path(__file__).resolve().parent.parent / "spv"
+TARGET_ENV = "vulkan1.1"  # Kompute creates a Vulkan 1.1 instance and enables no features
 MAX_PUSH_BYTES = 128  # the Vulkan minimum guarantee for push constants
 
 
@@ -34,3 +37,17 @@ def words(values):
     if out.nbytes > MAX_PUSH_BYTES:
         raise ValueError(f"{out.nbytes} bytes of constants exceed the {MAX_PUSH_BYTES}-byte limit")
     return out
+
+
+def shipped():
+    """Names of the shipped SPIR-V modules."""
+    return sorted(p.stem for p in SPV_DIR.glob("*.spv"))
+
+
+def spirv_val(path):
+    """Run spirv-val on one module: (ok, message); ok is None when spirv-val is missing."""
+    exe = shutil.which("spirv-val")
+    if exe is None:
+        return None, "spirv-val not installed (apt-get install spirv-tools)"
+    r = subprocess.run([exe, "--target-env", TARGET_ENV, str(path)], capture_output=True, text=True)
+    return r.returncode == 0, (r.stdout + r.stderr).strip()

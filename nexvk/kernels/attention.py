@@ -42,7 +42,11 @@ def spec(kfmt, vfmt, group):
     return [layout.WG, kfmt.head_dim, group, *layout.spec(kfmt), *layout.spec(vfmt)]
 
 
-def push(n_q, pos0, hkv, k_region, v_region, ktab, vtab, scr_stride, scale, thr):
-    """The push block of attention.comp, in declaration order."""
-    return [n_q, pos0, hkv, *k_region, *v_region, ktab, vtab, scr_stride,
-            float(scale), float(thr)]
+def push(hkv, k_region, v_region, ktab, vtab, scr_stride):
+    """The push block of attention.comp (fixed per layer), in declaration order."""
+    return [hkv, *k_region, *v_region, ktab, vtab, scr_stride]
+
+
+def dyn(n_q, pos0, scale, thr):
+    """The per-call words of attention.comp's Dyn buffer."""
+    return [n_q, pos0, np.float32(scale).view(np.uint32), np.float32(thr).view(np.uint32)]

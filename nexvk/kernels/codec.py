@@ -21,19 +21,21 @@ class VulkanCodec(Codec):
         self.device = get_device(device)
         fmt = self.format
         d = self.head_dim
-        self.chunk = chunk or max(1, min(1 << 16, (16 << 20) // d))  # <= 64 MiB of float32 rows
+        self.chunk = chunk or max(1, min(self.device.max_groups, (16 << 20) // d))  # <= 64 MiB
         tag = f"codec{next(_ids)}/"
         pool = self.device.pool
-        weakref.finalize(self, pool.release, tag)
+        weakref.finalize(self, self.device.release, tag)
         self._x = pool.get(tag + "x", self.chunk * d, np.float32, kind="device")
         self._kv = pool.get(tag + "kv", layout.region_words(fmt, self.chunk), np.uint32, kind="device")
         self._y = pool.get(tag + "y", self.chunk * d, np.float32, kind="device")
         self._tab = pool.get(tag + "tab", layout.TAB_SIGNS + d, np.float32, kind="device")
+        self._dyn = pool.get(tag + "dyn", 2, np.uint32, kind="device")  # [rows, first vector]
         self._tab.host[:] = layout.table(fmt)
         self.device.run(uploads=[self._tab])
         spec = [layout.WG, d, *layout.spec(fmt)]
-        self._enc = self.device.pipeline("quantize", [self._x, self._kv, self._tab], self.chunk, spec)
-        self._dec = self.device.pipeline("dequantize", [self._kv, self._y, self._tab], self.chunk, spec)
+        bufs = [self._tab, self._dyn]
+        self._enc = self.device.pipeline("quantize", [self._x, self._kv, *bufs], self.chunk, spec)
+        self._dec = self.device.pipeline("dequantize", [self._kv, self._y, *bufs], self.chunk, spec)
         self._sbase = self.chunk * fmt.words
 
     def _encode_rows(self, flat):
@@ -44,7 +46,8 @@ class VulkanCodec(Codec):
         for s in range(0, n, self.chunk):
             m = min(self.chunk, n - s)
             self._x.host[: m * d] = flat[s:s + m].reshape(-1)
-            self.device.run([self._x], [(self._enc, [m, 0, 0, self._sbase, 0])], [self._kv])
+            self._dyn.host[:] = (m, 0)
+            self.device.run([self._x, self._dyn], [(self._enc, [0, self._sbase, 0])], [self._kv])
             c, sc = self._chunk_views(m)
             codes[s:s + m], scales[s:s + m] = c, sc
         return codes, scales
@@ -58,7 +61,8 @@ class VulkanCodec(Codec):
             c, sc = self._chunk_views(m)
             c[:] = codes[s:s + m]
             sc[:] = scales[s:s + m]
-            self.device.run([self._kv], [(self._dec, [m, 0, 0, self._sbase, 0])], [self._y])
+            self._dyn.host[:] = (m, 0)
+            self.device.run([self._kv, self._dyn], [(self._dec, [0, self._sbase, 0])], [self._y])
             out[s:s + m] = self._y.host[: m * d].reshape(m, d)
         return out
 

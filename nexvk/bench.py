@@ -1,0 +1,469 @@
+"""Benchmarks: codec throughput, decode attention vs context, end-to-end tokens/s, memory
+per token, and codec error vs bits per value. `nexvk bench` and the pytest-benchmark suite
+in benchmarks/ both call these functions.
+
+Every measure returns plain dicts (rows); `run_all` collects them into one JSON-able report.
+A measurement that fails (a cache too large for the device, a model not ready) becomes a
+row with an "error" field instead of stopping the run.
+
+Sparse-V queries: with random Gaussian keys the softmax over thousands of keys is nearly
+uniform and a 1e-6 weight threshold skips nothing. `peaked_queries` therefore builds each
+query head as a scaled sum of PEAK_KEYS cached keys of its KV head, scaled so those keys
+score about PEAK_LOGIT (after the 1/sqrt(d) scale) while the others score ~N(0, sigma)
+with sigma = PEAK_LOGIT * sqrt(PEAK_KEYS / d): attention is peaked, as in trained models.
+"""
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+ATTN_FORMATS = ("f16", "q8_0", "turbo4", "turbo3")
+SHAPES = {  # name: (n_heads, n_kv_heads, head_dim) of one attention layer
+    "smollm2-135m": (9, 3, 64),
+    "8b-class": (32, 8, 128),
+}
+SPARSE_V = 1e-6
+PEAK_KEYS, PEAK_LOGIT = 4, 30.0
+FULL = dict(codec_vectors=1 << 18, contexts=(1024, 4096, 16384, 32768), error_vectors=1 << 15,
+            prompt_tokens=256, decode_tokens=16)
+QUICK = dict(codec_vectors=1 << 14, contexts=(1024, 4096), error_vectors=1 << 13,
+             prompt_tokens=32, decode_tokens=4)
+E2E_TEXT = ("The history of computing is a story of memory as much as of arithmetic. Every "
+            "generation of machines has been limited by how much it could remember and how "
+            "quickly it could recall it. ")
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def gaussian(n, d, seed=0):
+    """n standard-normal float32 vectors of dimension d."""
+    return np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
+
+
+def timeit(fn, repeat=3, min_time=0.0, warmup=1):
+    """Run fn warmup times, then at least `repeat` times (and until min_time seconds have
+    passed); return (median, best) seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_time:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 50:
+            break
+    return float(np.median(times)), float(min(times))
+
+
+def device_info(device=None):
+    """{index, name, driver, type} of the Vulkan device that `device` selects, or None."""
+    import nexvk
+    if not nexvk.devices():
+        return None
+    from nexvk.device.probe import choose
+    d = choose(device)
+    return {k: d.get(k) for k in ("index", "name", "driver", "type", "api_version", "memory_bytes")}
+
+
+def resolve_backends(backend="both", device=None, log=print):
+    """Backends to run: 'numpy', 'vulkan' or 'both'; vulkan is dropped (with a message) when
+    there is no Vulkan device."""
+    want = ["numpy", "vulkan"] if backend == "both" else [backend]
+    if "vulkan" in want and device_info(device) is None:
+        from nexvk.device.probe import last_error
+        log(f"no Vulkan device found ({last_error() or 'no driver'}): running numpy only")
+        want = [b for b in want if b != "vulkan"]
+    if not want:
+        raise RuntimeError("no backend to run (vulkan was asked for but there is no device)")
+    return want
+
+
+def _error_row(row, e):
+    row["error"] = f"{type(e).__name__}: {e}"
+    return row
+
+
+# ---- codec throughput and error ------------------------------------------------------------
+def codec_throughput(fmt, backend="numpy", n=1 << 18, head_dim=128, device=None, repeat=1,
+                     x=None):
+    """Encode and decode vectors/second of one format on one backend (n vectors of head_dim)."""
+    import nexvk
+    row = {"format": fmt, "backend": backend, "vectors": n, "head_dim": head_dim}
+    try:
+        x = gaussian(n, head_dim) if x is None else x
+        c = nexvk.codec(fmt, head_dim, backend=backend, device=device)
+        c.decode(c.encode(x[:256]))  # pipelines and buffers now, not in the timing
+        enc = c.encode(x)
+        t_enc, _ = timeit(lambda: c.encode(x), repeat=repeat, warmup=0)
+        t_dec, _ = timeit(lambda: c.decode(enc), repeat=repeat, warmup=0)
+        row.update(encode_vps=n / t_enc, decode_vps=n / t_dec, encode_s=t_enc, decode_s=t_dec)
+    except Exception as e:  # noqa: BLE001 - reported in the row
+        _error_row(row, e)
+    return row
+
+
+def codec_error(fmt, head_dim=128, n=1 << 15, seed=0):
+    """Normalized MSE (sum (x - x')^2 / sum x^2) of one format on Gaussian vectors (numpy)."""
+    import nexvk
+    x = gaussian(n, head_dim, seed)
+    c = nexvk.codec(fmt, head_dim)
+    y = c.decode(c.encode(x))
+    nmse = float(((y - x) ** 2).sum() / (x ** 2).sum())
+    return {"format": fmt, "head_dim": head_dim, "bits_per_value": nexvk.bits_per_value(fmt, head_dim),
+            "nmse": nmse}
+
+
+def memory_row(fmt, shape="8b-class", capacity=1024):
+    """KV bytes per token per layer of a format (K and V) for one layer shape, next to f16."""
+    import nexvk
+    _, hkv, d = SHAPES[shape]
+    per_tok = nexvk.KVCache(1, hkv, d, capacity, fmt, fmt).nbytes / capacity
+    f16 = nexvk.KVCache(1, hkv, d, capacity, "f16", "f16").nbytes / capacity
+    return {"shape": shape, "format": fmt, "bits_per_value": nexvk.bits_per_value(fmt, d),
+            "bytes_per_token_layer": per_tok, "f16_bytes_per_token_layer": f16,
+            "ratio_to_f16": per_tok / f16}
+
+
+# ---- decode attention ----------------------------------------------------------------------
+def kv_data(shape, ctx, seed=0):
+    """Random Gaussian keys and values (ctx, n_kv_heads, head_dim) for one layer shape."""
+    _, hkv, d = SHAPES[shape]
+    rng = np.random.default_rng(seed)
+    k = rng.standard_normal((ctx, hkv, d), dtype=np.float32)
+    v = rng.standard_normal((ctx, hkv, d), dtype=np.float32)
+    return k, v
+
+
+def peaked_queries(k, n_heads, seed=1):
+    """One decode query (1, n_heads, d): each head is the sum of PEAK_KEYS random cached keys
+    of its KV head, scaled so that those keys score about PEAK_LOGIT (see module docstring)."""
+    ctx, hkv, d = k.shape
+    rng = np.random.default_rng(seed)
+    q = np.empty((1, n_heads, d), np.float32)
+    for h in range(n_heads):
+        g = h // (n_heads // hkv)
+        picks = rng.choice(ctx, size=min(PEAK_KEYS, ctx), replace=False)
+        q[0, h] = k[picks, g].sum(0) * (PEAK_LOGIT / np.sqrt(d))
+    return q
+
+
+def attention_cache(shape, fmt, ctx, backend="numpy", device=None, kv=None):
+    """A one-layer KVCache of `ctx` tokens filled with kv (default: kv_data(shape, ctx))."""
+    import nexvk
+    H, hkv, d = SHAPES[shape]
+    k, v = kv_data(shape, ctx) if kv is None else kv
+    cache = nexvk.KVCache(1, hkv, d, ctx, fmt, fmt, backend=backend, device=device, n_heads=H)
+    step = 8192 if backend == "numpy" else ctx  # the vulkan cache chunks by max_batch itself
+    for s in range(0, ctx, step):
+        cache.append(0, k[s:s + step], v[s:s + step])
+    return cache
+
+
+def attention_time(cache, q, sparse_v=None, repeat=3, min_time=0.2):
+    """Seconds per decode-attention call (median, best) and the sparse-V skip rate."""
+    med, best = timeit(lambda: cache.attention(0, q, sparse_v=sparse_v), repeat, min_time)
+    return {"ms_per_token": med * 1e3, "best_ms": best * 1e3,
+            "skip_rate": cache.stats["skip_rate"] if sparse_v else 0.0}
+
+
+def attention_rows(shape, fmt, ctx, backend="numpy", device=None, kv=None, q=None, repeat=3,
+                   min_time=0.2):
+    """Rows for one (shape, format, ctx, backend): dense and sparse-V decode attention."""
+    base = {"shape": shape, "format": fmt, "ctx": ctx, "backend": backend}
+    try:
+        kv = kv_data(shape, ctx) if kv is None else kv
+        q = peaked_queries(kv[0], SHAPES[shape][0]) if q is None else q
+        t = time.perf_counter()
+        cache = attention_cache(shape, fmt, ctx, backend, device, kv)
+        fill_s = time.perf_counter() - t
+        rows = []
+        for sparse in (None, SPARSE_V):
+            r = dict(base, sparse_v=sparse or 0.0, fill_s=fill_s)
+            r.update(attention_time(cache, q, sparse, repeat, min_time))
+            rows.append(r)
+        del cache
+        return rows
+    except Exception as e:  # noqa: BLE001
+        return [_error_row(dict(base, sparse_v=s), e) for s in (0.0, SPARSE_V)]
+
+
+def add_f16_ratio(rows):
+    """Set row['ratio_to_f16'] = time / time of f16 with the same shape, ctx, backend, sparse."""
+    key = lambda r: (r["shape"], r["ctx"], r["backend"], r["sparse_v"])  # noqa: E731
+    f16 = {key(r): r["ms_per_token"] for r in rows if r["format"] == "f16" and "error" not in r}
+    for r in rows:
+        if "error" not in r and key(r) in f16:
+            r["ratio_to_f16"] = r["ms_per_token"] / f16[key(r)]
+    return rows
+
+
+# ---- end to end ----------------------------------------------------------------------------
+def load_model(ctx):
+    """The default model (numpy backend, f16 cache) with a ctx-token context."""
+    import nexvk
+    return nexvk.Model.load(ctx=ctx)
+
+
+def e2e(model, fmt, backend="numpy", prompt_tokens=256, decode_tokens=16, device=None):
+    """Prefill and greedy-decode tokens/s of `model`'s weights with a fmt K/V cache."""
+    row = {"format": fmt, "backend": backend, "prompt_tokens": prompt_tokens,
+           "decode_tokens": decode_tokens}
+    try:
+        m = model.with_cache(fmt, fmt, backend=backend, device=device)
+        text = E2E_TEXT * (prompt_tokens // 20 + 1)
+        ids = list(m.tokenizer.encode(text))[:prompt_tokens]
+        if len(ids) < prompt_tokens:
+            raise ValueError(f"prompt text gives only {len(ids)} tokens")
+        m.forward(ids[:2], 0)  # warm up (vulkan pipelines are built on first use)
+        m.reset()
+        t0 = time.perf_counter()
+        logits = m.forward(ids, 0, last_only=True)
+        t1 = time.perf_counter()
+        for _ in range(decode_tokens):
+            logits = m.forward([int(np.argmax(logits[-1]))], m.pos)
+        t2 = time.perf_counter()
+        row.update(prefill_tok_s=prompt_tokens / (t1 - t0), decode_tok_s=decode_tokens / (t2 - t1),
+                   prefill_s=t1 - t0, decode_s=t2 - t1)
+    except Exception as e:  # noqa: BLE001
+        _error_row(row, e)
+    return row
+
+
+# ---- the whole run -------------------------------------------------------------------------
+def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
+    """The run as a list of (section, label, fn() -> list of rows)."""
+    import nexvk
+    cfg = QUICK if quick else FULL
+    sections = sections or ("memory", "error", "codec", "attention", "e2e")
+    steps = []
+    if "memory" in sections:
+        steps += [("memory", f"memory {s}", lambda s=s: [memory_row(f, s) for f in nexvk.FORMATS])
+                  for s in SHAPES]
+    if "error" in sections:
+        steps.append(("error", "codec error", lambda: [
+            codec_error(f, d, cfg["error_vectors"]) for d in (64, 128) for f in nexvk.FORMATS]))
+    if "codec" in sections:
+        x = []  # generated once, on first use
+        data = lambda: x or x.append(gaussian(cfg["codec_vectors"], 128)) or x  # noqa: E731
+        steps += [("codec", f"codec {f} {b}", lambda f=f, b=b: [codec_throughput(
+                      f, b, cfg["codec_vectors"], device=device, x=data()[0])])
+                  for b in backends for f in nexvk.FORMATS]
+    if "attention" in sections:
+        for shape in SHAPES:
+            for ctx in cfg["contexts"]:
+                kv = {}  # one K/V set and query per (shape, ctx), shared by every format
+                def run(shape=shape, ctx=ctx, kv=kv, fmt=None, b=None):
+                    if not kv:
+                        kv["kv"] = kv_data(shape, ctx)
+                        kv["q"] = peaked_queries(kv["kv"][0], SHAPES[shape][0])
+                    return attention_rows(shape, fmt, ctx, b, device, kv["kv"], kv["q"],
+                                          repeat=2 if ctx >= 16384 else 3,
+                                          min_time=0.0 if quick or ctx >= 16384 else 0.2)
+                steps += [("attention", f"attention {shape} {ctx} {f} {b}",
+                           lambda run=run, f=f, b=b: run(fmt=f, b=b))
+                          for b in backends for f in ATTN_FORMATS]
+                steps.append(("attention", f"attention {shape} {ctx} done",
+                              lambda kv=kv: kv.clear() or []))
+    if "e2e" in sections:
+        model = []
+        def e2e_step(f, b):
+            if not model:
+                model.append(load_model(cfg["prompt_tokens"] + cfg["decode_tokens"] + 8))
+            return [e2e(model[0], f, b, cfg["prompt_tokens"], cfg["decode_tokens"], device)]
+        for b in backends:
+            steps += [("e2e", f"e2e {f} {b}", lambda f=f, b=b: e2e_step(f, b))
+                      for f in ("f16", "turbo3")]
+    return steps
+
+
+def _guarded(label, fn):
+    """fn()'s rows, or one error row when a whole step fails (e.g. the model cannot load)."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        return [{"step": label, "error": f"{type(e).__name__}: {e}"}]
+
+
+def run_all(device=None, quick=False, progress=True, backends=None, sections=None, log=None):
+    """Run every benchmark; returns the report {meta, memory, error, codec, attention, e2e}."""
+    import nexvk
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    backends = list(backends or resolve_backends("both", device, log))
+    dev = device_info(device) if "vulkan" in backends else None
+    report = {"meta": {"nexvk": nexvk.__version__, "quick": quick, "backends": backends,
+                       "device": dev, "host": platform.node(), "machine": platform.machine(),
+                       "python": platform.python_version(), "numpy": np.__version__,
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "sparse_v": SPARSE_V, "peak_keys": PEAK_KEYS, "peak_logit": PEAK_LOGIT},
+              "memory": [], "error": [], "codec": [], "attention": [], "e2e": []}
+    steps = plan(quick, backends, device, sections)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(steps), unit="step", file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for section, label, fn in steps:
+        if bar is not None:
+            bar.set_description(label[:48])
+        report[section] += _guarded(label, fn)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    add_f16_ratio(report["attention"])
+    report["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report["meta"]["elapsed_s"] = time.perf_counter() - t0
+    return report
+
+
+# ---- output --------------------------------------------------------------------------------
+def _fmt(v):
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+    return "-" if v is None else str(v)
+
+
+def table(rows, cols, title=None):
+    """Aligned text table of `rows` (dicts) over `cols` [(key, header)]; errors in a last column."""
+    if not rows:
+        return ""
+    errs = any("error" in r for r in rows)
+    heads = [h for _, h in cols] + (["error"] if errs else [])
+    body = [[_fmt(r.get(k)) for k, _ in cols] + ([r.get("error", "")] if errs else []) for r in rows]
+    w = [max(len(x) for x in col) for col in zip(heads, *body)]
+    line = lambda cells: "  ".join(c.rjust(n) if i < len(cols) else c  # noqa: E731
+                                   for i, (c, n) in enumerate(zip(cells, w))).rstrip()
+    out = ([title] if title else []) + [line(heads), line(["-" * n for n in w])] + [line(b) for b in body]
+    return "\n".join(out) + "\n"
+
+
+def format_report(rep):
+    """All tables of a report as text."""
+    m = rep["meta"]
+    dev = m["device"]
+    head = (f"nexvk {m['nexvk']} bench{' --quick' if m['quick'] else ''}: backends "
+            f"{', '.join(m['backends'])}; device: "
+            f"{dev['name'] + ' / ' + dev['driver'] if dev else 'none'}; {m['started']}, "
+            f"{m.get('elapsed_s', 0):.0f} s\n")
+    parts = [head,
+             table(rep["memory"], [("shape", "shape"), ("format", "format"), ("bits_per_value", "bits/value"),
+                                   ("bytes_per_token_layer", "bytes/token/layer"),
+                                   ("ratio_to_f16", "x f16")], "KV memory per token per layer (K+V)"),
+             table(rep["error"], [("format", "format"), ("head_dim", "head_dim"),
+                                  ("bits_per_value", "bits/value"), ("nmse", "NMSE")],
+                   "Codec error on Gaussian vectors (numpy)"),
+             table(rep["codec"], [("format", "format"), ("backend", "backend"), ("vectors", "vectors"),
+                                  ("encode_vps", "encode vec/s"), ("decode_vps", "decode vec/s")],
+                   "Codec throughput (head_dim 128)"),
+             table(rep["attention"], [("shape", "shape"), ("ctx", "ctx"), ("backend", "backend"),
+                                      ("format", "format"), ("sparse_v", "sparse_v"),
+                                      ("ms_per_token", "ms/token"), ("ratio_to_f16", "x f16"),
+                                      ("skip_rate", "V skipped"), ("fill_s", "fill s")],
+                   "Decode attention, one layer, one query token (peaked queries; x f16 = same backend)"),
+             table(rep["e2e"], [("format", "format"), ("backend", "backend"),
+                                ("prompt_tokens", "prompt"), ("prefill_tok_s", "prefill tok/s"),
+                                ("decode_tokens", "decoded"), ("decode_tok_s", "decode tok/s")],
+                   "End to end, default model (K and V in the same format)")]
+    return "\n".join(p for p in parts if p)
+
+
+def plot(rep, outdir):
+    """Write attention.png (log-log ms/token vs context) and error.png; returns the paths."""
+    import os
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(outdir, exist_ok=True)
+    paths = []
+    rows = [r for r in rep["attention"] if "error" not in r]
+    if rows:
+        shapes = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
+        fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
+        for ax, shape in zip(axes[0], shapes):
+            for b in rep["meta"]["backends"]:
+                for f in ATTN_FORMATS:
+                    for sp, style in ((0.0, "-"), (SPARSE_V, ":")):
+                        pts = sorted((r["ctx"], r["ms_per_token"]) for r in rows if r["shape"] == shape
+                                     and r["backend"] == b and r["format"] == f and r["sparse_v"] == sp)
+                        if pts:
+                            label = f"{f} {b}" + (" sparse-V" if sp else "")
+                            ax.plot(*zip(*pts), style, marker="o" if b == "numpy" else "s", label=label)
+            ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="ms / token / layer",
+                   title=f"decode attention, {shape} {SHAPES[shape]}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        paths.append(os.path.join(outdir, "attention.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    if rep["error"]:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for d in sorted({r["head_dim"] for r in rep["error"]}):
+            pts = [r for r in rep["error"] if r["head_dim"] == d and r["nmse"] > 0]
+            ax.plot([r["bits_per_value"] for r in pts], [r["nmse"] for r in pts], "o", label=f"head_dim {d}")
+            for r in pts:
+                ax.annotate(r["format"], (r["bits_per_value"], r["nmse"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set(yscale="log", xlabel="bits per value (scales included)", ylabel="normalized MSE",
+               title="codec error vs storage")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(os.path.join(outdir, "error.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+# ---- command line --------------------------------------------------------------------------
+def add_parser(sub):
+    """Add `nexvk bench` to an argparse subparsers object."""
+    p = sub.add_parser("bench", help="benchmark the codec, attention and end-to-end speed",
+                       description="Measure codec throughput, decode attention vs context, "
+                       "end-to-end tokens/s, KV memory and codec error; f16 is measured in the "
+                       "same run as the baseline.")
+    p.add_argument("--device", type=int, default=None, help="Vulkan device index (see `nexvk devices`)")
+    p.add_argument("--quick", action="store_true", help="small sizes (about a minute on a CPU)")
+    p.add_argument("--backend", choices=("numpy", "vulkan", "both"), default="both")
+    p.add_argument("--only", nargs="+", choices=("memory", "error", "codec", "attention", "e2e"),
+                   help="run only these sections")
+    p.add_argument("--plot", metavar="DIR", help="write PNG charts to DIR")
+    p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def cmd_bench(args):
+    """Handler of `nexvk bench`; returns the exit code."""
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    backends = resolve_backends(args.backend, args.device, log)
+    rep = run_all(args.device, args.quick, not args.no_progress, backends, args.only, log)
+    print(format_report(rep))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rep, f, indent=1)
+        log(f"wrote {args.json}")
+    if args.plot:
+        for path in plot(rep, args.plot):
+            log(f"wrote {path}")
+    n_err = sum("error" in r for k in ("codec", "attention", "e2e") for r in rep[k])
+    if n_err:
+        log(f"{n_err} measurement(s) failed; see the error column")
+    return 0
+
+
+def main(argv=None):
+    """`python -m nexvk.bench` (same flags as `nexvk bench`)."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="nexvk")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

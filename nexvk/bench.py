@@ -381,30 +381,31 @@ def plot(rep, outdir):
     rows = [r for r in rep["attention"] if "error" not in r]
     if rows:
         shapes = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
-        fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
-        for ax, shape in zip(axes[0], shapes):
-            for b in rep["meta"]["backends"]:
-                for f in ATTN_FORMATS:
-                    for sp, style in ((0.0, "-"), (SPARSE_V, ":")):
+        fig, axes = plt.subplots(2, len(shapes), figsize=(6 * len(shapes), 9), squeeze=False)
+        colors = dict(zip(ATTN_FORMATS, ("black", "tab:blue", "tab:green", "tab:red")))
+        for row_axes, sp in zip(axes, (0.0, SPARSE_V)):
+            for ax, shape in zip(row_axes, shapes):
+                for b, style in zip(("numpy", "vulkan"), ("-o", "--s")):
+                    for f in ATTN_FORMATS:
                         pts = sorted((r["ctx"], r["ms_per_token"]) for r in rows if r["shape"] == shape
                                      and r["backend"] == b and r["format"] == f and r["sparse_v"] == sp)
                         if pts:
-                            label = f"{f} {b}" + (" sparse-V" if sp else "")
-                            ax.plot(*zip(*pts), style, marker="o" if b == "numpy" else "s", label=label)
-            ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="ms / token / layer",
-                   title=f"decode attention, {shape} {SHAPES[shape]}")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=6, ncol=2)
+                            ax.plot(*zip(*pts), style, color=colors[f], label=f"{f} {b}")
+                ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="ms / token / layer",
+                       title=f"{shape} {SHAPES[shape]}, " + (f"sparse V {sp:g}" if sp else "dense"))
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(fontsize=7, ncol=2)
+        fig.suptitle("decode attention time per token (one layer)")
         fig.tight_layout()
         paths.append(os.path.join(outdir, "attention.png"))
-        fig.savefig(paths[-1], dpi=120)
+        fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     if rep["error"]:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for d in sorted({r["head_dim"] for r in rep["error"]}):
             pts = [r for r in rep["error"] if r["head_dim"] == d and r["nmse"] > 0]
             ax.plot([r["bits_per_value"] for r in pts], [r["nmse"] for r in pts], "o", label=f"head_dim {d}")
-            for r in pts:
+            for r in pts if d == 128 else ():
                 ax.annotate(r["format"], (r["bits_per_value"], r["nmse"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
         ax.set(yscale="log", xlabel="bits per value (scales included)", ylabel="normalized MSE",

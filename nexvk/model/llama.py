@@ -139,10 +139,10 @@ class Model:
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
         self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
         self.backend, self.device, self.sparse_v, self.seed = backend, device, sparse_v, seed
+        self.state = State(cfg, min(max_batch, ctx))
         self.cache = KVCache(cfg.n_layers, cfg.n_kv_heads[0], cfg.head_dim, ctx,
                              k_type=k_type, v_type=v_type, backend=backend, device=device,
-                             seed=seed)
-        self.state = State(cfg, min(max_batch, ctx))
+                             seed=seed, n_heads=cfg.n_heads, max_batch=self.state.B)
         self.cos, self.sin = rope_tables(ctx, cfg.rope_dims, cfg.rope_base)  # (ctx, rot/2)
         self.pos = 0
         self.stats = {}

@@ -1,0 +1,140 @@
+"""The model subcommands of `nexvk`: fetch, plan, run, ppl (flags spelled as in llama.cpp).
+
+Each handler is a thin shell over the Python API and returns an exit code; nexvk/cli.py turns
+ValueError/FileNotFoundError/RuntimeError into one clean error line.
+"""
+import sys
+from pathlib import Path
+
+from nexvk import FORMATS
+
+
+def _cache_flags(p, default):
+    p.add_argument("-ctk", "--cache-type-k", dest="k_type", choices=FORMATS, default=default,
+                   help=f"KV cache format for keys (default: {default})")
+    p.add_argument("-ctv", "--cache-type-v", dest="v_type", choices=FORMATS, default=default,
+                   help=f"KV cache format for values (default: {default})")
+
+
+def _device_flags(p):
+    p.add_argument("--backend", choices=("auto", "numpy", "vulkan"), default="auto",
+                   help="where the KV cache and attention run; auto = vulkan when a device "
+                        "exists, else numpy (default: auto)")
+    p.add_argument("--device", type=int, default=None,
+                   help="Vulkan device index from `nexvk devices` (default: the first)")
+
+
+def _model_flag(p):
+    p.add_argument("-m", "--model", default=None,
+                   help="GGUF model file (default: SmolLM2-135M-Instruct, fetched on first use)")
+
+
+def add_parsers(sub):
+    p = sub.add_parser("fetch", help="download the default model (SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("plan", help="memory needed for weights and KV cache at a context length")
+    p.add_argument("model", nargs="?", default=None,
+                   help="GGUF model file (default: the default model)")
+    p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=32768,
+                   help="context length in tokens (default: 32768)")
+    _cache_flags(p, "turbo3")
+    p.add_argument("--memory", default=None,
+                   help="memory available, e.g. 4GiB or 8GB: say whether the plan fits")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="generate text from a prompt")
+    _model_flag(p)
+    p.add_argument("-p", "--prompt", required=True, help="prompt text")
+    p.add_argument("-n", "--n-predict", dest="n", type=int, default=64,
+                   help="number of tokens to generate (default: 64)")
+    p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=2048,
+                   help="context length, i.e. KV cache capacity in tokens (default: 2048)")
+    _cache_flags(p, "turbo3")
+    p.add_argument("--sparse-v", type=float, default=None,
+                   help="skip V rows whose attention weight is below this, e.g. 1e-6 "
+                        "(default: off)")
+    _device_flags(p)
+    p.add_argument("--temp", type=float, default=0.0,
+                   help="sampling temperature; 0 = greedy (default: 0)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling threshold (default: 1.0 = off)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and codec seed (default: 0)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt as one user turn of the model's ChatML template")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ppl", help="perplexity of a text file (llama.cpp perplexity semantics)")
+    _model_flag(p)
+    p.add_argument("-f", "--file", required=True, help="text file, e.g. wikitext-2-raw test")
+    p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=512,
+                   help="window length in tokens; the second half of each is scored "
+                        "(default: 512)")
+    p.add_argument("--chunks", type=int, default=None,
+                   help="score only the first N windows (default: all)")
+    _cache_flags(p, "f16")
+    p.add_argument("--kld", action="store_true",
+                   help="also run an f16 cache and report KL divergence and top-1 agreement")
+    p.add_argument("--sparse-v", type=float, default=None,
+                   help="skip V rows whose attention weight is below this (default: off)")
+    _device_flags(p)
+    p.set_defaults(func=cmd_ppl)
+
+
+def cmd_fetch(args):
+    from nexvk.model.fetch import fetch_default
+    print(fetch_default(progress=not args.quiet))
+    return 0
+
+
+def cmd_plan(args):
+    from nexvk.model.fetch import resolve_model
+    from nexvk.model.plan import plan
+    p = plan(resolve_model(args.model), args.ctx, args.k_type, args.v_type, args.memory)
+    print("\n".join(p.lines()))
+    return 0 if p.fits is not False else 1
+
+
+def cmd_run(args):
+    from nexvk.model.llama import Model
+    m = Model.load(args.model, ctx=args.ctx, k_type=args.k_type, v_type=args.v_type,
+                   backend=args.backend, device=args.device, sparse_v=args.sparse_v,
+                   seed=args.seed, progress=True)
+
+    def emit(piece):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    if not args.chat:
+        emit(args.prompt)
+    m.generate(args.prompt, n=args.n, temperature=args.temp, top_k=args.top_k,
+               top_p=args.top_p, seed=args.seed, stream=emit, chat=args.chat)
+    print()
+    s, c = m.stats, m.cache
+    bits = c.bits_per_value  # mean of K and V, norms and scales included
+    err = sys.stderr
+    print(f"prefill: {s['prompt_tokens']} tokens in {s['prefill_s']:.3f} s "
+          f"({s['prefill_tok_s']:.1f} tok/s)", file=err)
+    print(f"decode:  {s['decode_tokens']} tokens in {s['decode_s']:.3f} s "
+          f"({s['decode_tok_s']:.1f} tok/s)", file=err)
+    print(f"KV cache: {args.k_type}/{args.v_type}, {bits:.3f} bits/value, "
+          f"{c.nbytes / 2**20:.2f} MiB for {args.ctx} tokens ({c.length(0)} used), "
+          f"backend {c.backend}", file=err)
+    if getattr(c, "stats", None):
+        print(f"cache stats: {c.stats}", file=err)
+    return 0
+
+
+def cmd_ppl(args):
+    from nexvk.model.eval import format_result, perplexity
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file not found: {path}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    r = perplexity(args.model, text, ctx=args.ctx, chunks=args.chunks, k_type=args.k_type,
+                   v_type=args.v_type, kld=args.kld, backend=args.backend, device=args.device,
+                   sparse_v=args.sparse_v)
+    print("\n".join(format_result(r)))
+    return 0

@@ -7,6 +7,7 @@ layers into arenas no larger than the device's storage-buffer limit.
 """
 import itertools
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -41,10 +42,14 @@ class KVCache:
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
         from nexvk.device.manager import resolve_backend
         self.backend = resolve_backend(backend, device)
+        # the stores get the geometry, not the cache, so a dropped cache frees at once
+        geo = SimpleNamespace(n_layers=self.n_layers, n_kv_heads=self.n_kv_heads,
+                              head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmt,
+                              vfmt=self.vfmt, max_heads=self.max_heads)
         if self.backend == "numpy":
-            self._impl = _NumpyStore(self)
+            self._impl = _NumpyStore(geo)
         else:
-            self._impl = _VulkanStore(self, device, max_batch, n_heads)
+            self._impl = _VulkanStore(geo, device, max_batch, n_heads)
 
     @property
     def nbytes(self):
@@ -79,6 +84,8 @@ class KVCache:
                              f"cannot append {k.shape[0]} more")
         kf = check_vectors(k, self.head_dim, "k")
         vf = check_vectors(v, self.head_dim, "v")
+        self.kfmt.check_range(kf, "k")
+        self.vfmt.check_range(vf, "v")
         self._impl.append(layer, n, kf, vf)
         self._len[layer] = n + k.shape[0]
 
@@ -257,7 +264,7 @@ class _VulkanStore:
                 self.stats.host[:] = 0
                 pipe = self._attn_pipe(layer, rows, H // c.n_kv_heads)
                 push = attn_kernel.push(c.n_kv_heads, kreg, vreg, 0, self.vtab, c.capacity)
-                self.dyn.host[:] = attn_kernel.dyn(m, pos0 + s, scale, thr)
+                attn_kernel.set_dyn(self.dyn.host, m, pos0 + s, scale, thr)
                 self.dev.run([io["q"], self.stats, self.dyn], [(pipe, push)], [io["o"], self.stats])
                 out[s:s + m] = io["o"].host[: m * H * d].reshape(m, H, d)
                 skipped += int(self.stats.host[0])

@@ -98,21 +98,21 @@ void main() {
             store_half(v * (D / 32u) + b, d);
         }
     } else {  // FMT_TURBO
-        float ss = 0.0;
+        precise float ss = 0.0;  // no fused multiply-add: numpy sums in this exact order
         for (uint i = t; i < D; i += WG) ss += sh_x[i] * sh_x[i];
         float gamma = sqrt(reduce_sum(ss));
         for (uint i = t; i < D; i += WG) sh_x[i] *= tab[pc.tabo + TAB_SIGNS + i];
         barrier();
         wht_rows(1u, tab[pc.tabo + TAB_INV_SQRT_D]);
         float inv = gamma > 0.0 ? 1.0 / gamma : 0.0;
-        float cc = 0.0;
+        precise float cc = 0.0;
         uint n_thr = (1u << BITS) - 1u;
         for (uint i = t; i < D; i += WG) {
             float y = sh_x[i] * inv;
             uint code = 0u;
             for (uint k = 0u; k < n_thr; ++k) code += tab[pc.tabo + TAB_THRESHOLDS + k] <= y ? 1u : 0u;
             sh_code[i] = code;
-            float c = tab[pc.tabo + TAB_CENTROIDS + code];
+            precise float c = tab[pc.tabo + TAB_CENTROIDS + code];
             cc += c * c;
         }
         float cn = sqrt(reduce_sum(cc));  // the barrier inside also publishes sh_code

@@ -112,6 +112,14 @@ class Device:
         return pipe
 
     @property
+    def n_pipelines(self):
+        return len(self._pipelines)
+
+    @property
+    def n_sequences(self):
+        return len(self._sequences)
+
+    @property
     def max_groups(self):
         return self.info["limits"]["max_compute_work_group_count"][0]
 

@@ -47,6 +47,7 @@ def push(hkv, k_region, v_region, ktab, vtab, scr_stride):
     return [hkv, *k_region, *v_region, ktab, vtab, scr_stride]
 
 
-def dyn(n_q, pos0, scale, thr):
-    """The per-call words of attention.comp's Dyn buffer."""
-    return [n_q, pos0, np.float32(scale).view(np.uint32), np.float32(thr).view(np.uint32)]
+def set_dyn(words, n_q, pos0, scale, thr):
+    """Write the per-call words of attention.comp's Dyn buffer into `words` (uint32 (4,))."""
+    words[0], words[1] = n_q, pos0
+    words[2:4].view(np.float32)[:] = (scale, thr)

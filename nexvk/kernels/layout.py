@@ -1,11 +1,11 @@
 """Host mirror of shaders/include/kv_format.glsl: format ids, per-format tables, regions."""
 import numpy as np
 
-from nexvk.quant.formats import Turbo
+from nexvk.quant.formats import LANES, Turbo
 
 FMT_IDS = {"f16": 0, "q8_0": 1, "q4_0": 2, "turbo": 3}
 TAB_CENTROIDS, TAB_THRESHOLDS, TAB_INV_SQRT_D, TAB_SIGNS = 0, 16, 32, 64
-WG = 64  # threads per workgroup (spec constant 0 of every shader)
+WG = LANES  # threads per workgroup (spec constant 0); the codec's norms are summed this way
 
 
 def spec(fmt):

@@ -63,6 +63,7 @@ class Codec:
 
     def encode(self, x):
         flat = check_vectors(x, self.head_dim)
+        self.format.check_range(flat)
         codes, scales = self._encode_rows(flat)
         return Encoded(self.name, tuple(x.shape), codes, scales)
 

@@ -20,6 +20,25 @@ import numpy as np
 from nexvk.quant import hadamard, lloyd_max, pack
 
 HEAD_DIMS = tuple(1 << k for k in range(4, 10))  # 16 .. 512
+LANES = 64  # the shaders' workgroup width: sums of squares are reduced in their order
+
+
+def sum_squares(x):
+    """Row sums of x*x in float32, in the exact order of quantize.comp: LANES sequential
+    partial sums (lane t adds elements t, t+LANES, ...), then a halving tree. Summing the
+    same way makes the fp32 norms, and so the codes and fp16 norms, identical on devices
+    with correctly rounded arithmetic."""
+    n, d = x.shape
+    sq = np.zeros((n, -(-d // LANES) * LANES), np.float32)
+    sq[:, :d] = x * x
+    part = np.zeros((n, LANES), np.float32)
+    for k in range(0, sq.shape[1], LANES):
+        part += sq[:, k:k + LANES]
+    s = LANES // 2
+    while s:
+        part[:, :s] += part[:, s:2 * s]
+        s //= 2
+    return part[:, 0]
 
 
 class Format:
@@ -36,6 +55,15 @@ class Format:
 
     def bytes_per_vector(self):
         return 4 * self.words + 2 * self.n_scales
+
+    max_abs = np.inf  # largest |value| whose fp16 values/scales stay finite
+
+    def check_range(self, flat, what="x"):
+        """ValueError when a vector cannot be stored without its fp16 parts overflowing."""
+        amax = float(np.abs(flat).max())
+        if amax > self.max_abs:
+            raise ValueError(f"{what} has |values| up to {amax:.4g}; {self.name} stores fp16 "
+                             f"values or scales and holds at most {self.max_abs:.6g}")
 
     # compute-domain hooks used by packed attention; identity unless rotated
     def to_compute(self, x):
@@ -57,6 +85,7 @@ class Format:
 
 class F16(Format):
     name = "f16"
+    max_abs = 65504.0
 
     def __init__(self, head_dim, seed=0):
         super().__init__(head_dim, seed)
@@ -77,6 +106,7 @@ def _round_half_away(x):
 
 class Q8_0(Format):
     name = "q8_0"
+    max_abs = 65504.0 * 127
 
     def __init__(self, head_dim, seed=0):
         super().__init__(head_dim, seed)
@@ -99,6 +129,7 @@ class Q8_0(Format):
 
 class Q4_0(Format):
     name = "q4_0"
+    max_abs = 65504.0 * 8
 
     def __init__(self, head_dim, seed=0):
         super().__init__(head_dim, seed)
@@ -130,6 +161,15 @@ class Turbo(Format):
         self.signs = hadamard.signs(head_dim, seed)
         self.centroids, self.thresholds = lloyd_max.codebook(self.bits, head_dim)
 
+    def check_range(self, flat, what="x"):
+        """The fp16 norm gamma/||c|| must stay finite; ||c|| is at least sqrt(d) times the
+        smallest |centroid|, which bounds the vector norms a turbo format accepts."""
+        limit = 65504.0 * np.sqrt(self.head_dim) * float(np.abs(self.centroids).min())
+        norm = float(np.sqrt(np.einsum("nd,nd->n", flat, flat, dtype=np.float64).max()))
+        if norm > limit:
+            raise ValueError(f"{what} has vector norms up to {norm:.4g}; {self.name} stores the "
+                             f"norm as fp16 and accepts at most {limit:.6g} at head_dim {self.head_dim}")
+
     def to_compute(self, x):
         return hadamard.rotate(x, self.signs)
 
@@ -138,7 +178,7 @@ class Turbo(Format):
 
     def quantize_rotated(self, x):
         """x (n, d) -> (rotated unit vectors y, codes, norms gamma). Exposed for validation."""
-        gamma = np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float32))
+        gamma = np.sqrt(sum_squares(x))
         y = hadamard.rotate(x, self.signs)
         with np.errstate(divide="ignore", invalid="ignore"):
             y = y * np.where(gamma > 0, np.float32(1) / gamma, np.float32(0))[:, None]
@@ -148,7 +188,7 @@ class Turbo(Format):
     def encode_rows(self, x):
         _, codes, gamma = self.quantize_rotated(x)
         c = self.centroids[codes]
-        cn = np.sqrt(np.einsum("nd,nd->n", c, c, dtype=np.float32))
+        cn = np.sqrt(sum_squares(c))
         norm = np.where(cn > 0, gamma / cn, 0).astype(np.float16)
         return pack.pack(codes, self.bits), norm[:, None]
 

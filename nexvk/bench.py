@@ -160,16 +160,21 @@ def attention_cache(shape, fmt, ctx, backend="numpy", device=None, kv=None):
     return cache
 
 
-def attention_time(cache, q, sparse_v=None, repeat=3, min_time=0.2):
-    """Seconds per decode-attention call (median, best) and the sparse-V skip rate."""
-    med, best = timeit(lambda: cache.attention(0, q, sparse_v=sparse_v), repeat, min_time)
+def attention_time(cache, q, sparse_v=None, repeat=3, min_time=0.2, out=None):
+    """Seconds per decode-attention call (median, best) and the sparse-V skip rate; the last
+    output goes to out["o"] when out is a dict."""
+    box = {} if out is None else out
+    fn = lambda: box.__setitem__("o", cache.attention(0, q, sparse_v=sparse_v))  # noqa: E731
+    med, best = timeit(fn, repeat, min_time)
     return {"ms_per_token": med * 1e3, "best_ms": best * 1e3,
             "skip_rate": cache.stats["skip_rate"] if sparse_v else 0.0}
 
 
 def attention_rows(shape, fmt, ctx, backend="numpy", device=None, kv=None, q=None, repeat=3,
-                   min_time=0.2):
-    """Rows for one (shape, format, ctx, backend): dense and sparse-V decode attention."""
+                   min_time=0.2, ref=None):
+    """Rows for one (shape, format, ctx, backend): dense and sparse-V decode attention.
+    `ref` (a dict shared across backends) holds numpy outputs; other backends' rows get
+    max_abs_diff against them, so a fast but wrong kernel shows up in the table."""
     base = {"shape": shape, "format": fmt, "ctx": ctx, "backend": backend}
     try:
         kv = kv_data(shape, ctx) if kv is None else kv
@@ -180,7 +185,13 @@ def attention_rows(shape, fmt, ctx, backend="numpy", device=None, kv=None, q=Non
         rows = []
         for sparse in (None, SPARSE_V):
             r = dict(base, sparse_v=sparse or 0.0, fill_s=fill_s)
-            r.update(attention_time(cache, q, sparse, repeat, min_time))
+            box = {}
+            r.update(attention_time(cache, q, sparse, repeat, min_time, box))
+            if ref is not None and backend == "numpy":
+                ref[fmt, sparse] = box["o"]
+            elif ref is not None and (fmt, sparse) in ref:
+                r["max_abs_diff"] = float(np.nan_to_num(np.abs(box["o"] - ref[fmt, sparse]).max(),
+                                                        nan=np.inf))
             rows.append(r)
         del cache
         return rows
@@ -257,9 +268,11 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
                     if not kv:
                         kv["kv"] = kv_data(shape, ctx)
                         kv["q"] = peaked_queries(kv["kv"][0], SHAPES[shape][0])
+                        kv["ref"] = {}
                     return attention_rows(shape, fmt, ctx, b, device, kv["kv"], kv["q"],
                                           repeat=2 if ctx >= 16384 else 3,
-                                          min_time=0.0 if quick or ctx >= 16384 else 0.2)
+                                          min_time=0.0 if quick or ctx >= 16384 else 0.2,
+                                          ref=kv["ref"])
                 steps += [("attention", f"attention {shape} {ctx} {f} {b}",
                            lambda run=run, f=f, b=b: run(fmt=f, b=b))
                           for b in backends for f in ATTN_FORMATS]
@@ -361,8 +374,10 @@ def format_report(rep):
              table(rep["attention"], [("shape", "shape"), ("ctx", "ctx"), ("backend", "backend"),
                                       ("format", "format"), ("sparse_v", "sparse_v"),
                                       ("ms_per_token", "ms/token"), ("ratio_to_f16", "x f16"),
-                                      ("skip_rate", "V skipped"), ("fill_s", "fill s")],
-                   "Decode attention, one layer, one query token (peaked queries; x f16 = same backend)"),
+                                      ("skip_rate", "V skipped"), ("max_abs_diff", "|out-numpy|"),
+                                      ("fill_s", "fill s")],
+                   "Decode attention, one layer, one query token (peaked queries; x f16 = same "
+                   "backend; |out-numpy| = max abs difference from the numpy output)"),
              table(rep["e2e"], [("format", "format"), ("backend", "backend"),
                                 ("prompt_tokens", "prompt"), ("prefill_tok_s", "prefill tok/s"),
                                 ("decode_tokens", "decoded"), ("decode_tok_s", "decode tok/s")],

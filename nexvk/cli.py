@@ -30,6 +30,12 @@ def _add_model_commands(sub):
     commands.add_parsers(sub)
 
 
+def _add_tools(sub):
+    from nexvk import bench, validate
+    validate.add_parser(sub)
+    bench.add_parser(sub)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="nexvk",
@@ -37,6 +43,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_devices(sub)
     _add_model_commands(sub)
+    _add_tools(sub)
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)

@@ -1,0 +1,314 @@
+"""Every shader on a Vulkan device against the numpy reference: `nexvk validate`.
+
+Plays the role of llama.cpp's test-backend-ops. Each Case names a kernel and its
+parameters (the string form `attention kfmt=turbo3,vfmt=turbo3,d=128,gqa=4,...` is what
+--filter matches); run_case() builds seeded inputs, runs the numpy twin and the device, and
+checks NaN/Inf first, then the case's error against its tolerance:
+- quantize:   fraction of code words that differ (ties at thresholds only) <= 1e-4, fp16
+              scales within one step, and sentinel words around the output untouched;
+- dequantize: max relative error of the decoded floats <= 1e-5;
+- attention:  max relative error <= 1e-4 against numpy attention over the very codes the
+              device produced (so quantization ties cannot blur the attention check).
+tests/test_validate.py runs the quick grid; CI runs `nexvk validate --quick` on lavapipe.
+"""
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nexvk.quant import FORMATS
+from nexvk.quant.formats import make
+
+SENTINEL = 0xDEADBEEF
+PAIRS = [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("turbo2", "turbo2"),
+         ("turbo3", "turbo3"), ("turbo4", "turbo4"), ("q8_0", "turbo3"), ("q8_0", "turbo4")]
+DATA = {  # name -> per-vector norm scale of Gaussian data (zeros: every 7th vector is 0)
+    "gauss": 1.0, "zeros": 1.0, "large": 400.0, "small": 1e-3}
+
+
+@dataclass
+class Case:
+    kernel: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def name(self):
+        return f"{self.kernel} " + ",".join(f"{k}={v}" for k, v in self.params.items())
+
+    @property
+    def group(self):
+        p = self.params
+        return f"{self.kernel} {p['kfmt']}/{p['vfmt']}" if self.kernel == "attention" \
+            else f"{self.kernel} {p['fmt']}"
+
+
+@dataclass
+class Result:
+    case: Case
+    error: float
+    tol: float
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+def cases(quick=False):
+    """The grid: every format, head_dim 64/128/256, GQA 1/3/4/8, decode and prefill,
+    contexts on and off the workgroup size, sparse V on and off, edge-case norms."""
+    dims = (64, 128) if quick else (64, 128, 256)
+    out = []
+    for fmt in FORMATS:
+        for d in dims:
+            for data in (("gauss", "large") if quick else DATA):
+                out.append(Case("quantize", dict(fmt=fmt, d=d, data=data)))
+            out.append(Case("dequantize", dict(fmt=fmt, d=d)))
+    pairs = [("f16", "f16"), ("turbo3", "turbo3"), ("q8_0", "turbo3")] if quick else PAIRS
+    gqas = (1, 4) if quick else (1, 3, 4, 8)
+    shapes = [("decode", 1000, 1, 1e-6), ("prefill", 65, 65, 0.0)] if quick else [
+        ("decode", 1, 1, 0.0), ("decode", 64, 1, 0.0), ("decode", 1000, 1, 0.0),
+        ("decode", 1000, 1, 1e-6), ("decode", 4096, 1, 1e-6), ("prefill", 63, 63, 0.0),
+        ("prefill", 300, 44, 0.0)]
+    for kfmt, vfmt in pairs:
+        for d in dims:
+            for gqa in gqas:
+                for mode, ctx, T, sparse in shapes:
+                    out.append(Case("attention", dict(kfmt=kfmt, vfmt=vfmt, d=d, gqa=gqa,
+                                                      mode=mode, ctx=ctx, T=T, sparse=sparse)))
+    if not quick:  # softmax at the edges: huge and tiny key norms
+        for data in ("large", "small"):
+            out.append(Case("attention", dict(kfmt="turbo3", vfmt="turbo3", d=128, gqa=4,
+                                              mode="decode", ctx=500, T=1, sparse=1e-6, data=data)))
+    return out
+
+
+def _data(n, d, kind, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32) * np.float32(DATA[kind])
+    if kind == "zeros":
+        x[::7] = 0
+    return x
+
+
+def _rel(a, b):
+    scale = float(np.abs(b).max())
+    return float(np.abs(a - b).max()) / scale if scale else float(np.abs(a - b).max())
+
+
+def _quantize(dev, p, seed):
+    """Raw quantize.comp dispatch into a buffer with sentinel words before and after."""
+    from nexvk.kernels import layout
+    fmt = make(p["fmt"], p["d"])
+    n, d = 500, p["d"]
+    x = _data(n, d, p["data"], seed)
+    # vectors 1..n of n+2: vector 0 and n+1 stay sentinel; a spare word pads the scales
+    words = layout.region_words(fmt, n + 2) + 1
+    tag = f"validate/quantize/{p['fmt']}/{d}/"
+    pool = dev.pool
+    xb = pool.get(tag + "x", n * d, np.float32, kind="device")
+    kv = pool.get(tag + "kv", words, np.uint32, kind="device")
+    tab = pool.get(tag + "tab", layout.TAB_SIGNS + d, np.float32, kind="device")
+    dyn = pool.get(tag + "dyn", 2, np.uint32, kind="device")
+    try:
+        xb.host[:] = x.reshape(-1)
+        kv.host[:] = SENTINEL
+        tab.host[:] = layout.table(fmt)
+        dyn.host[:] = (n, 1)
+        pipe = dev.pipeline("quantize", [xb, kv, tab, dyn], n, [layout.WG, d, *layout.spec(fmt)])
+        sbase = (n + 2) * fmt.words
+        dev.run([xb, kv, tab, dyn], [(pipe, [0, sbase, 0])], [kv])
+        got = kv.host.copy()
+    finally:
+        dev.release(tag)
+    codes = got[: (n + 2) * fmt.words].reshape(n + 2, fmt.words)
+    halves = got[sbase:].view(np.uint16)
+    scales = halves[: (n + 2) * fmt.n_scales].reshape(n + 2, fmt.n_scales)
+    ref_codes, ref_scales = fmt.encode_rows(x)
+    s16 = np.uint16(SENTINEL & 0xFFFF), np.uint16(SENTINEL >> 16)
+    sentinel_ok = (np.all(codes[0] == SENTINEL) and np.all(codes[-1] == SENTINEL)
+                   and np.all(got[layout.region_words(fmt, n + 2):] == SENTINEL))
+    if fmt.n_scales:
+        flat = halves[: (n + 2) * fmt.n_scales]
+        first, last = fmt.n_scales, (n + 1) * fmt.n_scales  # half indices of vectors 1..n
+        expect = np.where(np.arange(len(flat)) % 2 == 0, s16[0], s16[1])
+        sentinel_ok &= bool(np.all(flat[:first] == expect[:first]) and
+                            np.all(flat[last:] == expect[last:]))
+    mismatch = float(np.mean(codes[1:-1] != ref_codes))
+    ulps = np.abs(scales[1:-1].astype(np.int32) - ref_scales.view(np.uint16).astype(np.int32))
+    ok = sentinel_ok and mismatch <= 1e-4 and ulps.max(initial=0) <= 1
+    detail = "" if sentinel_ok else "sentinel words overwritten"
+    if ulps.max(initial=0) > 1:
+        detail = f"fp16 scales differ by up to {int(ulps.max())} steps"
+    return mismatch, 1e-4, ok, detail
+
+
+def _dequantize(dev, p, seed):
+    from nexvk.kernels.codec import VulkanCodec
+    fmt = make(p["fmt"], p["d"])
+    x = _data(700, p["d"], "gauss", seed)
+    codes, scales = fmt.encode_rows(x)
+    ref = fmt.decode_rows(codes, scales)
+    got = VulkanCodec(p["fmt"], p["d"], device=dev, chunk=512)._decode_rows(codes, scales)
+    if not np.isfinite(got).all():
+        return float("inf"), 1e-5, False, "NaN/Inf in output"
+    err = _rel(got, ref)
+    return err, 1e-5, err <= 1e-5, ""
+
+
+def _attention(dev, p, seed):
+    from nexvk import KVCache
+    from nexvk.kernels.codec import VulkanCodec
+    d, G, ctx, T = p["d"], p["gqa"], p["ctx"], p["T"]
+    hkv = max(1, 8 // G) if d <= 128 else 2
+    H = hkv * G
+    rng = np.random.default_rng(seed)
+    k = _data(ctx * hkv, d, p.get("data", "gauss"), seed).reshape(ctx, hkv, d)
+    v = rng.standard_normal((ctx, hkv, d)).astype(np.float32)
+    vk = KVCache(1, hkv, d, ctx, p["kfmt"], p["vfmt"], backend="vulkan", device=dev,
+                 n_heads=H, max_batch=64)
+    if ctx > T:
+        vk.append(0, k[:ctx - T], v[:ctx - T])
+    step = 64 if p["mode"] == "prefill" else 1  # decode appends its tokens one at a time
+    for t in range(ctx - T, ctx, step):
+        vk.append(0, k[t:t + step], v[t:t + step])
+    # the reference reads the codes the device's own quantizer produced
+    ref = KVCache(1, hkv, d, ctx, p["kfmt"], p["vfmt"])
+    for (codes, scales), x, fmt in ((ref._impl.k, k, p["kfmt"]), (ref._impl.v, v, p["vfmt"])):
+        enc = VulkanCodec(fmt, d, device=dev).encode(x)
+        codes[0], scales[0] = enc.codes.reshape(ctx, hkv, -1), enc.scales.reshape(ctx, hkv, -1)
+    ref._len[0] = ctx
+    q = rng.standard_normal((T, H, d)).astype(np.float32)
+    if p["sparse"]:  # peaked attention, as in real decoding
+        q = np.repeat(k[[0, ctx // 2, ctx - 1]].sum(0), G, axis=0)[None].repeat(T, 0) * 1.5
+        q /= max(1.0, float(np.abs(q).max()) / 50)
+    got = vk.attention(0, q, sparse_v=p["sparse"] or None)
+    want = ref.attention(0, q, sparse_v=p["sparse"] or None)
+    if not np.isfinite(got).all():
+        return float("inf"), 1e-4, False, "NaN/Inf in output"
+    err = _rel(got, want)
+    detail = f"skip {vk.stats['skip_rate']:.0%}" if p["sparse"] else ""
+    if vk.stats["skipped"] != ref.stats["skipped"]:
+        detail += f" skipped {vk.stats['skipped']} vs numpy {ref.stats['skipped']}"
+    return err, 1e-4, err <= 1e-4, detail.strip()
+
+
+_RUNNERS = {"quantize": _quantize, "dequantize": _dequantize, "attention": _attention}
+
+
+def run_case(dev, case, seed=0):
+    t = time.perf_counter()
+    try:
+        err, tol, ok, detail = _RUNNERS[case.kernel](dev, case.params, seed)
+    except Exception as e:  # a crash in one case is a failed case, not a dead run
+        err, tol, ok, detail = float("inf"), 0.0, False, f"{type(e).__name__}: {e}"
+    return Result(case, float(err), tol, bool(ok), time.perf_counter() - t, detail)
+
+
+def spirv_rows():
+    from nexvk.device import spirv
+    rows = []
+    for name in spirv.shipped():
+        ok, msg = spirv.spirv_val(spirv.SPV_DIR / f"{name}.spv")
+        rows.append({"module": name, "ok": ok, "message": msg})
+    return rows
+
+
+def summarize(results):
+    """One row per kernel and case group."""
+    groups = {}
+    for r in results:
+        g = groups.setdefault(r.case.group, {"group": r.case.group, "cases": 0, "failed": 0,
+                                             "max_error": 0.0, "tol": r.tol, "seconds": 0.0})
+        g["cases"] += 1
+        g["failed"] += not r.ok
+        g["max_error"] = max(g["max_error"], r.error)
+        g["tol"] = max(g["tol"], r.tol)
+        g["seconds"] += r.seconds
+    return list(groups.values())
+
+
+def validate(device=None, quick=False, pattern=None, progress=True, layer_log=None):
+    """Run the grid; returns the report dict (see --json)."""
+    from nexvk.device import layers
+    from nexvk.device.manager import get_device
+    dev = get_device(device)
+    todo = [c for c in cases(quick) if not pattern or pattern in c.name]
+    it = todo
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(todo, desc="validate", unit="case", file=sys.stderr)
+    results = [run_case(dev, c, seed=i) for i, c in enumerate(it)]
+    report = {"device": dev.info, "quick": quick, "filter": pattern,
+              "groups": summarize(results), "spirv_val": spirv_rows(),
+              "cases": [{"name": r.case.name, "error": r.error, "tol": r.tol, "ok": r.ok,
+                         "seconds": round(r.seconds, 4), "detail": r.detail} for r in results]}
+    if layer_log:
+        msgs = layers.messages(layer_log)
+        report["validation_layer"] = {"enabled": True, "messages": len(msgs), "first": msgs[:5]}
+    else:
+        report["validation_layer"] = {"enabled": False, "messages": 0}
+    spirv_bad = any(r["ok"] is False for r in report["spirv_val"])
+    report["ok"] = (all(r.ok for r in results) and not spirv_bad
+                    and report["validation_layer"]["messages"] == 0)
+    return report
+
+
+def format_report(rep):
+    dev = rep["device"]
+    lines = [f"device {dev['index']}: {dev['name']} ({dev.get('driver') or dev.get('vendor')}, "
+             f"{dev.get('type')})", ""]
+    lines.append(f"{'kernel / formats':<28}{'cases':>6}{'max error':>12}{'tol':>10}{'result':>8}{'time':>9}")
+    for g in rep["groups"]:
+        res = "PASS" if not g["failed"] else f"FAIL {g['failed']}"
+        lines.append(f"{g['group']:<28}{g['cases']:>6}{g['max_error']:>12.2e}{g['tol']:>10.0e}"
+                     f"{res:>8}{g['seconds']:>8.1f}s")
+    for c in rep["cases"]:
+        if not c["ok"]:
+            lines.append(f"  FAILED {c['name']}: error {c['error']:.3g} > {c['tol']:.0e} {c['detail']}")
+    lines.append("")
+    for r in rep["spirv_val"]:
+        state = {True: "ok", False: "INVALID", None: "not checked"}[r["ok"]]
+        lines.append(f"spirv-val {r['module']:<12} {state}" + ("" if r["ok"] else f"  {r['message'][:200]}"))
+    vl = rep["validation_layer"]
+    lines.append("validation layer: " + (f"{vl['messages']} message(s)" if vl["enabled"]
+                                         else "not installed (apt-get install vulkan-validationlayers)"))
+    for m in vl.get("first", []):
+        lines.append("  " + m[:300])
+    n = len(rep["cases"])
+    failed = sum(not c["ok"] for c in rep["cases"])
+    lines.append(f"\n{n - failed} passed, {failed} failed" if rep["ok"] or failed
+                 else f"\n{n} passed, 0 failed (but see spirv-val / validation layer above)")
+    return "\n".join(lines)
+
+
+def add_parser(sub):
+    p = sub.add_parser("validate", help="check every shader on a Vulkan device against numpy")
+    p.add_argument("--device", type=int, default=None,
+                   help="Vulkan device index from `nexvk devices` (default: NEXVK_DEVICE or the best)")
+    p.add_argument("--quick", action="store_true",
+                   help="a representative subset (under a minute on lavapipe)")
+    p.add_argument("--filter", default=None, metavar="TEXT",
+                   help="run only cases whose name contains TEXT, e.g. 'attention kfmt=turbo3'")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
+    p.add_argument("--no-layer", action="store_true",
+                   help="do not enable the Khronos validation layer even when installed")
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args):
+    from nexvk.device import layers
+    log = None
+    if not args.no_layer:  # must happen before the first Vulkan instance of this process
+        log = Path(tempfile.mkdtemp(prefix="nexvk-validate-")) / "validation.log"
+        if not layers.enable(log):
+            log = None
+    rep = validate(args.device, quick=args.quick, pattern=args.filter,
+                   progress=sys.stderr.isatty(), layer_log=log)
+    print(format_report(rep))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rep, indent=2, default=str))
+        print(f"report written to {args.json}")
+    return 0 if rep["ok"] else 1

@@ -335,7 +335,7 @@ def _fmt(v):
     if isinstance(v, float):
         if v == 0:
             return "0"
-        return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return f"{v:.3g}" if abs(v) < 100 or abs(v) >= 1e7 else f"{v:,.0f}"
     return "-" if v is None else str(v)
 
 
@@ -382,6 +382,12 @@ def format_report(rep):
                                 ("prompt_tokens", "prompt"), ("prefill_tok_s", "prefill tok/s"),
                                 ("decode_tokens", "decoded"), ("decode_tok_s", "decode tok/s")],
                    "End to end, default model (K and V in the same format)")]
+    bad = sorted({(r["backend"], r["shape"], r["ctx"]) for r in rep["attention"]
+                  if r.get("max_abs_diff", 0) > 1e-3})
+    if bad:
+        parts.append("WARNING: attention output differs from numpy (> 1e-3) for: " +
+                     ", ".join(f"{b} {s} ctx {c}" for b, s, c in bad) + "; those timings "
+                     "measure a wrong result\n")
     return "\n".join(p for p in parts if p)
 
 

@@ -22,10 +22,15 @@ def _log_softmax(logits):
 
 
 def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
-               backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0):
+               backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
+               kld_base=None):
     """Perplexity of `text` (see the module docstring); returns a dict:
     ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type and, with kld=True,
-    kld_mean, kld_err, kld_p99, top1_agree (percent), ppl_f16."""
+    kld_mean, kld_err, kld_p99, top1_agree (percent), ppl_f16.
+
+    kld_base: an optional dict that keeps the f16 cache's scored logits per window (like
+    llama.cpp's --kl-divergence-base file). Pass the same dict to several calls with the same
+    model, text and ctx to run the f16 cache once per window; an f16/f16 run fills it too."""
     from nexvk.model.llama import Model
     if ctx < 4:
         raise ValueError(f"ctx must be at least 4 for perplexity, got {ctx}")
@@ -37,7 +42,12 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
     else:
         model = Model.load(model_or_path, ctx=ctx, k_type=k_type, v_type=v_type, backend=backend,
                            device=device, sparse_v=sparse_v, seed=seed, progress=progress)
-    ref = model.with_cache("f16", "f16", sparse_v=None) if kld else None
+    is_f16 = (k_type, v_type) == ("f16", "f16") and not sparse_v
+    ref = None  # the f16 model, made on first need
+    if kld_base is not None:
+        key = ("weights", id(model.w), "ctx", ctx, "bos", bos, "text", hash(text))
+        if kld_base.setdefault("key", key) != key:
+            raise ValueError("kld_base was filled for another model, text, ctx or bos setting")
     tok = model.tokenizer
     ids = np.asarray(tok.encode(text, bos=False), dtype=np.int64)
     n_max = len(ids) // ctx
@@ -61,11 +71,24 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
         target = window[first + 1:]                  # (ctx - first - 1,)
         rows = np.arange(target.size)
         model.reset()
-        lp = _log_softmax(model.forward(window, 0)[first:ctx - 1])  # (n_scored, vocab)
+        logits = model.forward(window, 0)[first:ctx - 1]  # (n_scored, vocab)
+        if is_f16 and kld_base is not None:
+            kld_base[i] = logits.copy()
+        lp = _log_softmax(logits)
         nll.append(-lp[rows, target])
-        if ref is not None:
-            ref.reset()
-            lp_ref = _log_softmax(ref.forward(window, 0)[first:ctx - 1])
+        if kld:
+            if is_f16:
+                base = logits
+            elif kld_base is not None and i in kld_base:
+                base = kld_base[i]
+            else:
+                if ref is None:
+                    ref = model.with_cache("f16", "f16", sparse_v=None)
+                ref.reset()
+                base = ref.forward(window, 0)[first:ctx - 1]
+                if kld_base is not None:
+                    base = kld_base[i] = base.copy()
+            lp_ref = _log_softmax(base)
             nll_ref.append(-lp_ref[rows, target])
             kl.append(np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=1))
             agree.append(lp_ref.argmax(axis=1) == lp.argmax(axis=1))
@@ -77,7 +100,7 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
     err = float(np.sqrt(max(np.mean(nll ** 2) - mean ** 2, 0.0) / max(nll.size - 1, 1)))
     out = dict(ppl=math.exp(mean), ppl_err=math.exp(mean) * err, nll=mean, n_tokens=int(nll.size),
                n_chunks=n, ctx=ctx, k_type=k_type, v_type=v_type)
-    if ref is not None:
+    if kld:
         kl = np.concatenate(kl)
         out.update(kld_mean=float(kl.mean()),
                    kld_err=float(kl.std(ddof=1) / math.sqrt(kl.size)) if kl.size > 1 else 0.0,

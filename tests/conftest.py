@@ -1,6 +1,6 @@
 """Shared fixtures. Device tests take the `device` fixture: it skips with the probe's reason
-when there is no Vulkan device, unless NEXVK_REQUIRE_DEVICE=1 (set by CI), which turns the
-skip into a failure so that every device test really runs on lavapipe there.
+when there is no Vulkan device, unless NEXVK_REQUIRE_DEVICE=1 or CI=true, which turn the
+skip into a failure so that every device test really runs on lavapipe in CI.
 
 When the Khronos validation layer is installed it is enabled for the whole session (before
 any Vulkan instance exists) and any message it logs during a device test fails that test.
@@ -26,8 +26,8 @@ def device():
     from nexvk.device.manager import get_device
     if not probe.devices():
         reason = f"no Vulkan device: {probe.last_error() or 'none found'}"
-        if os.environ.get("NEXVK_REQUIRE_DEVICE") == "1":
-            pytest.fail(reason + " (NEXVK_REQUIRE_DEVICE=1)")
+        if os.environ.get("NEXVK_REQUIRE_DEVICE") == "1" or os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI / NEXVK_REQUIRE_DEVICE=1 require a device)")
         pytest.skip(reason)
     return get_device()
 

@@ -186,15 +186,17 @@ class _VulkanStore:
         self.tab.host[self.vtab:] = layout.table(vf)
         self.stats = pool.get(self.tag + "stats", 2, np.uint32, kind="device")
         self.dyn = pool.get(self.tag + "dyn", 4, np.uint32, kind="device")  # per-call words
-        # staging per row class; scores scratch sized for the prefill chunk
-        H = c.max_heads
-        per_query = H * cap * 4
-        if per_query > dev.max_buffer_bytes:
-            raise ValueError(f"attention scores for {H} heads x {cap} tokens exceed the device's "
-                             "storage-buffer limit; lower the capacity")
+        # scratch (scores, per-split partials) sized for the largest group and a prefill chunk
+        H, g_max = c.max_heads, c.max_heads // hkv
+        one = attn_kernel.Plan(d, hkv, g_max, cap, 1)
+        per_query = 4 * (H * cap + one.part_floats)
+        if per_query > dev.max_buffer_bytes or one.groups > dev.max_groups:
+            raise ValueError(f"attention over {H} heads x {cap} tokens exceeds {dev.name}'s "
+                             "buffer or dispatch limits; lower the capacity")
         self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query,
-                                dev.max_groups // c.n_kv_heads))
+                                dev.max_groups // one.groups))
         self.scr = pool.get(self.tag + "scores", self.chunk * H * cap, np.float32)
+        self.part = pool.get(self.tag + "partials", self.chunk * one.part_floats, np.float32)
         self.io = {}
         for rows in sorted({1, self.chunk}):
             self.io[rows] = {
@@ -204,11 +206,12 @@ class _VulkanStore:
                 "o": pool.get(f"{self.tag}o{rows}", rows * H * d, np.float32, kind="device"),
             }
         dev.run(uploads=[self.tab])
+        self._plans = {}
         for layer in range(c.n_layers):  # create every pipeline now, not on the first token
             for rows in self.io:
                 self._append_pipes(layer, rows)
                 if n_heads:
-                    self._attn_pipe(layer, rows, n_heads // hkv)
+                    self._attn_pipes(layer, rows, n_heads // hkv)
 
     def _append_pipes(self, layer, rows):
         c, dev = self.c, self.dev
@@ -221,11 +224,20 @@ class _VulkanStore:
                           [layout.WG, c.head_dim, *layout.spec(c.vfmt)])
         return kp, vp
 
-    def _attn_pipe(self, layer, rows, group):
+    def _attn_pipes(self, layer, rows, group):
+        """(plan, push constants, [scores, values, reduce] pipelines) for one configuration."""
         c, io = self.c, self.io[rows]
-        bufs = [self.regions[layer][0], io["q"], io["o"], self.scr, self.tab, self.stats, self.dyn]
-        return self.dev.pipeline("attention", bufs, rows * c.n_kv_heads,
-                                 attn_kernel.spec(c.kfmt, c.vfmt, group))
+        plan = self._plans.get((rows, group))
+        if plan is None:
+            plan = self._plans[(rows, group)] = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group,
+                                                                 c.capacity, rows)
+        arena, kreg, vreg = self.regions[layer]
+        bufs = [arena, io["q"], io["o"], self.scr, self.part, self.tab, self.stats, self.dyn]
+        spec = attn_kernel.spec(c.kfmt, c.vfmt, group)
+        pipes = [self.dev.pipeline(name, bufs, n, spec) for name, n in
+                 (("attn_scores", plan.groups), ("attn_values", plan.groups),
+                  ("attn_reduce", plan.reduce_groups))]
+        return plan, plan.push(c.n_kv_heads, kreg, vreg, 0, self.vtab, c.capacity), pipes
 
     def _rows(self, n):
         return 1 if n == 1 else self.chunk
@@ -253,7 +265,6 @@ class _VulkanStore:
             raise ValueError(f"q has {H} heads; this cache was sized for at most {c.max_heads} "
                              "(pass n_heads= to KVCache)")
         out = np.empty((T, H, d), np.float32)
-        _, kreg, vreg = self.regions[layer]
         skipped = total = 0
         with self.dev.lock:
             for s in range(0, T, self.chunk):
@@ -262,10 +273,12 @@ class _VulkanStore:
                 io = self.io[rows]
                 io["q"].host[: m * H * d] = q[s:s + m].reshape(-1)
                 self.stats.host[:] = 0
-                pipe = self._attn_pipe(layer, rows, H // c.n_kv_heads)
-                push = attn_kernel.push(c.n_kv_heads, kreg, vreg, 0, self.vtab, c.capacity)
                 attn_kernel.set_dyn(self.dyn.host, m, pos0 + s, scale, thr)
-                self.dev.run([io["q"], self.stats, self.dyn], [(pipe, push)], [io["o"], self.stats])
+                _, push, (scores, values, reduce) = self._attn_pipes(layer, rows, H // c.n_kv_heads)
+                # three evaluations: each pass reads what the previous one wrote
+                self.dev.run([io["q"], self.stats, self.dyn], [(scores, push)])
+                self.dev.run(dispatches=[(values, push)])
+                self.dev.run(dispatches=[(reduce, push)], downloads=[io["o"], self.stats])
                 out[s:s + m] = io["o"].host[: m * H * d].reshape(m, H, d)
                 skipped += int(self.stats.host[0])
                 total += int(self.stats.host[1])

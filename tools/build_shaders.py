@@ -23,7 +23,9 @@ OUT = ROOT / "nexvk" / "spv"
 VARIANTS = {
     "quantize": ("quantize.comp", {}),
     "dequantize": ("dequantize.comp", {}),
-    "attention": ("attention.comp", {}),
+    "attn_scores": ("attn_scores.comp", {}),
+    "attn_values": ("attn_values.comp", {}),
+    "attn_reduce": ("attn_reduce.comp", {}),
 }
 
 

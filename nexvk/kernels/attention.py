@@ -1,4 +1,4 @@
-"""Packed causal GQA attention: the numpy twin of shaders/attention.comp and its push block.
+"""Packed causal GQA attention: the numpy twin of shaders/attn_*.comp and their sizes.
 
 ref() works like the shader: the query is rotated once into the key format's compute
 domain and scored against centroids times norms (no inverse rotation of any key); values
@@ -38,16 +38,37 @@ def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0):
 
 
 def spec(kfmt, vfmt, group):
-    """Specialization constants of attention.comp."""
+    """Specialization constants of the three attention passes."""
     return [layout.WG, kfmt.head_dim, group, *layout.spec(kfmt), *layout.spec(vfmt)]
 
 
-def push(hkv, k_region, v_region, ktab, vtab, scr_stride):
-    """The push block of attention.comp (fixed per layer), in declaration order."""
-    return [hkv, *k_region, *v_region, ktab, vtab, scr_stride]
+def split_size(head_dim, group):
+    """Keys per split: at most ~40k loop iterations per invocation (llvmpipe ends any loop
+    after 65535), a multiple of the workgroup width, between 64 and 4096."""
+    dpt = -(-head_dim // layout.WG)
+    per_key = 2 + group + dpt * (1 + group) + head_dim * (1 + group) // layout.WG
+    return int(min(4096, max(layout.WG, 40_000 // per_key // layout.WG * layout.WG)))
+
+
+class Plan:
+    """Sizes of one attention configuration: `rows` queries per dispatch, `group` query
+    heads per KV head, over a cache of `capacity` tokens."""
+
+    def __init__(self, head_dim, n_kv_heads, group, capacity, rows):
+        self.ks = split_size(head_dim, group)
+        self.ns = -(-capacity // self.ks)
+        self.groups = rows * n_kv_heads * self.ns           # scores and values passes
+        self.reduce_groups = rows * n_kv_heads
+        self.acc_base = self.groups * 2 * group              # m, l per split, then acc
+        self.part_floats = self.acc_base + self.groups * group * head_dim
+
+    def push(self, hkv, k_region, v_region, ktab, vtab, scr_stride):
+        """The push block shared by the three passes, in declaration order."""
+        return [hkv, *k_region, *v_region, ktab, vtab, scr_stride, self.ks, self.ns,
+                self.acc_base]
 
 
 def set_dyn(words, n_q, pos0, scale, thr):
-    """Write the per-call words of attention.comp's Dyn buffer into `words` (uint32 (4,))."""
+    """Write the per-call words of the passes' Dyn buffer into `words` (uint32 (4,))."""
     words[0], words[1] = n_q, pos0
     words[2:4].view(np.float32)[:] = (scale, thr)

@@ -76,9 +76,11 @@ def test_vulkan_attention_matches_numpy(device, kt, vt, d, hkv, G, L, T):
 
 
 def test_vulkan_decode_steps_match_numpy_over_a_long_context(device):
-    """Token-by-token appends (the decode path) past several thousand positions."""
+    """Token-by-token appends (the decode path) past 32k positions. Regression: one
+    workgroup per KV head used to loop over every key, and llvmpipe ends any shader loop
+    after 65535 iterations, which silently left outputs unwritten past ~30k keys."""
     rng = np.random.default_rng(0)
-    hkv, d, H, L = 2, 128, 8, 3000
+    hkv, d, H, L = 2, 128, 8, 33000
     ref = KVCache(1, hkv, d, L + 3, "turbo3", "turbo3")
     vk = KVCache(1, hkv, d, L + 3, "turbo3", "turbo3", backend="vulkan", device=device, n_heads=H)
     k = rng.standard_normal((L, hkv, d)).astype(np.float32)

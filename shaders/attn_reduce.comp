@@ -1,0 +1,30 @@
+#version 450
+// Attention pass 3 of 3: sum the splits' partial outputs and un-rotate each query head
+// once when V is a turbo format. One workgroup per (query, KV head), pc.ns = splits.
+// Twin: nexvk/kernels/attention.py (ref).
+#extension GL_GOOGLE_include_directive : require
+#include "include/attn_head.glsl"
+
+void main() {
+    uint id = gl_WorkGroupID.x;
+    uint g = id % pc.hkv;
+    uint qi = id / pc.hkv;
+    if (qi >= dyn[0]) return;
+    uint L = dyn[1] + qi + 1u;
+    uint nsq = (L + pc.ks - 1u) / pc.ks;
+    uint t = gl_LocalInvocationID.x;
+    uint row0 = qi * pc.hkv * G + g * G;
+    for (uint p = t; p < G * D; p += WG) {
+        uint r = p / D, i = p % D;
+        float sum = 0.0;
+        for (uint u = 0u; u < nsq; ++u) sum += part[acc_index(qi, g, u, r) + i];
+        sh_x[p] = sum;
+    }
+    barrier();
+    if (VFMT == FMT_TURBO) {
+        wht_rows(G, tab[pc.vtab + TAB_INV_SQRT_D]);
+        for (uint p = t; p < G * D; p += WG) sh_x[p] *= tab[pc.vtab + TAB_SIGNS + p % D];
+        barrier();
+    }
+    for (uint p = t; p < G * D; p += WG) o[row0 * D + p] = sh_x[p];
+}

@@ -1,0 +1,63 @@
+// Bindings, push block and workgroup indexing shared by the three attention passes.
+// Keys of each query are split into chunks of KS keys ("splits") so that long contexts
+// spread over many workgroups (and every invocation runs a bounded loop: llvmpipe stops
+// any shader loop after 65535 iterations). Workgroup id = (query * hkv + kv head) * ns + split.
+#ifndef ATTN_HEAD_GLSL
+#define ATTN_HEAD_GLSL
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint WG = 64;
+layout(constant_id = 1) const uint D = 128;
+layout(constant_id = 2) const uint G = 1;       // query heads per KV head
+layout(constant_id = 3) const uint KFMT = 3;
+layout(constant_id = 4) const uint KBITS = 3;
+layout(constant_id = 5) const uint VFMT = 3;
+layout(constant_id = 6) const uint VBITS = 3;
+const uint DPT = (D + WG - 1u) / WG;          // output dims per thread
+
+layout(binding = 0) readonly buffer KV { uint kv_words[]; };   // this layer's K and V regions
+layout(binding = 1) readonly buffer Q { float q[]; };          // (n_q, hkv*G, D)
+layout(binding = 2) writeonly buffer O { float o[]; };         // (n_q, hkv*G, D)
+layout(binding = 3) buffer Scr { float scr[]; };               // scores (n_q, hkv*G, scr_stride)
+layout(binding = 4) buffer Part { float part[]; };             // per split: m[G], l[G] | acc[G][D]
+layout(binding = 5) readonly buffer Tab { float tab[]; };      // K table at ktab, V at vtab
+layout(binding = 6) buffer Stats { uint stats[]; };            // [skipped pairs, total pairs]
+// per-call words, so recorded sequences replay unchanged: [queries, position of query 0
+// (query t sees keys 0..pos0+t), scale (float bits), sparse-V threshold (float bits, 0: off)]
+layout(binding = 7) readonly buffer Dyn { uint dyn[]; };
+
+layout(push_constant) uniform Push {
+    uint hkv;         // KV heads
+    uint k_base;
+    uint k_sbase;
+    uint v_base;
+    uint v_sbase;
+    uint ktab;
+    uint vtab;
+    uint scr_stride;  // the cache capacity
+    uint ks;          // keys per split
+    uint ns;          // splits per (query, KV head) in the dispatch
+    uint acc_base;    // offset of the acc region in part[]
+} pc;
+
+shared float sh_x[G * D];
+
+#include "kv_format.glsl"
+#include "wht.glsl"
+
+// query index, KV head and split of this workgroup, and the number of keys it sees
+void attn_ids(out uint qi, out uint g, out uint s, out uint L) {
+    uint id = gl_WorkGroupID.x;
+    s = id % pc.ns;
+    g = (id / pc.ns) % pc.hkv;
+    qi = id / (pc.ns * pc.hkv);
+    L = dyn[1] + qi + 1u;
+}
+
+uint ml_index(uint qi, uint g, uint s) { return ((qi * pc.hkv + g) * pc.ns + s) * 2u * G; }
+
+uint acc_index(uint qi, uint g, uint s, uint r) {
+    return pc.acc_base + (((qi * pc.hkv + g) * pc.ns + s) * G + r) * D;
+}
+
+#endif

@@ -68,9 +68,9 @@ def cases(quick=False):
             out.append(Case("dequantize", dict(fmt=fmt, d=d)))
     pairs = [("f16", "f16"), ("turbo3", "turbo3"), ("q8_0", "turbo3")] if quick else PAIRS
     gqas = (1, 4) if quick else (1, 3, 4, 8)
-    shapes = [("decode", 1000, 1, 1e-6), ("prefill", 65, 65, 0.0)] if quick else [
+    shapes = [("decode", 5000, 1, 1e-6), ("prefill", 65, 65, 0.0)] if quick else [
         ("decode", 1, 1, 0.0), ("decode", 64, 1, 0.0), ("decode", 1000, 1, 0.0),
-        ("decode", 1000, 1, 1e-6), ("decode", 4096, 1, 1e-6), ("prefill", 63, 63, 0.0),
+        ("decode", 1000, 1, 1e-6), ("decode", 9000, 1, 1e-6), ("prefill", 63, 63, 0.0),
         ("prefill", 300, 44, 0.0)]
     for kfmt, vfmt in pairs:
         for d in dims:

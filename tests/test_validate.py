@@ -18,7 +18,7 @@ def test_quick_case(device, case):
 
 def test_full_grid_covers_what_models_use():
     names = [c.name for c in validate.cases()]
-    for needle in ["d=256", "gqa=3", "gqa=8", "mode=prefill", "ctx=63", "ctx=4096",
+    for needle in ["d=256", "gqa=3", "gqa=8", "mode=prefill", "ctx=63", "ctx=9000",
                    "sparse=1e-06", "data=large", "data=small", "data=zeros", "kfmt=q8_0,vfmt=turbo3"]:
         assert any(needle in n for n in names), needle
 

@@ -12,30 +12,25 @@ def words_per_vector(bits, head_dim):
 
 
 def pack(codes, bits):
-    """codes: (n, d) integers < 2**bits -> (n, words_per_vector) uint32."""
+    """codes: (n, d) integers < 2**bits, d a multiple of 8 -> (n, words_per_vector) uint32.
+    Every 8 codes fill exactly `bits` bytes of the little-endian stream."""
     codes = np.asarray(codes)
     n, d = codes.shape
-    w = words_per_vector(bits, d)
-    if 32 % bits == 0:
-        per = 32 // bits
-        c = np.zeros((n, w * per), np.uint32)
-        c[:, :d] = codes
-        c = c.reshape(n, w, per) << (np.arange(per, dtype=np.uint32) * bits)
-        return np.bitwise_or.reduce(c, axis=2)
-    bitplanes = (codes[..., None].astype(np.uint8) >> np.arange(bits, dtype=np.uint8)) & 1
-    stream = np.zeros((n, w * 32), np.uint8)
-    stream[:, : d * bits] = bitplanes.reshape(n, d * bits)
-    return np.packbits(stream, axis=1, bitorder="little").view("<u4").astype(np.uint32)
+    groups = codes.reshape(n, d // 8, 8).astype(np.uint64)
+    val = np.bitwise_or.reduce(groups << (np.arange(8, dtype=np.uint64) * np.uint64(bits)), axis=2)
+    octets = (val[..., None] >> (np.arange(bits, dtype=np.uint64) * np.uint64(8))) & np.uint64(0xFF)
+    stream = np.zeros((n, 4 * words_per_vector(bits, d)), np.uint8)
+    stream[:, : d * bits // 8] = octets.reshape(n, -1)
+    return stream.view("<u4").astype(np.uint32, copy=False)
 
 
 def unpack(words, bits, head_dim):
     """(n, words_per_vector) uint32 -> (n, d) uint8 codes."""
     words = np.ascontiguousarray(words, dtype="<u4")
     n = words.shape[0]
-    if 32 % bits == 0:
-        per = 32 // bits
-        c = (words[..., None] >> (np.arange(per, dtype=np.uint32) * bits)) & ((1 << bits) - 1)
-        return c.reshape(n, -1)[:, :head_dim].astype(np.uint8)
-    stream = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")
-    planes = stream[:, : head_dim * bits].reshape(n, head_dim, bits)
-    return (planes << np.arange(bits, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
+    octets = words.view(np.uint8)[:, : head_dim * bits // 8].reshape(n, head_dim // 8, bits)
+    val = np.zeros((n, head_dim // 8), np.uint64)
+    for b in range(bits):
+        val |= octets[..., b].astype(np.uint64) << np.uint64(8 * b)
+    codes = (val[..., None] >> (np.arange(8, dtype=np.uint64) * np.uint64(bits))) & np.uint64((1 << bits) - 1)
+    return codes.reshape(n, head_dim).astype(np.uint8)

@@ -27,9 +27,9 @@ SHAPES = {  # name: (n_heads, n_kv_heads, head_dim) of one attention layer
 SPARSE_V = 1e-6
 PEAK_KEYS, PEAK_LOGIT = 4, 30.0
 FULL = dict(codec_vectors=1 << 18, contexts=(1024, 4096, 16384, 32768), error_vectors=1 << 15,
-            prompt_tokens=256, decode_tokens=16)
+            e2e_contexts=(512, 2048), decode_tokens=16)
 QUICK = dict(codec_vectors=1 << 14, contexts=(1024, 4096), error_vectors=1 << 13,
-             prompt_tokens=32, decode_tokens=4)
+             e2e_contexts=(64,), decode_tokens=4)
 E2E_TEXT = ("The history of computing is a story of memory as much as of arithmetic. Every "
             "generation of machines has been limited by how much it could remember and how "
             "quickly it could recall it. ")
@@ -216,12 +216,14 @@ def load_model(ctx):
     return nexvk.Model.load(ctx=ctx)
 
 
-def e2e(model, fmt, backend="numpy", prompt_tokens=256, decode_tokens=16, device=None):
-    """Prefill and greedy-decode tokens/s of `model`'s weights with a fmt K/V cache."""
-    row = {"format": fmt, "backend": backend, "prompt_tokens": prompt_tokens,
+def e2e(model, fmt, backend="numpy", ctx=512, decode_tokens=16, device=None):
+    """Prefill and greedy-decode tokens/s of `model`'s weights with a fmt K/V cache at a
+    context of `ctx` tokens: a prompt of ctx - decode_tokens, then decode_tokens steps."""
+    prompt_tokens = ctx - decode_tokens
+    row = {"format": fmt, "backend": backend, "ctx": ctx, "prompt_tokens": prompt_tokens,
            "decode_tokens": decode_tokens}
     try:
-        m = model.with_cache(fmt, fmt, backend=backend, device=device)
+        m = model.with_cache(fmt, fmt, ctx=ctx, backend=backend, device=device)
         text = E2E_TEXT * (prompt_tokens // 20 + 1)
         ids = list(m.tokenizer.encode(text))[:prompt_tokens]
         if len(ids) < prompt_tokens:
@@ -280,13 +282,14 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
                               lambda kv=kv: kv.clear() or []))
     if "e2e" in sections:
         model = []
-        def e2e_step(f, b):
+        def e2e_step(f, b, ctx):
             if not model:
-                model.append(load_model(cfg["prompt_tokens"] + cfg["decode_tokens"] + 8))
-            return [e2e(model[0], f, b, cfg["prompt_tokens"], cfg["decode_tokens"], device)]
-        for b in backends:
-            steps += [("e2e", f"e2e {f} {b}", lambda f=f, b=b: e2e_step(f, b))
-                      for f in ("f16", "turbo3")]
+                model.append(load_model(max(cfg["e2e_contexts"])))
+            return [e2e(model[0], f, b, ctx, cfg["decode_tokens"], device)]
+        for ctx in cfg["e2e_contexts"]:
+            for b in backends:
+                steps += [("e2e", f"e2e {f} {b} ctx {ctx}", lambda f=f, b=b, ctx=ctx: e2e_step(f, b, ctx))
+                          for f in ("f16", "turbo3")]
     return steps
 
 
@@ -378,7 +381,7 @@ def format_report(rep):
                                       ("fill_s", "fill s")],
                    "Decode attention, one layer, one query token (peaked queries; x f16 = same "
                    "backend; |out-numpy| = max abs difference from the numpy output)"),
-             table(rep["e2e"], [("format", "format"), ("backend", "backend"),
+             table(rep["e2e"], [("ctx", "ctx"), ("format", "format"), ("backend", "backend"),
                                 ("prompt_tokens", "prompt"), ("prefill_tok_s", "prefill tok/s"),
                                 ("decode_tokens", "decoded"), ("decode_tok_s", "decode tok/s")],
                    "End to end, default model (K and V in the same format)")]

@@ -17,12 +17,19 @@ from nexvk.quant import check_vectors
 from nexvk.quant.formats import make
 
 _ids = itertools.count()
-_SCRATCH_BYTES = 64 << 20  # scores of one prefill chunk; decode needs n_heads * capacity
+_SCRATCH_BYTES = 64 << 20  # scores + split partials of one prefill chunk (vulkan)
 
 
 class KVCache:
     """A KV cache of n_layers x capacity tokens x n_kv_heads vectors of head_dim, with key
-    and value formats chosen independently from nexvk.FORMATS."""
+    and value formats chosen independently from nexvk.FORMATS.
+
+    backend: "numpy" (reference), "vulkan" (device `device`, else NEXVK_DEVICE, else the
+    best) or "auto" (vulkan when a device exists, else numpy with a message).
+    n_heads: query heads the attention calls will use (default: sized for up to 8x
+    n_kv_heads); giving it lets the vulkan backend build every pipeline at construction.
+    max_batch: most rows per device dispatch; longer appends and prefills are chunked.
+    """
 
     def __init__(self, n_layers, n_kv_heads, head_dim, capacity, k_type="turbo3",
                  v_type="turbo3", backend="numpy", device=None, seed=0, n_heads=None,

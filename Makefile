@@ -7,7 +7,7 @@ PROMPT ?= The three most useful things to know about the sun are
 .PHONY: demo setup test bench validate shaders
 demo: setup
 	$(NEXVK) devices || true
-	$(NEXVK) run -p "$(PROMPT)" -n 64 -ctk turbo3 -ctv turbo3 --backend auto
+	$(NEXVK) run -p "$(PROMPT)" -n 64 -ctk turbo3 -ctv turbo3
 
 setup:
 	bash tools/setup.sh

@@ -158,3 +158,17 @@ def test_auto_backend_falls_back_to_numpy_with_a_message(monkeypatch, capsys):
     c = KVCache(1, 1, 64, 8, backend="auto")
     assert c.backend == "numpy"
     assert "using numpy" in capsys.readouterr().err
+
+
+def test_auto_backend_prefers_numpy_over_a_cpu_driver_and_vulkan_on_a_gpu(monkeypatch, capsys):
+    from nexvk.device import manager, probe
+    monkeypatch.delenv("NEXVK_DEVICE", raising=False)
+    monkeypatch.setattr(probe, "devices", lambda refresh=False: [{"type": "cpu", "name": "llvmpipe"}])
+    assert manager.resolve_backend("auto") == "numpy"
+    assert "CPU Vulkan driver (llvmpipe)" in capsys.readouterr().err
+    assert manager.resolve_backend("auto", device=0) == "vulkan"   # named: the user asked
+    monkeypatch.setattr(probe, "devices", lambda refresh=False: [
+        {"type": "cpu", "name": "llvmpipe"}, {"type": "discrete", "name": "a GPU"}])
+    assert manager.resolve_backend("auto") == "vulkan"
+    with pytest.raises(ValueError, match="unknown backend"):
+        manager.resolve_backend("cuda")

@@ -176,14 +176,22 @@ def get_device(device=None):
 
 
 def resolve_backend(backend, device=None):
-    """'numpy', 'vulkan' or 'auto': auto picks vulkan when a device exists and otherwise
-    falls back to numpy with a message on stderr. Asking for vulkan without a device fails."""
+    """'numpy', 'vulkan' or 'auto'. auto picks vulkan when a device was named (argument or
+    NEXVK_DEVICE) or a GPU exists; with only a CPU Vulkan driver (lavapipe), or none, it
+    runs numpy, which is faster on the same cores, and says so on stderr. Asking for vulkan
+    without a device fails clearly later, in Device()."""
     if backend not in ("numpy", "vulkan", "auto"):
         raise ValueError(f"unknown backend {backend!r}; use 'numpy', 'vulkan' or 'auto'")
     if backend != "auto":
         return backend
-    if probe.devices() or os.environ.get("NEXVK_DEVICE"):
+    devs = probe.devices()
+    if device is not None or os.environ.get("NEXVK_DEVICE") or \
+            any(d["type"] != "cpu" for d in devs):
         return "vulkan"
-    print(f"nexvk: no Vulkan device ({probe.last_error() or 'none found'}); using numpy",
-          file=sys.stderr)
+    if devs:
+        why = (f"only a CPU Vulkan driver ({devs[0]['name']}): numpy is faster on the same "
+               "cores; pass --backend vulkan to use it anyway")
+    else:
+        why = f"no Vulkan device ({probe.last_error() or 'none found'})"
+    print(f"nexvk: {why}; using numpy", file=sys.stderr)
     return "numpy"

@@ -119,11 +119,15 @@ def cmd_run(args):
           f"({s['prefill_tok_s']:.1f} tok/s)", file=err)
     print(f"decode:  {s['decode_tokens']} tokens in {s['decode_s']:.3f} s "
           f"({s['decode_tok_s']:.1f} tok/s)", file=err)
+    f16_bytes = c.nbytes * 16 / bits
     print(f"KV cache: {args.k_type}/{args.v_type}, {bits:.3f} bits/value, "
-          f"{c.nbytes / 2**20:.2f} MiB for {args.ctx} tokens ({c.length(0)} used), "
+          f"{c.nbytes / 2**20:.2f} MiB for {args.ctx} tokens ({c.length(0)} used; f16 would "
+          f"take {f16_bytes / 2**20:.2f} MiB, {f16_bytes / c.nbytes:.1f}x more), "
           f"backend {c.backend}", file=err)
-    if getattr(c, "stats", None):
-        print(f"cache stats: {c.stats}", file=err)
+    if args.sparse_v:
+        st = c.stats
+        print(f"sparse V (last step): skipped {st['skipped']} of {st['total']} "
+              f"(key, head) pairs ({st['skip_rate']:.1%})", file=err)
     return 0
 
 

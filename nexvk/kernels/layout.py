@@ -29,11 +29,3 @@ def table(fmt):
 def region_words(fmt, n_vectors):
     """uint32 words holding n vectors: codes, then the fp16 scales two per word."""
     return n_vectors * fmt.words + (n_vectors * fmt.n_scales + 1) // 2
-
-
-def split_region(words, fmt, n_vectors):
-    """(codes (n, W) uint32, scales (n, S) float16) views of a region's words."""
-    n_codes = n_vectors * fmt.words
-    codes = words[:n_codes].reshape(n_vectors, fmt.words)
-    half = words[n_codes:region_words(fmt, n_vectors)].view(np.float16)
-    return codes, half[: n_vectors * fmt.n_scales].reshape(n_vectors, fmt.n_scales)

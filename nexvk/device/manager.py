@@ -1,8 +1,8 @@
-"""One Vulkan device through Kompute: a buffer pool, cached pipelines, one reused sequence.
+"""One Vulkan device through Kompute: a buffer pool, cached pipelines, recorded sequences.
 
 Everything that touches `kp` is here. Callers see Buffer objects (a kp tensor plus its
-numpy host view) and Pipeline handles; `Device.run(steps)` records uploads, dispatches and
-downloads into one reused command sequence and evaluates it.
+numpy host view) and Pipeline handles; `Device.run(uploads, dispatches, downloads)` records
+each distinct recipe into a command sequence once and replays it on later calls.
 NOTE: Kompute 0.9's Python API puts no barrier between two dispatches in one sequence, so a
 kernel that reads another's output must go in a later run() call.
 """
@@ -100,9 +100,8 @@ class Device:
     def pipeline(self, shader, buffers, groups, spec):
         """A cached Kompute algorithm: shader variant bound to buffers, dispatching `groups`
         workgroups with specialization constants `spec` (sequence of ints/floats)."""
-        limit = self.info["limits"]["max_compute_work_group_count"][0]
-        if groups > limit:
-            raise ValueError(f"{groups} workgroups exceed {self.name}'s limit of {limit}")
+        if groups > self.max_groups:
+            raise ValueError(f"{groups} workgroups exceed {self.name}'s limit of {self.max_groups}")
         key = (shader, tuple(b.name for b in buffers), int(groups), tuple(spec))
         pipe = self._pipelines.get(key)
         if pipe is None:

@@ -6,7 +6,7 @@ parameters (the string form `attention kfmt=turbo3,vfmt=turbo3,d=128,gqa=4,...` 
 checks NaN/Inf first, then the case's error against its tolerance:
 - quantize:   fraction of code words that differ (ties at thresholds only) <= 1e-4, fp16
               scales within one step, and sentinel words around the output untouched;
-- dequantize: max relative error of the decoded floats <= 1e-5;
+- dequantize: max relative error of the decoded floats <= 1e-5, sentinel rows untouched;
 - attention:  max relative error <= 1e-4 against numpy attention over the very codes the
               device produced (so quantization ties cannot blur the attention check).
 tests/test_validate.py runs the quick grid; CI runs `nexvk validate --quick` on lavapipe.
@@ -117,7 +117,8 @@ def _quantize(dev, p, seed):
         kv.host[:] = SENTINEL
         tab.host[:] = layout.table(fmt)
         dyn.host[:] = (n, 1)
-        pipe = dev.pipeline("quantize", [xb, kv, tab, dyn], n, [layout.WG, d, *layout.spec(fmt)])
+        # one workgroup more than rows: its bounds check must keep vector n+1 intact
+        pipe = dev.pipeline("quantize", [xb, kv, tab, dyn], n + 1, [layout.WG, d, *layout.spec(fmt)])
         sbase = (n + 2) * fmt.words
         dev.run([xb, kv, tab, dyn], [(pipe, [0, sbase, 0])], [kv])
         got = kv.host.copy()
@@ -146,12 +147,34 @@ def _quantize(dev, p, seed):
 
 
 def _dequantize(dev, p, seed):
-    from nexvk.kernels.codec import VulkanCodec
+    """Raw dequantize.comp dispatch into an output with two sentinel rows after the n rows."""
+    from nexvk.kernels import layout
     fmt = make(p["fmt"], p["d"])
-    x = _data(700, p["d"], "gauss", seed)
-    codes, scales = fmt.encode_rows(x)
+    n, d = 700, p["d"]
+    codes, scales = fmt.encode_rows(_data(n, d, "gauss", seed))
     ref = fmt.decode_rows(codes, scales)
-    got = VulkanCodec(p["fmt"], p["d"], device=dev, chunk=512)._decode_rows(codes, scales)
+    tag = f"validate/dequantize/{p['fmt']}/{d}/"
+    pool = dev.pool
+    kv = pool.get(tag + "kv", layout.region_words(fmt, n), np.uint32, kind="device")
+    y = pool.get(tag + "y", (n + 2) * d, np.float32, kind="device")
+    tab = pool.get(tag + "tab", layout.TAB_SIGNS + d, np.float32, kind="device")
+    dyn = pool.get(tag + "dyn", 2, np.uint32, kind="device")
+    try:
+        sbase = n * fmt.words
+        kv.host[:sbase] = codes.reshape(-1)
+        kv.host[sbase:].view(np.float16)[: n * fmt.n_scales] = scales.reshape(-1)
+        y.host.view(np.uint32)[:] = SENTINEL
+        tab.host[:] = layout.table(fmt)
+        dyn.host[:] = (n, 0)
+        # two workgroups more than rows: their bounds check must keep the sentinel rows
+        pipe = dev.pipeline("dequantize", [kv, y, tab, dyn], n + 2, [layout.WG, d, *layout.spec(fmt)])
+        dev.run([kv, y, tab, dyn], [(pipe, [0, sbase, 0])], [y])
+        got = y.host.copy()
+    finally:
+        dev.release(tag)
+    if not np.all(got.view(np.uint32)[n * d:] == SENTINEL):
+        return float("inf"), 1e-5, False, "sentinel rows overwritten"
+    got = got[: n * d].reshape(n, d)
     if not np.isfinite(got).all():
         return float("inf"), 1e-5, False, "NaN/Inf in output"
     err = _rel(got, ref)

@@ -32,18 +32,22 @@ def test_a_wrong_reference_is_reported(device, monkeypatch):
     assert not r.ok and r.error > 1e-5
 
 
-def test_a_kernel_writing_out_of_bounds_is_caught(device, monkeypatch):
-    """Shift the quantizer's destination by one vector: sentinels or codes must catch it."""
+@pytest.mark.parametrize("kernel,word", [("quantize", 0), ("quantize", 1), ("dequantize", 0)])
+def test_a_kernel_writing_out_of_bounds_is_caught(device, monkeypatch, kernel, word):
+    """Make a kernel write one row too many (word 0: the row count its bounds check uses)
+    or shift the quantizer's destination by one vector (word 1): the sentinels (or the
+    codes) must catch it."""
     orig = device.run
 
     def shifted(uploads=(), dispatches=(), downloads=()):
         for b in uploads:
             if b.name.endswith("/dyn"):
-                b.host[1] += 1
+                b.host[word] += 1
         return orig(uploads, dispatches, downloads)
     monkeypatch.setattr(device, "run", shifted)
-    r = validate.run_case(device, validate.Case("quantize", dict(fmt="turbo3", d=64, data="gauss")))
-    assert not r.ok
+    params = dict(fmt="turbo3", d=64) | (dict(data="gauss") if kernel == "quantize" else {})
+    r = validate.run_case(device, validate.Case(kernel, params))
+    assert not r.ok, r
 
 
 def test_cli_writes_a_json_report(device, tmp_path):

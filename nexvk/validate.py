@@ -200,7 +200,7 @@ def _attention(dev, p, seed):
     # the reference reads the codes the device's own quantizer produced
     ref = KVCache(1, hkv, d, ctx, p["kfmt"], p["vfmt"])
     for (codes, scales), x, fmt in ((ref._impl.k, k, p["kfmt"]), (ref._impl.v, v, p["vfmt"])):
-        enc = VulkanCodec(fmt, d, device=dev).encode(x)
+        enc = VulkanCodec(fmt, d, device=dev, chunk=4096).encode(x)
         codes[0], scales[0] = enc.codes.reshape(ctx, hkv, -1), enc.scales.reshape(ctx, hkv, -1)
     ref._len[0] = ctx
     q = rng.standard_normal((T, H, d)).astype(np.float32)

@@ -36,9 +36,15 @@ def enable(log_path):
 
 
 def messages(log_path):
-    """Validation messages logged so far (one entry per message)."""
+    """Validation messages logged so far, one string each: a message starts on an unindented
+    line ("VUID-...(ERROR / SPEC): msgNum: ...") and its object list follows, indented."""
     path = Path(log_path)
     if not path.exists():
         return []
-    text = path.read_text(errors="replace")
-    return [m.strip() for m in text.split("Validation ") if m.strip()][0:] if text.strip() else []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.strip() and not line[0].isspace():
+            out.append(line)
+        elif line.strip() and out:
+            out[-1] += "\n" + line
+    return out

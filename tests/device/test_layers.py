@@ -43,3 +43,14 @@ def test_an_invalid_vulkan_call_is_logged(device, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     msgs = layers.messages(log)
     assert any("VUID-vkBeginCommandBuffer-commandBuffer-00050" in m for m in msgs), msgs[:3]
+
+
+def test_messages_are_counted_one_per_report(tmp_path):
+    log = tmp_path / "vk.log"
+    log.write_text("VUID-a-00050(ERROR / SPEC): msgNum: 1 - Validation Error: [ VUID-a ] text\n"
+                   "    Objects: 1\n        [0] 0x1, type: 6, name: NULL\n"
+                   "VUID-b-00386(ERROR / SPEC): msgNum: 2 - Validation Error: [ VUID-b ]\n"
+                   "    Objects: 1\n")
+    msgs = layers.messages(log)
+    assert len(msgs) == 2 and msgs[0].startswith("VUID-a") and "Objects: 1" in msgs[1]
+    assert layers.messages(tmp_path / "missing.log") == []

@@ -89,10 +89,8 @@ class KVCache:
         if n + k.shape[0] > self.capacity:
             raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} tokens; "
                              f"cannot append {k.shape[0]} more")
-        kf = check_vectors(k, self.head_dim, "k")
-        vf = check_vectors(v, self.head_dim, "v")
-        self.kfmt.check_range(kf, "k")
-        self.vfmt.check_range(vf, "v")
+        kf = self.kfmt.storable(k, "k")
+        vf = self.vfmt.storable(v, "v")
         self._impl.append(layer, n, kf, vf)
         self._len[layer] = n + k.shape[0]
 
@@ -232,7 +230,7 @@ class _VulkanStore:
         return kp, vp
 
     def _attn_pipes(self, layer, rows, group):
-        """(plan, push constants, [scores, values, reduce] pipelines) for one configuration."""
+        """(push constants, [scores, values, reduce] pipelines) for one configuration."""
         c, io = self.c, self.io[rows]
         plan = self._plans.get((rows, group))
         if plan is None:
@@ -244,7 +242,7 @@ class _VulkanStore:
         pipes = [self.dev.pipeline(name, bufs, n, spec) for name, n in
                  (("attn_scores", plan.groups), ("attn_values", plan.groups),
                   ("attn_reduce", plan.reduce_groups))]
-        return plan, plan.push(c.n_kv_heads, kreg, vreg, 0, self.vtab, c.capacity), pipes
+        return plan.push(c.n_kv_heads, kreg, vreg, 0, self.vtab, c.capacity), pipes
 
     def _rows(self, n):
         return 1 if n == 1 else self.chunk
@@ -281,7 +279,7 @@ class _VulkanStore:
                 io["q"].host[: m * H * d] = q[s:s + m].reshape(-1)
                 self.stats.host[:] = 0
                 attn_kernel.set_dyn(self.dyn.host, m, pos0 + s, scale, thr)
-                _, push, (scores, values, reduce) = self._attn_pipes(layer, rows, H // c.n_kv_heads)
+                push, (scores, values, reduce) = self._attn_pipes(layer, rows, H // c.n_kv_heads)
                 # three evaluations: each pass reads what the previous one wrote
                 self.dev.run([io["q"], self.stats, self.dyn], [(scores, push)])
                 self.dev.run(dispatches=[(values, push)])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nexvk.quant.formats import HEAD_DIMS, REGISTRY, make
+from nexvk.quant.formats import HEAD_DIMS, REGISTRY, check_vectors, make
 
 FORMATS = tuple(REGISTRY)
 
@@ -31,23 +31,6 @@ class Encoded:
         return self.codes.nbytes + self.scales.nbytes
 
 
-def check_vectors(x, head_dim, what="x"):
-    """Validate (..., head_dim) float32/float16 finite non-empty input; return float32 (n, d)."""
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{what} must be a numpy array, got {type(x).__name__}")
-    if x.dtype not in (np.float32, np.float16):
-        raise ValueError(f"{what} must be float32 or float16, got {x.dtype}")
-    if x.ndim < 1 or x.shape[-1] != head_dim:
-        raise ValueError(f"{what} must have shape (..., {head_dim}), got {x.shape}")
-    if x.size == 0:
-        raise ValueError(f"{what} is empty (shape {x.shape})")
-    flat = np.ascontiguousarray(x.reshape(-1, head_dim), dtype=np.float32)
-    if not np.isfinite(flat).all():
-        bad = int((~np.isfinite(flat)).sum())
-        raise ValueError(f"{what} contains {bad} non-finite values (NaN or Inf)")
-    return flat
-
-
 class Codec:
     """One format at one head_dim. encode(x) -> Encoded; decode(Encoded) -> float32."""
 
@@ -62,8 +45,7 @@ class Codec:
         return self.format.bits_per_value
 
     def encode(self, x):
-        flat = check_vectors(x, self.head_dim)
-        self.format.check_range(flat)
+        flat = self.format.storable(x)
         codes, scales = self._encode_rows(flat)
         return Encoded(self.name, tuple(x.shape), codes, scales)
 

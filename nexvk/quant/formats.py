@@ -41,6 +41,23 @@ def sum_squares(x):
     return part[:, 0]
 
 
+def check_vectors(x, head_dim, what="x"):
+    """Validate (..., head_dim) float32/float16 finite non-empty input; return float32 (n, d)."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array, got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float16):
+        raise ValueError(f"{what} must be float32 or float16, got {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] != head_dim:
+        raise ValueError(f"{what} must have shape (..., {head_dim}), got {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{what} is empty (shape {x.shape})")
+    flat = np.ascontiguousarray(x.reshape(-1, head_dim), dtype=np.float32)
+    if not np.isfinite(flat).all():
+        bad = int((~np.isfinite(flat)).sum())
+        raise ValueError(f"{what} contains {bad} non-finite values (NaN or Inf)")
+    return flat
+
+
 class Format:
     name = ""
     rotated = False  # scores/values live in the rotated domain
@@ -57,6 +74,12 @@ class Format:
         return 4 * self.words + 2 * self.n_scales
 
     max_abs = np.inf  # largest |value| whose fp16 values/scales stay finite
+
+    def storable(self, x, what="x"):
+        """check_vectors, then check_range: x as float32 (n, d) rows this format can store."""
+        flat = check_vectors(x, self.head_dim, what)
+        self.check_range(flat, what)
+        return flat
 
     def check_range(self, flat, what="x"):
         """ValueError when a vector cannot be stored without its fp16 parts overflowing."""

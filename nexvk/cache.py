@@ -50,9 +50,12 @@ class KVCache:
         from nexvk.device.manager import resolve_backend
         self.backend = resolve_backend(backend, device)
         # the stores get the geometry, not the cache, so a dropped cache frees at once
-        geo = SimpleNamespace(n_layers=self.n_layers, n_kv_heads=self.n_kv_heads,
+        # per layer: K and V formats, slots, window (0: the layer sees its whole context)
+        L = self.n_layers
+        geo = SimpleNamespace(n_layers=L, n_kv_heads=self.n_kv_heads,
                               head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmt,
-                              vfmt=self.vfmt, max_heads=self.max_heads)
+                              vfmt=self.vfmt, max_heads=self.max_heads, kfmts=[self.kfmt] * L,
+                              vfmts=[self.vfmt] * L, caps=[self.capacity] * L, windows=[0] * L)
         if self.backend == "numpy":
             self._impl = _NumpyStore(geo)
         else:
@@ -170,47 +173,53 @@ class _VulkanStore:
         self.c = c
         self.dev = dev = get_device(device)
         pool = dev.pool
-        d, hkv, cap = c.head_dim, c.n_kv_heads, c.capacity
+        d, hkv = c.head_dim, c.n_kv_heads
         self.tag = f"kvcache{next(_ids)}/"
         self._graphs = {}
         weakref.finalize(self, _release, dev, self.tag, self._graphs)  # memory goes with the cache
-        # layers -> arenas: [K codes, K scales, V codes, V scales] per layer, contiguous
-        kf, vf = c.kfmt, c.vfmt
-        kw, vw = layout.region_words(kf, cap * hkv), layout.region_words(vf, cap * hkv)
-        layer_words = kw + vw
-        per_arena = dev.max_buffer_bytes // (4 * layer_words)
-        if per_arena < 1:
-            raise ValueError(f"one layer of this cache needs {4 * layer_words / 2**20:.1f} MiB, over "
-                             f"{dev.name}'s {dev.max_buffer_bytes / 2**20:.0f} MiB storage-buffer "
-                             "limit; lower the capacity")
-        self.regions = []  # per layer: (arena buffer, (k_base, k_sbase), (v_base, v_sbase))
-        n_arenas = -(-c.n_layers // per_arena)
-        arenas = []
-        for a in range(n_arenas):
-            layers = min(per_arena, c.n_layers - a * per_arena)
-            arenas.append(pool.get(f"{self.tag}arena{a}", layers * layer_words))
-        for layer in range(c.n_layers):
-            a, i = divmod(layer, per_arena)
-            base = i * layer_words
+        # layers -> arenas of at most the storage-buffer limit; per layer, contiguous:
+        # [K codes, K scales, V codes, V scales] for its slots
+        sizes = []
+        for kf, vf, cap in zip(c.kfmts, c.vfmts, c.caps):
+            kw = layout.region_words(kf, cap * hkv)
+            sizes.append((kw, kw + layout.region_words(vf, cap * hkv)))
+        limit = dev.max_buffer_bytes // 4
+        if max(w for _, w in sizes) > limit:
+            raise ValueError(f"one layer of this cache needs {4 * max(w for _, w in sizes) / 2**20:.1f}"
+                             f" MiB, over {dev.name}'s {dev.max_buffer_bytes / 2**20:.0f} MiB "
+                             "storage-buffer limit; lower the capacity")
+        placed, arena_words = [], [0]  # (arena index, base word) per layer
+        for _, w in sizes:
+            if arena_words[-1] + w > limit:
+                arena_words.append(0)
+            placed.append((len(arena_words) - 1, arena_words[-1]))
+            arena_words[-1] += w
+        arenas = [pool.get(f"{self.tag}arena{a}", n) for a, n in enumerate(arena_words)]
+        self.regions = []  # per layer: (arena, (k_base, k_sbase), (v_base, v_sbase))
+        for (a, base), (kw, _), kf, vf, cap in zip(placed, sizes, c.kfmts, c.vfmts, c.caps):
             self.regions.append((arenas[a], (base, base + cap * hkv * kf.words),
                                  (base + kw, base + kw + cap * hkv * vf.words)))
-        # tables: K at 0, V at vtab
-        self.vtab = layout.TAB_SIGNS + d
-        self.tab = pool.get(self.tag + "tab", 2 * self.vtab, np.float32, kind="device")
-        self.tab.host[: self.vtab] = layout.table(kf)
-        self.tab.host[self.vtab:] = layout.table(vf)
+        # format tables: layer l's K table at tabs[l][0], its V table at tabs[l][1]
+        per = layout.TAB_SIGNS + d
+        self.tab = pool.get(self.tag + "tab", 2 * c.n_layers * per, np.float32, kind="device")
+        self.tabs = []
+        for layer, (kf, vf) in enumerate(zip(c.kfmts, c.vfmts)):
+            ko, vo = 2 * layer * per, (2 * layer + 1) * per
+            self.tab.host[ko:ko + per], self.tab.host[vo:vo + per] = layout.table(kf), layout.table(vf)
+            self.tabs.append((ko, vo))
         self.stats = pool.get(self.tag + "stats", 2, np.uint32, kind="device")
         self.dyn = pool.get(self.tag + "dyn", 4, np.uint32, kind="device")
         # scratch (scores, per-split partials) sized for the largest group and `chunk` queries
         H, g_max = c.max_heads, c.max_heads // hkv
-        one = attn_kernel.Plan(d, hkv, g_max, cap, 1)
-        per_query = 4 * (H * cap + one.part_floats)
+        stride = max(c.caps)
+        one = attn_kernel.Plan(d, hkv, g_max, max(self._keys(i) for i in range(c.n_layers)), 1)
+        per_query = 4 * (H * stride + one.part_floats)
         if per_query > dev.max_buffer_bytes or one.groups > dev.max_groups:
-            raise ValueError(f"attention over {H} heads x {cap} tokens exceeds {dev.name}'s "
+            raise ValueError(f"attention over {H} heads x {stride} tokens exceeds {dev.name}'s "
                              "buffer or dispatch limits; lower the capacity")
         self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query,
                                 dev.max_groups // one.groups))
-        self.scr = pool.get(self.tag + "scores", self.chunk * H * cap, np.float32)
+        self.scr = pool.get(self.tag + "scores", self.chunk * H * stride, np.float32)
         self.part = pool.get(self.tag + "partials", self.chunk * one.part_floats, np.float32)
         self.io = {}  # staging of the host-array calls, for 1 row and for `chunk` rows
         for rows in sorted({1, self.chunk}):
@@ -227,19 +236,22 @@ class _VulkanStore:
                 if n_heads:
                     self._attention_graph(layer, rows, n_heads)
 
+    def _keys(self, layer):
+        """Most keys one query of `layer` sees."""
+        return self.c.windows[layer] or self.c.caps[layer]
+
     # ---- recording into any graph ---------------------------------------------------------
     def record_append(self, g, layer, k, v, rows):
         """Quantize dyn[0] tokens of k, v (device buffers (rows, hkv, d) float32) into
         `layer` at positions dyn[1].. ."""
         c, dev = self.c, self.dev
         arena, kreg, vreg = self.regions[layer]
-        spec_k = [layout.WG, c.head_dim, *layout.spec(c.kfmt)]
-        spec_v = [layout.WG, c.head_dim, *layout.spec(c.vfmt)]
+        ktab, vtab = self.tabs[layer]
         n = rows * c.n_kv_heads
-        kp = dev.pipeline("quantize", [k, arena, self.tab, self.dyn], n, spec_k)
-        vp = dev.pipeline("quantize", [v, arena, self.tab, self.dyn], n, spec_v)
-        g.dispatch(kp, layout.quantize_push(*kreg, 0, c.n_kv_heads, c.capacity))
-        g.dispatch(vp, layout.quantize_push(*vreg, self.vtab, c.n_kv_heads, c.capacity))
+        for x, fmt, reg, tabo in ((k, c.kfmts[layer], kreg, ktab), (v, c.vfmts[layer], vreg, vtab)):
+            pipe = dev.pipeline("quantize", [x, arena, self.tab, self.dyn], n,
+                                [layout.WG, c.head_dim, *layout.spec(fmt)])
+            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.caps[layer]))
 
     def record_attention(self, g, layer, q, o, rows, n_heads):
         """Causal attention of dyn[0] queries (q: device buffer (rows, n_heads, d)) at
@@ -248,11 +260,12 @@ class _VulkanStore:
         group = n_heads // c.n_kv_heads
         arena, kreg, vreg = self.regions[layer]
         bufs = [arena, q, o, self.scr, self.part, self.tab, self.stats, self.dyn]
-        spec = attn_kernel.spec(c.kfmt, c.vfmt, group)
+        spec = attn_kernel.spec(c.kfmts[layer], c.vfmts[layer], group)
         for q0 in range(0, rows, self.chunk):
-            plan = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group, c.capacity,
+            plan = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group, self._keys(layer),
                                     min(self.chunk, rows - q0))
-            push = plan.push(c.n_kv_heads, kreg, vreg, 0, self.vtab, c.capacity, q0)
+            push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.caps[layer], q0,
+                             c.windows[layer])
             for name, n in (("attn_scores", plan.groups), ("attn_values", plan.groups),
                             ("attn_reduce", plan.reduce_groups)):
                 g.dispatch(self.dev.pipeline(name, bufs, n, spec), push)

@@ -17,7 +17,7 @@ from nexvk.quant import check_vectors
 from nexvk.quant.formats import make
 
 _ids = itertools.count()
-_SCRATCH_BYTES = 64 << 20  # scores + split partials of one prefill chunk (vulkan)
+_SCRATCH_BYTES = 16 << 20  # scores + split partials of one dispatch of queries (vulkan)
 
 
 class KVCache:

@@ -3,7 +3,7 @@ consistency, deterministic greedy generation, and clear errors on bad input."""
 import numpy as np
 import pytest
 
-from nexvk.model.llama import rope, rope_tables
+from nexvk.model.model import rope, rope_tables
 
 PROMPT = "The capital of France is"
 

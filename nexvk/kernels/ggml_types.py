@@ -27,6 +27,7 @@ class WeightType:
     hw: int            # h words per unit
     group: int         # units sharing one scale group
     sw: int            # s words per group
+    halves: tuple      # byte offsets of the fp16 scale fields in a block (random_bytes)
     split: object      # (rows, nb, block_bytes) uint8 -> q, h, s uint32 arrays
     join: object       # (q, h, s) -> (rows, nb, block_bytes) uint8
 
@@ -237,21 +238,22 @@ def _q6k_join(q, h, s):
     return b
 
 
-def _row(name, ggml, qw, hw, group, sw, fns):
-    return WeightType(name, ggml, qw, hw, group, sw, *fns)
+def _row(name, ggml, qw, hw, group, sw, halves, fns):
+    return WeightType(name, ggml, qw, hw, group, sw, halves, *fns)
 
 
 TYPES = {t.name: t for t in [
-    _row("f32", Q.F32, 32, 0, 1, 0, _split_f(4)),
-    _row("f16", Q.F16, 16, 0, 1, 0, _split_f(2)),
-    _row("q8_0", Q.Q8_0, 8, 0, 2, 1, _split_d_pairs(0, (2, 34))),
-    _row("q4_0", Q.Q4_0, 4, 0, 2, 1, _split_d_pairs(0, (2, 18))),
-    _row("q4_1", Q.Q4_1, 4, 0, 1, 1, _split_dm(False)),
-    _row("q5_0", Q.Q5_0, 4, 1, 2, 1, _split_d_pairs(0, (6, 22), qh_at=2)),
-    _row("q5_1", Q.Q5_1, 4, 1, 1, 1, _split_dm(True)),
-    _row("q4_k", Q.Q4_K, 4, 0, 8, 4, _split_k(False)),
-    _row("q5_k", Q.Q5_K, 4, 1, 8, 4, _split_k(True)),
-    _row("q6_k", Q.Q6_K, 4, 2, 8, 5, (_q6k_split, _q6k_join)),
+    #    name    ggml   qw  hw group sw  fp16 fields
+    _row("f32", Q.F32, 32, 0, 1, 0, (), _split_f(4)),
+    _row("f16", Q.F16, 16, 0, 1, 0, (), _split_f(2)),
+    _row("q8_0", Q.Q8_0, 8, 0, 2, 1, (0,), _split_d_pairs(0, (2, 34))),
+    _row("q4_0", Q.Q4_0, 4, 0, 2, 1, (0,), _split_d_pairs(0, (2, 18))),
+    _row("q4_1", Q.Q4_1, 4, 0, 1, 1, (0, 2), _split_dm(False)),
+    _row("q5_0", Q.Q5_0, 4, 1, 2, 1, (0,), _split_d_pairs(0, (6, 22), qh_at=2)),
+    _row("q5_1", Q.Q5_1, 4, 1, 1, 1, (0, 2), _split_dm(True)),
+    _row("q4_k", Q.Q4_K, 4, 0, 8, 4, (0, 2), _split_k(False)),
+    _row("q5_k", Q.Q5_K, 4, 1, 8, 4, (0, 2), _split_k(True)),
+    _row("q6_k", Q.Q6_K, 4, 2, 8, 5, (208,), (_q6k_split, _q6k_join)),
 ]}
 BY_GGML = {t.ggml: t for t in TYPES.values()}
 
@@ -300,7 +302,7 @@ def unpack(kind, words, rows, cols):
     u = cols // UNIT
     q = words[:hoff].reshape(rows, u, wt.qw)
     h = words[hoff:soff].reshape(rows, u, wt.hw)
-    s = words[soff:].reshape(rows, -1, wt.sw)
+    s = words[soff:].reshape(rows, -1, wt.sw) if wt.sw else words[soff:].reshape(rows, 0, 0)
     return wt.join(q, h, s).reshape(rows, -1)
 
 
@@ -310,3 +312,17 @@ def dequantize(kind, raw, rows, cols):
     wt = get(kind)
     return gguf_dequantize(_blocks(wt, raw, rows, cols).reshape(rows, -1), wt.ggml) \
         .reshape(rows, cols).astype(np.float32)
+
+
+def random_bytes(kind, rows, cols, seed=0):
+    """Valid GGUF bytes of a random (rows, cols) tensor: random quants and finite fp16 scales
+    of a size that keeps values O(1..10) (test data for every type, also for `nexvk validate`)."""
+    wt = get(kind)
+    rng = np.random.default_rng(seed)
+    if wt.name in ("f32", "f16"):
+        return rng.standard_normal(rows * cols).astype("<f4" if wt.name == "f32" else "<f2").view(np.uint8)
+    nb = rows * cols // wt.block
+    b = rng.integers(0, 256, (nb, wt.block_bytes), dtype=np.uint8)
+    for off in wt.halves:
+        b[:, off:off + 2] = (rng.uniform(-1, 1, (nb, 1)) * 0.05).astype("<f2").view(np.uint8)
+    return b.reshape(-1)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from nexvk.kernels import attention as attn_kernel
+from nexvk.kernels import dyn as dyn_words
 from nexvk.kernels import layout
 from nexvk.quant import check_vectors
 from nexvk.quant.formats import make
@@ -131,6 +132,29 @@ class KVCache:
                       "skip_rate": skipped / total if total else 0.0}
         return out
 
+    def advance(self, pos, T):
+        """Count T tokens at positions pos.. as written into every layer by a device step
+        recorded with record_append (which does not pass through append()); the same checks
+        as append(), made before the step runs."""
+        if self.backend != "vulkan":
+            raise ValueError("advance() is for steps recorded on the vulkan backend")
+        for layer, n in enumerate(self._len):
+            if n != pos:
+                raise ValueError(f"a step at position {pos}, but layer {layer} holds {n} tokens")
+            if n + T > self.capacity:
+                raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} "
+                                 f"tokens; cannot append {T} more")
+            self._check_ring(layer, T, "append")
+        self._len = [pos + T] * self.n_layers
+
+    @property
+    def store(self):
+        """The device store, for recording cache writes and attention into a caller's graph
+        (record_append, record_attention, and its dyn and stats buffers)."""
+        if self.backend != "vulkan":
+            raise ValueError("only the vulkan backend has a device store")
+        return self._impl
+
     def _check_ring(self, layer, T, what):
         """A ring layer holds window + max_batch - 1 keys: enough for T <= max_batch queries."""
         if self.slots[layer] < self.capacity and T > self.max_batch:
@@ -247,17 +271,17 @@ class _VulkanStore:
             self.tab.host[ko:ko + per], self.tab.host[vo:vo + per] = layout.table(kf), layout.table(vf)
             self.tabs.append((ko, vo))
         self.stats = pool.get(self.tag + "stats", 2, np.uint32, kind="device")
-        self.dyn = pool.get(self.tag + "dyn", 4, np.uint32, kind="device")
+        # the per-call words (nexvk/kernels/dyn.py), with room for a model step's token ids
+        self.dyn = pool.get(self.tag + "dyn", dyn_words.size(max_batch), np.uint32, kind="device")
         # scratch (scores, per-split partials) sized for the largest group and `chunk` queries
         H, g_max = c.max_heads, c.max_heads // hkv
         stride = max(c.slots)
         one = attn_kernel.Plan(d, hkv, g_max, max(self._keys(i) for i in range(c.n_layers)), 1)
         per_query = 4 * (H * stride + one.part_floats)
-        if per_query > dev.max_buffer_bytes or one.groups > dev.max_groups:
+        if per_query > dev.max_buffer_bytes:
             raise ValueError(f"attention over {H} heads x {stride} tokens exceeds {dev.name}'s "
-                             "buffer or dispatch limits; lower the capacity")
-        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query,
-                                dev.max_groups // one.groups))
+                             "storage-buffer limit; lower the capacity")
+        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query))
         self.scr = pool.get(self.tag + "scores", self.chunk * H * stride, np.float32)
         self.part = pool.get(self.tag + "partials", self.chunk * one.part_floats, np.float32)
         self.io = {}  # staging of the host-array calls, for 1 row and for `chunk` rows
@@ -280,21 +304,23 @@ class _VulkanStore:
         return self.c.windows[layer] or self.c.slots[layer]
 
     # ---- recording into any graph ---------------------------------------------------------
-    def record_append(self, g, layer, k, v, rows):
-        """Quantize dyn[0] tokens of k, v (device buffers (rows, hkv, d) float32) into
-        `layer` at positions dyn[1].. ."""
+    def record_append(self, g, layer, k, v, rows, k_off=0, v_off=0):
+        """Quantize dyn[0] tokens of k, v (device buffers holding (rows, hkv, d) float32 at
+        float offsets k_off, v_off) into `layer` at positions dyn[1].. ."""
         c, dev = self.c, self.dev
         arena, kreg, vreg = self.regions[layer]
         ktab, vtab = self.tabs[layer]
         n = rows * c.n_kv_heads
-        for x, fmt, reg, tabo in ((k, c.kfmts[layer], kreg, ktab), (v, c.vfmts[layer], vreg, vtab)):
+        for x, off, fmt, reg, tabo in ((k, k_off, c.kfmts[layer], kreg, ktab),
+                                       (v, v_off, c.vfmts[layer], vreg, vtab)):
             pipe = dev.pipeline("quantize", [x, arena, self.tab, self.dyn], n,
                                 [layout.WG, c.head_dim, *layout.spec(fmt)])
-            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.slots[layer]))
+            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.slots[layer], off))
 
-    def record_attention(self, g, layer, q, o, rows, n_heads):
-        """Causal attention of dyn[0] queries (q: device buffer (rows, n_heads, d)) at
-        positions dyn[1].. over `layer`, into o; in dispatches of `chunk` queries."""
+    def record_attention(self, g, layer, q, o, rows, n_heads, q_off=0, o_off=0):
+        """Causal attention of dyn[0] queries (q: device buffer holding (rows, n_heads, d) at
+        float offset q_off) at positions dyn[1].. over `layer`, into o at o_off; in
+        dispatches of `chunk` queries."""
         c = self.c
         group = n_heads // c.n_kv_heads
         arena, kreg, vreg = self.regions[layer]
@@ -304,7 +330,7 @@ class _VulkanStore:
             plan = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group, self._keys(layer),
                                     min(self.chunk, rows - q0))
             push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.slots[layer], q0,
-                             c.windows[layer])
+                             c.windows[layer], q_off, o_off)
             for name, n in (("attn_scores", plan.groups), ("attn_values", plan.groups),
                             ("attn_reduce", plan.reduce_groups)):
                 g.dispatch(self.dev.pipeline(name, bufs, n, spec), push)

@@ -4,6 +4,7 @@
 // ACC: y += ... (a fused post-norm residual add). y may be x itself (in place).
 // One workgroup per (token, group); tokens past T exit. Twin: nexvk/kernels/rms_norm.py.
 #extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint N = 1;        // values per row
@@ -12,6 +13,7 @@ layout(constant_id = 3) const float EPS = 1e-6;
 layout(constant_id = 4) const uint ACC = 0;
 layout(constant_id = 5) const uint LDX = 0;      // row strides (0: N)
 layout(constant_id = 6) const uint LDY = 0;
+layout(constant_id = 7) const uint LAST = 0;     // only row T-1 (dispatched as one row)
 
 layout(binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) readonly buffer Wt { float wt[]; };   // (GROUP,)
@@ -29,9 +31,10 @@ shared float red[gl_WorkGroupSize.x];
 #include "include/reduce_funcs.glsl"
 
 void main() {
-    uint t = gl_WorkGroupID.x / (N / GROUP);
-    uint g = gl_WorkGroupID.x % (N / GROUP);
-    if (t >= dyn[DYN_T]) return;
+    uint t = GROUP_ID / (N / GROUP);
+    uint g = GROUP_ID % (N / GROUP);
+    if (t >= dyn[DYN_T] || (LAST != 0u && t > 0u)) return;
+    if (LAST != 0u) t = dyn[DYN_T] - 1u;
     uint xb = pc.x_off + t * (LDX > 0u ? LDX : N) + g * GROUP;
     uint yb = pc.y_off + t * (LDY > 0u ? LDY : N) + g * GROUP;
     float ss = 0.0;

@@ -78,11 +78,12 @@ class Plan:
         self.acc_base = self.groups * 2 * group              # m, l per split, then acc
         self.part_floats = self.acc_base + self.groups * group * head_dim
 
-    def push(self, hkv, k_region, v_region, ktab, vtab, cap, q0=0, window=0):
+    def push(self, hkv, k_region, v_region, ktab, vtab, cap, q0=0, window=0, q_off=0, o_off=0):
         """The push block shared by the three passes, in declaration order: the layer's
-        regions, tables and slots; this dispatch's first query row; the window (0: none)."""
+        regions, tables and slots; this dispatch's first query row; the window (0: none);
+        the float offsets of the queries and the output in their buffers."""
         return [hkv, *k_region, *v_region, ktab, vtab, cap, self.ks, self.ns, self.acc_base,
-                q0, window]
+                q0, window, q_off, o_off]
 
 
 def set_dyn(words, n_q, pos0, scale, thr):

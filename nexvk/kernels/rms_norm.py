@@ -2,7 +2,8 @@
 q/k norm), optionally added into y (ACC): rms_norm.comp.
 
 Bindings: 0 x, 1 w (float, GROUP values at w_off), 2 y (may be x itself), 3 Dyn. Spec
-constants: [WG, N, GROUP, EPS (float), ACC, LDX, LDY]. Push: [x_off, w_off, y_off]. Dyn: T.
+constants: [WG, N, GROUP, EPS (float), ACC, LDX, LDY, LAST]. Push: [x_off, w_off, y_off].
+Dyn: T; LAST: only row T-1 (the logits of a prefill's last token).
 """
 import numpy as np
 
@@ -22,7 +23,7 @@ def ref(x, w, eps, group=None, y=None):
 
 
 def dispatches(dev, x, w, y, dyn, n, max_tokens, eps, group=None, acc=False, x_off=0, w_off=0,
-               y_off=0, ldx=None, ldy=None, **tune):
+               y_off=0, ldx=None, ldy=None, last=False, **tune):
     p = tuning.get(dev, "rms_norm", **tune)
     g = group or n
     if n % g:
@@ -31,8 +32,9 @@ def dispatches(dev, x, w, y, dyn, n, max_tokens, eps, group=None, acc=False, x_o
     check_extent(x, x_off, (max_tokens - 1) * ldx + n, "rms_norm x")
     check_extent(w, w_off, g, "rms_norm weight")
     check_extent(y, y_off, (max_tokens - 1) * ldy + n, "rms_norm y")
-    spec = [p["WG"], n, g, float(eps), int(acc), ldx, ldy]
-    return [(dev.pipeline("rms_norm", [x, w, y, dyn], max_tokens * (n // g), spec),
+    spec = [p["WG"], n, g, float(eps), int(acc), ldx, ldy, int(last)]
+    rows = 1 if last else max_tokens
+    return [(dev.pipeline("rms_norm", [x, w, y, dyn], rows * (n // g), spec),
              [x_off, w_off, y_off])]
 
 

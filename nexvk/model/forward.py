@@ -12,9 +12,10 @@ reshaping; the step's token count T and start position live in the Ops object.
 
 
 class State:
-    """Activation handles for up to B tokens per step, allocated once through the ops."""
+    """Activation handles for up to B tokens per step, allocated once through the ops; the
+    logits of logits_rows tokens (default B; 1 when only the last token's are wanted)."""
 
-    def __init__(self, a, B, ops):
+    def __init__(self, a, B, ops, logits_rows=None):
         q, kv = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
         self.B = B
         self.tokens = ops.alloc((B,), "int32")        # this step's token ids
@@ -26,7 +27,7 @@ class State:
         self.att = ops.alloc((B, q))                  # attention output
         self.gate = ops.alloc((B, a.ffn_dim))         # act(gate) * up, in place
         self.up = ops.alloc((B, a.ffn_dim))
-        self.logits = ops.alloc((B, a.vocab_size))
+        self.logits = ops.alloc((logits_rows or B, a.vocab_size), readable=True)
 
 
 def forward(ops, a, w, s, logits="all"):

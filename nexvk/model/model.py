@@ -1,11 +1,15 @@
 """The Model: load a GGUF, hold its weights, tokenizer, KV cache and State, and generate.
 
 `Model.load(path, ctx, k_type, v_type, ...)` reads the file's Config, checks that its family is
-supported (arch.py), loads the named weights (weights.py) and runs `forward.forward` through the
-numpy Ops (ops_numpy.py); the KV cache (numpy or vulkan store) is the only thing that knows the
-KV formats, and it keeps only the window on sliding-window layers.
+supported (arch.py), loads the named weights (weights.py) and runs `forward.forward` through an
+Ops backend: numpy (ops_numpy.py: float32 weights, each op executed at once) or vulkan
+(ops_vulkan.py: weights in their GGUF formats on the device, each step shape recorded once
+into one graph and replayed, one submission per step). The KV cache (numpy or vulkan store)
+is the only thing that knows the KV formats; it keeps only the window on sliding-window layers.
 """
+import itertools
 import time
+import weakref
 
 import numpy as np
 
@@ -16,7 +20,7 @@ from nexvk.model.gguf import open_gguf
 from nexvk.model.ops_numpy import NumpyOps
 from nexvk.model.sample import Sampler
 from nexvk.model.tokenizer import Tokenizer
-from nexvk.model.weights import Weights
+from nexvk.model.weights import Weights, layer_shapes
 
 
 class Model:
@@ -31,11 +35,26 @@ class Model:
         self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
         self.backend, self.device, self.sparse_v, self.seed = backend, device, sparse_v, seed
         B = min(max_batch, ctx)
+        if backend != weights.backend:
+            raise ValueError(f"these weights were loaded for the {weights.backend} backend, "
+                             f"not {backend}: load the model with backend={backend!r}")
         self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, ctx, k_type=k_type,
                              v_type=v_type, backend=backend, device=device, seed=seed,
                              n_heads=a.n_heads, max_batch=B, window=list(a.window))
-        self.ops = NumpyOps(self.cache, sparse_v)
-        self.state = State(a, B, self.ops)
+        if backend == "numpy":
+            self.ops = NumpyOps(self.cache, sparse_v)
+            self.state = State(a, B, self.ops)
+            self._states = {}
+        else:
+            # step shapes, each a State and a graph recorded now: decode (1 row), prefill
+            # chunks of B rows (last row's logits, or none); whole-window logits (ppl) on
+            # first use, in chunks small enough for the logits buffer
+            from nexvk.model.ops_vulkan import VulkanOps
+            self.ops = VulkanOps(self.cache, sparse_v)
+            self.state = State(a, B, self.ops, logits_rows=1)
+            self._states = {(1, 1): State(a, 1, self.ops, logits_rows=1), (B, 1): self.state}
+            for T, mode in ((1, "last"), (B, "last"), (B, "none")):
+                self.ops.record(*self._prepare(T, mode)[::2])
         self.pos = 0
         self.stats = {}
 
@@ -55,8 +74,10 @@ class Model:
         if not cfg.ffn_dim and g.has_tensor("blk.0.ffn_down.weight"):
             cfg.ffn_dim = int(g.tensors["blk.0.ffn_down.weight"].shape[0])
         tok = Tokenizer(g)
+        from nexvk.device.manager import resolve_backend
+        backend = resolve_backend(backend, device)
         t0 = time.perf_counter()
-        w = Weights.load(g, Arch.from_config(cfg), progress=progress)
+        w = load_weights(g, Arch.from_config(cfg), backend, device, progress)
         m = cls(cfg, w, tok, ctx, k_type, v_type, backend, device, sparse_v, seed, max_batch)
         m.stats["load_s"] = time.perf_counter() - t0
         return m
@@ -64,7 +85,7 @@ class Model:
     def with_cache(self, k_type=None, v_type=None, **kw):
         """A model sharing these weights with a fresh cache of other formats."""
         args = dict(ctx=self.ctx, k_type=k_type or self.k_type, v_type=v_type or self.v_type,
-                    backend=self.backend, device=self.device, sparse_v=self.sparse_v,
+                    backend=self.cache.backend, device=self.device, sparse_v=self.sparse_v,
                     seed=self.seed, max_batch=self.state.B)
         args.update(kw)
         return Model(self.cfg, self.w, self.tokenizer, **args)
@@ -89,7 +110,7 @@ class Model:
                              "(load the model with a larger ctx, e.g. -c)")
         if tokens.min() < 0 or tokens.max() >= self.arch.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.arch.vocab_size})")
-        B = self.state.B
+        B = self._chunk(last_only)
         if T <= B:
             logits = self._step(tokens, pos, "last" if last_only else "all")
         else:  # more tokens than the state holds: run in slices of B
@@ -105,13 +126,37 @@ class Model:
         self.pos = pos + T
         return logits
 
+    def _chunk(self, last_only):
+        """Most tokens per step: B, or on the device fewer when every row's logits come back
+        (one logits buffer must stay under the storage-buffer limit)."""
+        if self.cache.backend == "numpy" or last_only:
+            return self.state.B
+        fit = self.cache.store.dev.max_buffer_bytes // (4 * self.arch.vocab_size)
+        return max(1, min(self.state.B, fit))
+
+    def _state_for(self, T, logits):
+        """(key, State) of the step shape that runs T tokens with these logits."""
+        if self.cache.backend == "numpy":
+            return None, self.state
+        rows = 1 if T == 1 else self._chunk(logits != "all")
+        key = (rows, rows if logits == "all" and rows > 1 else 1)
+        if key not in self._states:
+            self._states[key] = State(self.arch, rows, self.ops, logits_rows=key[1])
+        return key, self._states[key]
+
+    def _prepare(self, T, logits):
+        """(graph key, State, the step's forward) for T tokens with these logits."""
+        key, st = self._state_for(T, logits)
+        return (key, logits), st, lambda: forward(self.ops, self.arch, self.w, st, logits)
+
     def _step(self, tokens, pos, logits):
         """One forward call of at most B tokens; the logits rows it asked for (or None)."""
-        self.ops.set_step(self.state.tokens, tokens, pos)
-        forward(self.ops, self.arch, self.w, self.state, logits)
+        key, st, record = self._prepare(len(tokens), logits)
+        self.ops.set_step(st.tokens, tokens, pos)
+        self.ops.execute(key, record)
         if logits == "none":
             return None
-        return self.ops.read(self.state.logits, 1 if logits == "last" else None)
+        return self.ops.read(st.logits, 1 if logits == "last" else None)
 
     # ---- generation --------------------------------------------------------------------
     def generate(self, prompt, n=64, temperature=0.0, top_k=0, top_p=1.0, seed=0, stream=None,
@@ -158,3 +203,34 @@ class Model:
         if stream and final != text:
             stream(final[len(text):])
         return final
+
+
+_weight_ids = itertools.count()
+
+
+def load_weights(g, a, backend, device=None, progress=False):
+    """The model's Weights for a backend: float32 arrays (numpy), or the GGUF blocks as
+    stored in device buffers (vulkan), freed with the Weights object."""
+    if backend == "numpy":
+        w = Weights.load(g, a, progress=progress)
+    else:
+        from nexvk.device.manager import get_device
+        from nexvk.kernels import upload
+        from nexvk.model.ops_vulkan import weight_loader
+        dev = get_device(device)
+        tag = f"weights{next(_weight_ids)}/"
+        names = {f"blk.{i}.{n}.weight": shape for i in range(a.n_layers)
+                 for n, shape in layer_shapes(a).items()}
+        names.update({"token_embd.weight": (a.vocab_size, a.dim), "output_norm.weight": (a.dim,)})
+        if g.has_tensor("output.weight"):
+            names["output.weight"] = (a.vocab_size, a.dim)
+        try:
+            w = Weights.load(g, a, progress=progress, loader=weight_loader(dev, g, tag, names))
+        except BaseException:
+            dev.release(tag)
+            raise
+        finally:
+            upload.release(dev)  # the staging buffer and copy pipeline
+        weakref.finalize(w, dev.release, tag)
+    w.backend = backend
+    return w

@@ -19,13 +19,17 @@ class NumpyOps:
         self._scratch = {}  # features -> (rows, features) float32, grown on first need
 
     # ---- buffers and per-step values -----------------------------------------------------
-    def alloc(self, shape, dtype="float32"):
-        return np.zeros(shape, dtype)
+    def alloc(self, shape, dtype="float32", readable=False):
+        return np.zeros(shape, dtype)  # every array is readable here
 
     def set_step(self, tokens_handle, tokens, pos):
         """Start a step: T = len(tokens) ids into tokens_handle, at positions pos..pos+T-1."""
         self.T, self.pos = len(tokens), int(pos)
         tokens_handle[:self.T] = tokens
+
+    def execute(self, key, record):
+        """Run the step: here, record() (the forward) executes each op at once."""
+        record()
 
     def read(self, x, n=None):
         """Rows 0..n-1 of handle x (default: the step's rows) as a numpy array (a view here:

@@ -28,6 +28,8 @@ class Weights:
     """tok_embd (vocab, dim); output (vocab, dim), the same array when embeddings are tied;
     output_norm (dim,); layers[i]: a namespace of the layer's tensors by GGUF name."""
 
+    backend = "numpy"  # "vulkan" when the tensors are device weights (model.load_weights)
+
     def __init__(self, tok_embd, output, output_norm, layers):
         self.tok_embd, self.output, self.output_norm, self.layers = tok_embd, output, output_norm, layers
 
@@ -39,21 +41,25 @@ class Weights:
         return sum(a.nbytes for a in arrays)
 
     @classmethod
-    def load(cls, g, a, progress=False):
-        """Every tensor Arch `a` needs from GGUF `g`; ValueError names a missing or misshapen one."""
+    def load(cls, g, a, progress=False, loader=None):
+        """Every tensor Arch `a` needs from GGUF `g`; ValueError names a missing or misshapen one.
+        loader(name, shape) makes each tensor (default: float32 arrays, dequantized); the
+        Vulkan backend passes one that uploads the stored blocks (ops_vulkan.weight_loader)."""
         if any(n.endswith(".bias") for n in g.tensors):
             raise ValueError(f"{g.path.name}: bias tensors are not supported in '{a.name}'")
         shapes = layer_shapes(a)
         it = range(a.n_layers)
         if progress:
             from tqdm import tqdm
-            it = tqdm(it, desc="dequantizing weights", unit="layer", file=sys.stderr)
+            it = tqdm(it, desc="loading weights" if loader else "dequantizing weights",
+                      unit="layer", file=sys.stderr)
 
-        def get(name, shape):
+        def dequantized(name, shape):
             t = g.tensor(name)
             if t.shape != shape:
                 raise ValueError(f"{g.path.name}: {name} has shape {t.shape}, metadata implies {shape}")
             return t
+        get = loader or dequantized
 
         layers = [SimpleNamespace(**{n: get(f"blk.{i}.{n}.weight", s) for n, s in shapes.items()})
                   for i in it]

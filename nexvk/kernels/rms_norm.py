@@ -2,7 +2,7 @@
 q/k norm), optionally added into y (ACC): rms_norm.comp.
 
 Bindings: 0 x, 1 w (float, GROUP values at w_off), 2 y (may be x itself), 3 Dyn. Spec
-constants: [WG, N, GROUP, EPS (float), ACC, LDX, LDY]. Push: [x_off, w_off, y_off]. Dyn: T.
+constants: [WG, N, GROUP, EPS (float), LDX, LDY]. Push: [x_off, w_off, y_off, acc]. Dyn: T.
 """
 import numpy as np
 
@@ -31,9 +31,9 @@ def dispatches(dev, x, w, y, dyn, n, max_tokens, eps, group=None, acc=False, x_o
     check_extent(x, x_off, (max_tokens - 1) * ldx + n, "rms_norm x")
     check_extent(w, w_off, g, "rms_norm weight")
     check_extent(y, y_off, (max_tokens - 1) * ldy + n, "rms_norm y")
-    spec = [p["WG"], n, g, float(eps), int(acc), ldx, ldy]
+    spec = [p["WG"], n, g, float(eps), ldx, ldy]
     return [(dev.pipeline("rms_norm", [x, w, y, dyn], max_tokens * (n // g), spec),
-             [x_off, w_off, y_off])]
+             [x_off, w_off, y_off, int(acc)])]
 
 
 def run(dev, x, w, eps, group=None, y=None, **tune):

@@ -1,5 +1,5 @@
 #version 450
-// Y[t] = W X[t] for the step's T tokens (prefill); Y[t] += W X[t] with ACC. Tiled: a
+// Y[t] = W X[t] for the step's T tokens (prefill); Y[t] += W X[t] with pc.acc. Tiled: a
 // workgroup owns WG*NR rows x TT tokens, and each unit of a row is dequantized once and used
 // for the tile's TT tokens from registers. X reaches the invocations in one of two ways:
 //  SHX == 1 (GPUs): the tile's X unit is staged in shared memory once per workgroup.
@@ -15,14 +15,13 @@
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint NR = 1;     // rows per invocation
 layout(constant_id = 2) const uint TT = 8;     // tokens per tile
-layout(constant_id = 3) const uint ROWS = 1;   // rows in this part of the weight
-layout(constant_id = 4) const uint K = 32;     // values per row
-layout(constant_id = 5) const uint ACC = 0;
-layout(constant_id = 6) const uint SHX = 0;
-layout(constant_id = 7) const uint LDX = 0;    // row stride of X (0: K)
-layout(constant_id = 8) const uint LDY = 0;    // row stride of Y (0: ROWS)
+layout(constant_id = 3) const uint K = 32;     // values per row
+layout(constant_id = 4) const uint SHX = 0;
+layout(constant_id = 5) const uint LDX = 0;    // row stride of X (0: K)
+layout(constant_id = 6) const uint LDY = 1;    // row stride of Y
 
 layout(binding = 0) readonly buffer W { uint w[]; };
+layout(binding = 0) readonly buffer W4 { uvec4 w4[]; };  // the same buffer, 16 bytes a load
 layout(binding = 1) readonly buffer X { float x[]; };  // (T, LDX)
 layout(binding = 2) buffer Y { float y[]; };           // (T, LDY)
 #define DYN_BINDING 3
@@ -32,18 +31,20 @@ layout(push_constant) uniform Push {
     uint w_off;   // word offset of the weight's streams in W
     uint x_off;   // float offset of X[0, 0]
     uint y_off;   // float offset of Y[0, 0] (plus row0 of this part, when a weight is split)
-} pc;
+    uint acc;     // 1: Y += W X
+    uint rows;    // rows in this part of the weight
+} pc;            // (acc and rows are push constants so that one pipeline serves them all)
+#define ROWS pc.rows
 
 #include "include/weights_funcs.glsl"
 
 const uint WG = gl_WorkGroupSize.x;
-const uint RT = (ROWS + WG * NR - 1u) / (WG * NR);   // row tiles
 const uint SX = LDX > 0u ? LDX : K;
-const uint SY = LDY > 0u ? LDY : ROWS;
 shared float xsh[SHX != 0u ? TT * 32u : 1u];
 
 void main() {
     uint T = dyn[DYN_T];
+    uint RT = (ROWS + WG * NR - 1u) / (WG * NR);       // row tiles
     uint t0 = (GROUP_ID / RT) * TT;
     if (t0 >= T) return;                               // the whole workgroup: a spare tile
     uint lid = gl_LocalInvocationID.x;
@@ -103,8 +104,8 @@ void main() {
     for (uint i = 0u; i < NR; ++i) {
         uint r = first + i * WG;
         for (uint tt = 0u; tt < TT; ++tt) {
-            uint yi = pc.y_off + (t0 + tt) * SY + r;
-            if (r < ROWS && t0 + tt < T) y[yi] = ACC != 0u ? y[yi] + acc[i * TT + tt] : acc[i * TT + tt];
+            uint yi = pc.y_off + (t0 + tt) * LDY + r;
+            if (r < ROWS && t0 + tt < T) y[yi] = pc.acc != 0u ? y[yi] + acc[i * TT + tt] : acc[i * TT + tt];
         }
     }
 }

@@ -6,7 +6,7 @@
 //    subgroupBroadcast, so x costs 4 loads per unit per lane for NR rows.
 //  TPR > 1 (GPUs): TPR invocations share a row, stride over its units and add up in shared
 //    memory; a workgroup owns WG/TPR*NR rows.
-// ACC: y += W x (a fused residual add). LAST: read x row T-1 (logits after a prefill).
+// flags ACC: y += W x (a fused residual add); LAST: read x row T-1 (logits after a prefill).
 // Twin: nexvk/kernels/mul_mv.py.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
@@ -16,14 +16,12 @@
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint NR = 1;     // rows per invocation
 layout(constant_id = 2) const uint TPR = 1;    // invocations per row (a power of two)
-layout(constant_id = 3) const uint ROWS = 1;   // rows in this part of the weight
-layout(constant_id = 4) const uint K = 32;     // values per row (= length of x)
-layout(constant_id = 5) const uint ACC = 0;
-layout(constant_id = 6) const uint LAST = 0;
+layout(constant_id = 3) const uint K = 32;     // values per row (= length of x)
 
 layout(binding = 0) readonly buffer W { uint w[]; };
+layout(binding = 0) readonly buffer W4 { uvec4 w4[]; };  // the same buffer, 16 bytes a load
 layout(binding = 1) readonly buffer X { float x[]; };  // (T, K)
-layout(binding = 2) buffer Y { float y[]; };           // (ROWS,) at y_off
+layout(binding = 2) buffer Y { float y[]; };           // (rows,) at y_off
 #define DYN_BINDING 3
 #include "include/dyn_head.glsl"
 
@@ -31,7 +29,10 @@ layout(push_constant) uniform Push {
     uint w_off;   // word offset of the weight's streams in W
     uint x_off;   // float offset of x row 0
     uint y_off;   // float offset of y[0] (row0 of this part, when a weight is split)
-} pc;
+    uint flags;   // bit 0 ACC: y += W x; bit 1 LAST: x is row T-1
+    uint rows;    // rows in this part of the weight
+} pc;            // (flags and rows are push constants so that one pipeline serves them all)
+#define ROWS pc.rows
 
 #include "include/weights_funcs.glsl"
 
@@ -45,7 +46,7 @@ void main() {
     uint lid = gl_LocalInvocationID.x;
     uint slot = lid / TPR, t = lid % TPR;
     uint first = GROUP_ID * SLOTS * NR + slot;
-    uint xb = pc.x_off + (LAST != 0u ? T - 1u : 0u) * K;
+    uint xb = pc.x_off + ((pc.flags & 2u) != 0u ? T - 1u : 0u) * K;
     uint lane = gl_SubgroupInvocationID & 7u;
     float acc[NR];
     uint rows[NR];
@@ -98,6 +99,6 @@ void main() {
     if (t != 0u) return;
     for (uint i = 0u; i < NR; ++i) {
         uint r = first + i * SLOTS;
-        if (r < ROWS) y[pc.y_off + r] = ACC != 0u ? y[pc.y_off + r] + acc[i] : acc[i];
+        if (r < ROWS) y[pc.y_off + r] = (pc.flags & 1u) != 0u ? y[pc.y_off + r] + acc[i] : acc[i];
     }
 }

@@ -1,7 +1,7 @@
 """Embedding lookup out[t] = scale * W[ids[t]] for W in any GGML format: get_rows_<type>.comp.
 
-Bindings: 0 W part, 1 out (float, (T, ldo)), 2 Dyn. Spec constants: [WG, ROWS (of the part),
-K, SCALE (float), LDO]. Push: [w_off, o_off, part.row0]. Dyn: T and the ids (words 4..).
+Bindings: 0 W part, 1 out (float, (T, ldo)), 2 Dyn. Spec constants: [WG, K, SCALE (float),
+LDO]. Push: [w_off, o_off, part.row0, part.rows]. Dyn: T and the ids (words 4..).
 One dispatch per part; each writes only the tokens whose id falls in its rows.
 """
 import numpy as np
@@ -23,8 +23,8 @@ def dispatches(dev, weight, out, dyn, max_tokens, o_off=0, ldo=None, scale=1.0, 
     check_extent(out, o_off, (max_tokens - 1) * ldo + k, "get_rows out")
     groups = max_tokens * ceil_div(k // 32, p["WG"])
     return [(dev.pipeline(f"get_rows_{weight.wtype.name}", [part.buffer, out, dyn], groups,
-                          [p["WG"], part.rows, k, float(scale), ldo]),
-             [part.w_off, o_off, part.row0]) for part in weight.parts]
+                          [p["WG"], k, float(scale), ldo]),
+             [part.w_off, o_off, part.row0, part.rows]) for part in weight.parts]
 
 
 def run(dev, weight, ids, scale=1.0, **tune):

@@ -16,7 +16,8 @@ ACTS = {"silu": 0, "gelu": 1}
 def act(g, kind):
     g = g.astype(np.float32)
     if kind == "silu":
-        return g / (np.float32(1) + np.exp(-g))
+        with np.errstate(over="ignore"):                 # exp(-g) = inf gives -0, as on the device
+            return g / (np.float32(1) + np.exp(-g))
     z = np.float32(0.7978845608028654) * g * (np.float32(1) + np.float32(0.044715) * g * g)
     return np.float32(0.5) * g * (np.float32(1) + np.tanh(z))
 

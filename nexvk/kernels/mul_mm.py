@@ -1,7 +1,8 @@
 """Y = X W^T for the T tokens of a step (prefill) with W in its GGML format: mul_mm_<type>.comp.
 
 Bindings: 0 W part, 1 X (float, (T, ldx)), 2 Y (float, (T, ldy)), 3 Dyn. Spec constants:
-[WG, NR, TT, ROWS (of the part), K, ACC, SHX, LDX, LDY]. Push: [w_off, x_off, y_off + part.row0].
+[WG, NR, TT, K, SHX, LDX, LDY]. Push: [w_off, x_off, y_off + part.row0, acc, part.rows]
+(acc 1: Y += X W^T).
 Dyn: T. Workgroups are sized for max_tokens; tiles past T exit.
 """
 import numpy as np
@@ -28,10 +29,10 @@ def dispatches(dev, weight, x, y, dyn, max_tokens, x_off=0, y_off=0, ldx=None, l
     check_extent(y, y_off, (max_tokens - 1) * ldy + weight.rows, "mul_mm Y")
     out = []
     for part in weight.parts:
-        spec = [p["WG"], p["NR"], p["TT"], part.rows, k, int(acc), p["SHX"], ldx, ldy]
+        spec = [p["WG"], p["NR"], p["TT"], k, p["SHX"], ldx, ldy]
         groups = ceil_div(part.rows, p["WG"] * p["NR"]) * ceil_div(max_tokens, p["TT"])
         pipe = dev.pipeline(f"mul_mm_{weight.wtype.name}", [part.buffer, x, y, dyn], groups, spec)
-        out.append((pipe, [part.w_off, x_off, y_off + part.row0]))
+        out.append((pipe, [part.w_off, x_off, y_off + part.row0, int(acc), part.rows]))
     return out
 
 

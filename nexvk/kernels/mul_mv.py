@@ -1,8 +1,9 @@
 """y = W x for one token (decode) with W in its GGML format: mul_mv_<type>.comp.
 
 Bindings: 0 W part (uint32 streams), 1 x (float), 2 y (float), 3 Dyn. Spec constants:
-[WG, NR, TPR, ROWS (of the part), K, ACC, LAST]. Push: [w_off, x_off, y_off + part.row0].
-Dyn: T (with LAST the x row read is T-1). One dispatch per weight part; they are independent.
+[WG, NR, TPR, K]. Push: [w_off, x_off, y_off + part.row0, flags, part.rows] with flags bit 0
+ACC (y += W x), bit 1 LAST (x is row T-1 of a (T, K) block). Dyn: T.
+One dispatch per weight part; they are independent.
 """
 import numpy as np
 
@@ -29,10 +30,10 @@ def dispatches(dev, weight, x, y, dyn, x_off=0, y_off=0, acc=False, last=False, 
     per_group = p["WG"] // p["TPR"] * p["NR"]
     out = []
     for part in weight.parts:
-        spec = [p["WG"], p["NR"], p["TPR"], part.rows, k, int(acc), int(last)]
+        spec = [p["WG"], p["NR"], p["TPR"], k]
         pipe = dev.pipeline(f"mul_mv_{weight.wtype.name}", [part.buffer, x, y, dyn],
                             ceil_div(part.rows, per_group), spec)
-        out.append((pipe, [part.w_off, x_off, y_off + part.row0]))
+        out.append((pipe, [part.w_off, x_off, y_off + part.row0, int(acc) | 2 * int(last), part.rows]))
     return out
 
 

@@ -7,13 +7,16 @@ loaded 2-core machine) while arithmetic is cheap. So: one row per lane and NR ro
 sharing x, x shared by subgroupBroadcast (4 loads per 32 values per lane), no barriers, X for
 prefill straight from the buffer (shared memory costs the same as a buffer load).
 gpu: many invocations per row summed in shared memory, X tiles staged in shared memory.
+NOTE: llvmpipe compiles mul_mm's unrolled NR x TT tile slowly (~15 s for 16 x 8 on 2 busy
+cores; 16 x 16 runs ~2x faster but takes ~50 s) once per (type, K): Mesa's shader disk cache
+keeps it afterwards. The row count is a push constant so that every shape of a K shares it.
 The weight layout (ggml_types) is the same for both: measured on lavapipe, row-interleaved
 layouts gained nothing over row-major streams, which GPUs read coalesced.
 """
 TABLE = {
     "cpu": {
-        "mul_mv": {"WG": 8, "NR": 4, "TPR": 1},
-        "mul_mm": {"WG": 8, "NR": 4, "TT": 8, "SHX": 0},
+        "mul_mv": {"WG": 8, "NR": 8, "TPR": 1},
+        "mul_mm": {"WG": 8, "NR": 16, "TT": 8, "SHX": 0},
         "get_rows": {"WG": 8},
         "rms_norm": {"WG": 8},
         "elementwise": {"WG": 64},   # rope, glu, add

@@ -22,6 +22,11 @@ class Part:
     buffer: object       # device Buffer (uint32 storage)
     w_off: int = 0       # word offset of this part's streams in the buffer
 
+    def __post_init__(self):
+        if self.w_off % 4:
+            raise ValueError(f"weight part at word {self.w_off}: offsets must be multiples of 4 "
+                             "(the shaders read quants 16 bytes at a time)")
+
 
 class DeviceWeight:
     """(rows, cols) of GGML type `wtype` in device buffers, as `parts`."""

@@ -8,6 +8,8 @@ at position pos + i. Attention goes through the KVCache (numpy or vulkan store).
 """
 import numpy as np
 
+from nexvk.kernels import rope as rope_kernel
+
 _GELU_C = np.float32(np.sqrt(2.0 / np.pi))
 
 
@@ -92,11 +94,11 @@ class NumpyOps:
         b[...] = a0 * s + b * c
 
     def _table(self, base, rot):
+        """(cos, sin), each (capacity, rot/2): the table the device's rope.comp reads."""
         key = (float(base), int(rot))
         if key not in self._tables:
-            inv = key[0] ** (-np.arange(0, rot, 2, dtype=np.float64) / rot)           # (rot/2,)
-            ang = np.arange(self.cache.capacity, dtype=np.float64)[:, None] * inv[None, :]
-            self._tables[key] = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+            t = rope_kernel.table(key[0], key[1], self.cache.capacity)      # (ctx, rot/2, 2)
+            self._tables[key] = np.ascontiguousarray(t[..., 0]), np.ascontiguousarray(t[..., 1])
         return self._tables[key]
 
     def glu(self, gate, up, out, act):

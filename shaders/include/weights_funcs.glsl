@@ -1,8 +1,10 @@
 // Reading a GGML weight from its device streams (host mirror: nexvk/kernels/ggml_types.py).
 // A row of K values is U = K/32 units; unit u of row r has QW words of quants at
 // q(r, u), HW words of high bits at h(r, u), and every GROUP units share SW scale words at
-// s(r, g). The including shader declares `w[]` (binding of the weight, read-only uint), the
-// spec constants ROWS and K, and defines one TYPE_<name>.
+// s(r, g). The including shader declares the weight's binding twice, as `w[]` (uint) and
+// `w4[]` (uvec4: quants load 16 bytes at a time), the spec constant K, ROWS (the rows of this
+// part: a push constant, so that one compiled pipeline serves every row count), and defines
+// one TYPE_<name>.
 // load_quants gives the 32 quants of a unit as floats q[k] = values 4k..4k+3; unit_dm gives
 // (d0, m0, d1, m1): value = d*q + m, with (d0, m0) for values 0..15 and (d1, m1) for 16..31.
 #ifndef WEIGHTS_FUNCS_GLSL
@@ -69,8 +71,8 @@
 #endif
 const uint U = K / 32u;                  // units per row
 const uint NG = (U + GROUP - 1u) / GROUP;  // scale groups per row
-const uint H_OFF = ROWS * U * QW;        // word offset of the h stream
-const uint S_OFF = H_OFF + ROWS * U * HW;  // word offset of the s stream
+#define H_OFF (ROWS * U * QW)            // word offset of the h stream
+#define S_OFF (H_OFF + ROWS * U * HW)      // word offset of the s stream
 
 // scale words of group g of `row`
 void load_scales(uint base, uint row, uint g, out uint sg[SWA]) {
@@ -123,21 +125,26 @@ vec4 unit_dm(uint sg[SWA], uint j) {
 }
 
 void load_quants(uint base, uint row, uint u, out vec4 q[8]) {
-    uint qi = base + (row * U + u) * QW;
+    uint qi = (base + (row * U + u) * QW) / 4u;        // in uvec4s: base is a multiple of 4
 #if defined(TYPE_F32)
-    for (uint k = 0u; k < 8u; ++k)
-        q[k] = uintBitsToFloat(uvec4(w[qi + 4u * k], w[qi + 4u * k + 1u], w[qi + 4u * k + 2u], w[qi + 4u * k + 3u]));
+    for (uint k = 0u; k < 8u; ++k) q[k] = uintBitsToFloat(w4[qi + k]);
 #elif defined(TYPE_F16)
-    for (uint k = 0u; k < 8u; ++k)
-        q[k] = vec4(unpackHalf2x16(w[qi + 2u * k]), unpackHalf2x16(w[qi + 2u * k + 1u]));
+    for (uint k = 0u; k < 4u; ++k) {
+        uvec4 v = w4[qi + k];
+        q[2u * k] = vec4(unpackHalf2x16(v.x), unpackHalf2x16(v.y));
+        q[2u * k + 1u] = vec4(unpackHalf2x16(v.z), unpackHalf2x16(v.w));
+    }
 #elif defined(TYPE_Q8_0)
-    for (uint k = 0u; k < 8u; ++k) {
-        int v = int(w[qi + k]);
-        q[k] = vec4(bitfieldExtract(v, 0, 8), bitfieldExtract(v, 8, 8), bitfieldExtract(v, 16, 8), bitfieldExtract(v, 24, 8));
+    for (uint k = 0u; k < 2u; ++k) {
+        ivec4 v = ivec4(w4[qi + k]);
+        for (uint c = 0u; c < 4u; ++c)
+            q[4u * k + c] = vec4(bitfieldExtract(v[c], 0, 8), bitfieldExtract(v[c], 8, 8),
+                                 bitfieldExtract(v[c], 16, 8), bitfieldExtract(v[c], 24, 8));
     }
 #else
+    uvec4 v4 = w4[qi];
     for (uint k = 0u; k < 4u; ++k) {
-        uint v = w[qi + k];
+        uint v = v4[k];
         q[2u * k] = vec4(v & 15u, (v >> 4) & 15u, (v >> 8) & 15u, (v >> 12) & 15u);
         q[2u * k + 1u] = vec4((v >> 16) & 15u, (v >> 20) & 15u, (v >> 24) & 15u, v >> 28);
     }

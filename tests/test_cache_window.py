@@ -29,12 +29,22 @@ def masked_attention(q, k, v, window, scale):
     return np.einsum("thp,phd->thd", p, vv)
 
 
+@pytest.fixture(params=["numpy", "vulkan"])
+def backend(request):
+    """Both stores: the vulkan one (ring slots and window masks in quantize.comp and the
+    attention passes) on the test device."""
+    if request.param == "vulkan":
+        request.getfixturevalue("device")
+    return request.param
+
+
 @pytest.mark.parametrize("steps", [[1] * 40, [4] * 10, [3, 1, 4, 4, 2, 4, 1, 4, 4, 4, 3, 4, 2]])
-def test_ring_matches_dense_attention_masked_to_the_window(rng, steps):
+def test_ring_matches_dense_attention_masked_to_the_window(rng, steps, backend):
     """Decode and chunked prefill past 3x (up to 5x) the window; layer 0 is windowed, layer 1
     keeps everything. f16 storage, so the reference gets the f16-rounded keys and values."""
     window, cap, mb = 8, 64, 4
-    c = KVCache(2, HKV, D, cap, "f16", "f16", n_heads=H, max_batch=mb, window=[window, 0])
+    c = KVCache(2, HKV, D, cap, "f16", "f16", n_heads=H, max_batch=mb, window=[window, 0],
+                backend=backend)
     assert c.slots == [window + mb - 1, cap]
     ks, vs = [], []
     for T in steps:
@@ -57,8 +67,8 @@ def test_window_as_long_as_the_capacity_is_no_window():
     assert c.windows == [0, 0, 0] and c.slots == [16, 16, 16]
 
 
-def test_ring_rejects_more_rows_than_it_can_hold_and_stays_unchanged(rng):
-    c = KVCache(1, HKV, D, 64, "q8_0", "q8_0", n_heads=H, max_batch=4, window=8)
+def test_ring_rejects_more_rows_than_it_can_hold_and_stays_unchanged(rng, backend):
+    c = KVCache(1, HKV, D, 64, "q8_0", "q8_0", n_heads=H, max_batch=4, window=8, backend=backend)
     k, v = (rng.standard_normal((5, HKV, D)).astype(np.float32) for _ in range(2))
     c.append(0, k[:3], v[:3])
     q = rng.standard_normal((3, H, D)).astype(np.float32)
@@ -78,10 +88,25 @@ def test_bad_window(window):
         KVCache(3, HKV, D, 64, window=window)
 
 
-@pytest.mark.device
-def test_vulkan_backend_says_windows_are_not_there_yet(device):
-    with pytest.raises(ValueError, match="sliding-window layers are not implemented on the vulkan"):
-        KVCache(2, HKV, D, 64, "f16", "f16", backend="vulkan", device=device, window=8)
+@pytest.mark.parametrize("sparse", [0.0, 1e-3])
+def test_vulkan_ring_matches_numpy_over_the_same_codes(device, rng, sparse):
+    """turbo3 ring layers: the device store equals the numpy store (same codes: the device
+    quantizer is bit-identical on lavapipe), sparse-V counters included."""
+    window, mb, n = 16, 8, 104
+    caches = [KVCache(1, HKV, D, 128, "turbo3", "q8_0", n_heads=H, max_batch=mb, window=window,
+                      backend=b) for b in ("numpy", "vulkan")]
+    k, v = (rng.standard_normal((n, HKV, D)).astype(np.float32) for _ in range(2))
+    q = rng.standard_normal((n, H, D)).astype(np.float32)
+    s = 0
+    for T in [5, 8, 1, 1, 8, 3] * 4:
+        outs = []
+        for c in caches:
+            c.append(0, k[s:s + T], v[s:s + T])
+            outs.append((c.attention(0, q[s:s + T], sparse_v=sparse or None), dict(c.stats)))
+        s += T
+        np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=0, atol=2e-5)
+        assert outs[1][1] == outs[0][1]
+    assert s > 3 * window
 
 
 @pytest.mark.parametrize("fmt", ["f16", "q8_0", "turbo3"])

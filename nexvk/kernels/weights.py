@@ -45,10 +45,14 @@ class DeviceWeight:
     @classmethod
     def upload(cls, dev, name, kind, rows, cols, read_rows, max_rows=None):
         """Upload through `read_rows(r0, r1)` -> raw GGUF bytes of rows r0..r1-1, into storage
-        buffers named `name`/<part>. `max_rows` caps a part (default: the buffer limit)."""
+        buffers named `name`/<part>. A part holds at most what one buffer and one mul_mv
+        dispatch (dev.max_groups workgroups) can; `max_rows` caps it further (a mul_mm over many
+        tokens may need that: it raises a clear error when its workgroups exceed the limit)."""
+        from nexvk.kernels import tuning
         wt = ggml_types.get(kind)
         per_row = wt.words(1, cols) * 4
-        fit = dev.max_buffer_bytes // per_row
+        mv = tuning.get(dev, "mul_mv")
+        fit = min(dev.max_buffer_bytes // per_row, dev.max_groups * mv["WG"] // mv["TPR"] * mv["NR"])
         if fit < 1:
             raise ValueError(f"{name}: one row of {cols} {wt.name} values ({per_row} bytes) "
                              f"exceeds {dev.name}'s {dev.max_buffer_bytes} bytes per buffer")

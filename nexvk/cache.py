@@ -12,12 +12,13 @@ from types import SimpleNamespace
 import numpy as np
 
 from nexvk.kernels import attention as attn_kernel
+from nexvk.kernels import dyn as dyn_words
 from nexvk.kernels import layout
 from nexvk.quant import check_vectors
 from nexvk.quant.formats import make
 
 _ids = itertools.count()
-_SCRATCH_BYTES = 64 << 20  # scores + split partials of one prefill chunk (vulkan)
+_SCRATCH_BYTES = 16 << 20  # scores + split partials of one dispatch of queries (vulkan)
 
 
 class KVCache:
@@ -29,11 +30,15 @@ class KVCache:
     n_heads: query heads the attention calls will use (default: sized for up to 8x
     n_kv_heads); giving it lets the vulkan backend build every pipeline at construction.
     max_batch: most rows per device dispatch; longer appends and prefills are chunked.
+    window: a sliding window in tokens, for every layer or a list per layer (0/None: the whole
+    context). A query at position p then sees keys p-window+1..p (llama.cpp's standard SWA),
+    and the layer keeps ring_slots(capacity, window, max_batch) slots: at most max_batch rows
+    per append and attention call on it.
     """
 
     def __init__(self, n_layers, n_kv_heads, head_dim, capacity, k_type="turbo3",
                  v_type="turbo3", backend="numpy", device=None, seed=0, n_heads=None,
-                 max_batch=256):
+                 max_batch=256, window=None):
         for name, val in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
                           ("capacity", capacity), ("max_batch", max_batch)):
             if not isinstance(val, (int, np.integer)) or val < 1:
@@ -45,14 +50,20 @@ class KVCache:
         if n_heads is not None and (n_heads < n_kv_heads or n_heads % n_kv_heads):
             raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}")
         self.max_heads = int(n_heads or 8 * n_kv_heads)
+        self.max_batch = int(max_batch)
+        self.windows = _windows(window, self.n_layers, self.capacity)
+        self.slots = [ring_slots(self.capacity, w, self.max_batch) for w in self.windows]
         self._len = [0] * self.n_layers
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
         from nexvk.device.manager import resolve_backend
         self.backend = resolve_backend(backend, device)
         # the stores get the geometry, not the cache, so a dropped cache frees at once
-        geo = SimpleNamespace(n_layers=self.n_layers, n_kv_heads=self.n_kv_heads,
+        # per layer: K and V formats, slots, window (0: the layer sees its whole context)
+        L = self.n_layers
+        geo = SimpleNamespace(n_layers=L, n_kv_heads=self.n_kv_heads,
                               head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmt,
-                              vfmt=self.vfmt, max_heads=self.max_heads)
+                              vfmt=self.vfmt, max_heads=self.max_heads, kfmts=[self.kfmt] * L,
+                              vfmts=[self.vfmt] * L, windows=self.windows, slots=self.slots)
         if self.backend == "numpy":
             self._impl = _NumpyStore(geo)
         else:
@@ -60,9 +71,9 @@ class KVCache:
 
     @property
     def nbytes(self):
-        """Device (or host) bytes of K and V for the full capacity."""
+        """Device (or host) bytes of K and V: every slot of every layer."""
         per_token = self.n_kv_heads * (self.kfmt.bytes_per_vector() + self.vfmt.bytes_per_vector())
-        return self.n_layers * self.capacity * per_token
+        return sum(self.slots) * per_token
 
     @property
     def bits_per_value(self):
@@ -89,6 +100,7 @@ class KVCache:
         if n + k.shape[0] > self.capacity:
             raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} tokens; "
                              f"cannot append {k.shape[0]} more")
+        self._check_ring(layer, k.shape[0], "append")
         kf = self.kfmt.storable(k, "k")
         vf = self.vfmt.storable(v, "v")
         self._impl.append(layer, n, kf, vf)
@@ -109,6 +121,7 @@ class KVCache:
         if T == 0 or T > n:
             raise ValueError(f"q has {T} positions but layer {layer} holds {n} tokens "
                              "(queries are the last T cached positions)")
+        self._check_ring(layer, T, "attend with")
         qf = check_vectors(q, d, "q").reshape(T, H, d)
         scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
         thr = float(sparse_v or 0.0)
@@ -118,6 +131,36 @@ class KVCache:
         self.stats = {"skipped": skipped, "total": total,
                       "skip_rate": skipped / total if total else 0.0}
         return out
+
+    def advance(self, pos, T):
+        """Count T tokens at positions pos.. as written into every layer by a device step
+        recorded with record_append (which does not pass through append()); the same checks
+        as append(), made before the step runs."""
+        if self.backend != "vulkan":
+            raise ValueError("advance() is for steps recorded on the vulkan backend")
+        for layer, n in enumerate(self._len):
+            if n != pos:
+                raise ValueError(f"a step at position {pos}, but layer {layer} holds {n} tokens")
+            if n + T > self.capacity:
+                raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} "
+                                 f"tokens; cannot append {T} more")
+            self._check_ring(layer, T, "append")
+        self._len = [pos + T] * self.n_layers
+
+    @property
+    def store(self):
+        """The device store, for recording cache writes and attention into a caller's graph
+        (record_append, record_attention, and its dyn and stats buffers)."""
+        if self.backend != "vulkan":
+            raise ValueError("only the vulkan backend has a device store")
+        return self._impl
+
+    def _check_ring(self, layer, T, what):
+        """A ring layer holds window + max_batch - 1 keys: enough for T <= max_batch queries."""
+        if self.slots[layer] < self.capacity and T > self.max_batch:
+            raise ValueError(f"layer {layer} keeps a {self.windows[layer]}-token window in "
+                             f"{self.slots[layer]} slots, so it takes at most max_batch="
+                             f"{self.max_batch} rows per call; cannot {what} {T}")
 
     def _check_layer(self, layer):
         if not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
@@ -129,80 +172,119 @@ class KVCache:
 
 
 class _NumpyStore:
-    """Host arrays per layer: codes (capacity, HKV, W) uint32, scales (capacity, HKV, S) f16."""
+    """Host arrays per layer: codes (slots, HKV, W) uint32, scales (slots, HKV, S) f16, where
+    position p lives in slot p % slots (a ring on sliding-window layers, p itself elsewhere)."""
 
     def __init__(self, c):
         self.c = c
-        shape = (c.n_layers, c.capacity, c.n_kv_heads)
-        self.k = (np.zeros(shape + (c.kfmt.words,), np.uint32),
-                  np.zeros(shape + (c.kfmt.n_scales,), np.float16))
-        self.v = (np.zeros(shape + (c.vfmt.words,), np.uint32),
-                  np.zeros(shape + (c.vfmt.n_scales,), np.float16))
+        self.k = ([np.zeros((n, c.n_kv_heads, c.kfmt.words), np.uint32) for n in c.slots],
+                  [np.zeros((n, c.n_kv_heads, c.kfmt.n_scales), np.float16) for n in c.slots])
+        self.v = ([np.zeros((n, c.n_kv_heads, c.vfmt.words), np.uint32) for n in c.slots],
+                  [np.zeros((n, c.n_kv_heads, c.vfmt.n_scales), np.float16) for n in c.slots])
 
     def append(self, layer, n, kf, vf):
         c = self.c
         T = len(kf) // c.n_kv_heads
         kcodes, kscales = c.kfmt.encode_rows(kf)     # encode both before writing either
         vcodes, vscales = c.vfmt.encode_rows(vf)
+        rows = np.arange(n, n + T) % c.slots[layer]  # (T,) slots of positions n..n+T-1
         for (codes, scales), (ec, es) in ((self.k, (kcodes, kscales)), (self.v, (vcodes, vscales))):
-            codes[layer, n:n + T] = ec.reshape(T, c.n_kv_heads, -1)
-            scales[layer, n:n + T] = es.reshape(T, c.n_kv_heads, -1)
+            codes[layer][rows] = ec.reshape(T, c.n_kv_heads, -1)
+            scales[layer][rows] = es.reshape(T, c.n_kv_heads, -1)
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c
         return attn_kernel.ref(c.kfmt, c.vfmt, self.k[0][layer], self.k[1][layer],
-                               self.v[0][layer], self.v[1][layer], q, pos0, scale, thr)
+                               self.v[0][layer], self.v[1][layer], q, pos0, scale, thr,
+                               window=c.windows[layer])
+
+
+def ring_slots(capacity, window, max_batch):
+    """Slots a layer keeps: its capacity, or with a window the keys that max_batch queries
+    appended together can see (window + max_batch - 1), when that is fewer."""
+    return capacity if not window else min(capacity, window + max_batch - 1)
+
+
+def _windows(window, n_layers, capacity):
+    """Per-layer windows from an int or a list (0/None: none); a window as long as the
+    capacity masks nothing, so it is stored as 0."""
+    ws = window if isinstance(window, (list, tuple)) else [window] * n_layers
+    if len(ws) != n_layers:
+        raise ValueError(f"window has {len(ws)} entries for {n_layers} layers")
+    out = []
+    for w in ws:
+        w = 0 if w is None else w
+        if not isinstance(w, (int, np.integer)) or w < 0:
+            raise ValueError(f"window must be a non-negative integer or None, got {w!r}")
+        out.append(int(w) if w < capacity else 0)
+    return out
 
 
 class _VulkanStore:
-    """Arenas of layers on the device plus fixed staging for 1-row and max_batch-row calls."""
+    """Layers packed into arenas on the device, plus the buffers every layer shares: format
+    tables, the per-call `dyn` words [T, pos0, scale, sparse-V threshold], sparse-V counters,
+    and scratch for the attention passes of `chunk` queries.
+
+    Work is recorded into Graphs (one submission each): record_append / record_attention add
+    one layer's dispatches to any graph, e.g. a model's whole-step graph reading and writing
+    its own activation buffers; append / attention are the host-array calls, each one
+    submission of a small graph recorded once per (layer, rows) and replayed after.
+    """
 
     def __init__(self, c, device, max_batch, n_heads):
         from nexvk.device.manager import get_device
         self.c = c
         self.dev = dev = get_device(device)
         pool = dev.pool
-        kf, vf, d, hkv, cap = c.kfmt, c.vfmt, c.head_dim, c.n_kv_heads, c.capacity
+        d, hkv = c.head_dim, c.n_kv_heads
         self.tag = f"kvcache{next(_ids)}/"
-        weakref.finalize(self, dev.release, self.tag)  # device memory goes with the cache
-        # layers -> arenas: [K codes, K scales, V codes, V scales] per layer, contiguous
-        kw, vw = layout.region_words(kf, cap * hkv), layout.region_words(vf, cap * hkv)
-        layer_words = kw + vw
-        per_arena = dev.max_buffer_bytes // (4 * layer_words)
-        if per_arena < 1:
-            raise ValueError(f"one layer of this cache needs {4 * layer_words / 2**20:.1f} MiB, over "
-                             f"{dev.name}'s {dev.max_buffer_bytes / 2**20:.0f} MiB storage-buffer "
-                             "limit; lower the capacity")
-        self.regions = []  # per layer: (arena buffer, (k_base, k_sbase), (v_base, v_sbase))
-        n_arenas = -(-c.n_layers // per_arena)
-        arenas = []
-        for a in range(n_arenas):
-            layers = min(per_arena, c.n_layers - a * per_arena)
-            arenas.append(pool.get(f"{self.tag}arena{a}", layers * layer_words))
-        for layer in range(c.n_layers):
-            a, i = divmod(layer, per_arena)
-            base = i * layer_words
+        self._graphs = {}
+        weakref.finalize(self, _release, dev, self.tag, self._graphs)  # memory goes with the cache
+        # layers -> arenas of at most the storage-buffer limit; per layer, contiguous:
+        # [K codes, K scales, V codes, V scales] for its slots
+        sizes = []
+        for kf, vf, cap in zip(c.kfmts, c.vfmts, c.slots):
+            kw = layout.region_words(kf, cap * hkv)
+            sizes.append((kw, kw + layout.region_words(vf, cap * hkv)))
+        limit = dev.max_buffer_bytes // 4
+        if max(w for _, w in sizes) > limit:
+            raise ValueError(f"one layer of this cache needs {4 * max(w for _, w in sizes) / 2**20:.1f}"
+                             f" MiB, over {dev.name}'s {dev.max_buffer_bytes / 2**20:.0f} MiB "
+                             "storage-buffer limit; lower the capacity")
+        placed, arena_words = [], [0]  # (arena index, base word) per layer
+        for _, w in sizes:
+            if arena_words[-1] + w > limit:
+                arena_words.append(0)
+            placed.append((len(arena_words) - 1, arena_words[-1]))
+            arena_words[-1] += w
+        arenas = [pool.get(f"{self.tag}arena{a}", n) for a, n in enumerate(arena_words)]
+        self.regions = []  # per layer: (arena, (k_base, k_sbase), (v_base, v_sbase))
+        for (a, base), (kw, _), kf, vf, cap in zip(placed, sizes, c.kfmts, c.vfmts, c.slots):
             self.regions.append((arenas[a], (base, base + cap * hkv * kf.words),
                                  (base + kw, base + kw + cap * hkv * vf.words)))
-        # tables: K at 0, V at vtab
-        self.vtab = layout.TAB_SIGNS + d
-        self.tab = pool.get(self.tag + "tab", 2 * self.vtab, np.float32, kind="device")
-        self.tab.host[: self.vtab] = layout.table(kf)
-        self.tab.host[self.vtab:] = layout.table(vf)
+        # format tables: layer l's K table at tabs[l][0], its V table at tabs[l][1]
+        per = layout.TAB_SIGNS + d
+        self.tab = pool.get(self.tag + "tab", 2 * c.n_layers * per, np.float32, kind="device")
+        self.tabs = []
+        for layer, (kf, vf) in enumerate(zip(c.kfmts, c.vfmts)):
+            ko, vo = 2 * layer * per, (2 * layer + 1) * per
+            self.tab.host[ko:ko + per], self.tab.host[vo:vo + per] = layout.table(kf), layout.table(vf)
+            self.tabs.append((ko, vo))
         self.stats = pool.get(self.tag + "stats", 2, np.uint32, kind="device")
-        self.dyn = pool.get(self.tag + "dyn", 4, np.uint32, kind="device")  # per-call words
-        # scratch (scores, per-split partials) sized for the largest group and a prefill chunk
+        # the per-call words (nexvk/kernels/dyn.py), with room for a model step's token ids
+        self.dyn = pool.get(self.tag + "dyn", dyn_words.size(max_batch), np.uint32, kind="device")
+        # scratch (scores, per-split partials) sized for the largest group and `chunk` queries
         H, g_max = c.max_heads, c.max_heads // hkv
-        one = attn_kernel.Plan(d, hkv, g_max, cap, 1)
-        per_query = 4 * (H * cap + one.part_floats)
-        if per_query > dev.max_buffer_bytes or one.groups > dev.max_groups:
-            raise ValueError(f"attention over {H} heads x {cap} tokens exceeds {dev.name}'s "
-                             "buffer or dispatch limits; lower the capacity")
-        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query,
-                                dev.max_groups // one.groups))
-        self.scr = pool.get(self.tag + "scores", self.chunk * H * cap, np.float32)
+        stride = max(c.slots)
+        one = attn_kernel.Plan(d, hkv, g_max, max(self._keys(i) for i in range(c.n_layers)), 1)
+        per_query = 4 * (H * stride + one.part_floats)
+        if per_query > dev.max_buffer_bytes:
+            raise ValueError(f"attention over {H} heads x {stride} tokens exceeds {dev.name}'s "
+                             "storage-buffer limit; lower the capacity")
+        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query))
+        self.scr = pool.get(self.tag + "scores", self.chunk * H * stride, np.float32)
         self.part = pool.get(self.tag + "partials", self.chunk * one.part_floats, np.float32)
-        self.io = {}
+        self.io = {}  # staging of the host-array calls, for 1 row and for `chunk` rows
         for rows in sorted({1, self.chunk}):
             self.io[rows] = {
                 "k": pool.get(f"{self.tag}k{rows}", rows * hkv * d, np.float32, kind="device"),
@@ -211,38 +293,66 @@ class _VulkanStore:
                 "o": pool.get(f"{self.tag}o{rows}", rows * H * d, np.float32, kind="device"),
             }
         dev.run(uploads=[self.tab])
-        self._plans = {}
-        for layer in range(c.n_layers):  # create every pipeline now, not on the first token
+        for layer in range(c.n_layers):  # record every graph now, not on the first token
             for rows in self.io:
-                self._append_pipes(layer, rows)
+                self._append_graph(layer, rows)
                 if n_heads:
-                    self._attn_pipes(layer, rows, n_heads // hkv)
+                    self._attention_graph(layer, rows, n_heads)
 
-    def _append_pipes(self, layer, rows):
+    def _keys(self, layer):
+        """Most keys one query of `layer` sees."""
+        return self.c.windows[layer] or self.c.slots[layer]
+
+    # ---- recording into any graph ---------------------------------------------------------
+    def record_append(self, g, layer, k, v, rows, k_off=0, v_off=0):
+        """Quantize dyn[0] tokens of k, v (device buffers holding (rows, hkv, d) float32 at
+        float offsets k_off, v_off) into `layer` at positions dyn[1].. ."""
         c, dev = self.c, self.dev
-        arena = self.regions[layer][0]
-        io = self.io[rows]
-        n = rows * c.n_kv_heads
-        kp = dev.pipeline("quantize", [io["k"], arena, self.tab, self.dyn], n,
-                          [layout.WG, c.head_dim, *layout.spec(c.kfmt)])
-        vp = dev.pipeline("quantize", [io["v"], arena, self.tab, self.dyn], n,
-                          [layout.WG, c.head_dim, *layout.spec(c.vfmt)])
-        return kp, vp
-
-    def _attn_pipes(self, layer, rows, group):
-        """(push constants, [scores, values, reduce] pipelines) for one configuration."""
-        c, io = self.c, self.io[rows]
-        plan = self._plans.get((rows, group))
-        if plan is None:
-            plan = self._plans[(rows, group)] = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group,
-                                                                 c.capacity, rows)
         arena, kreg, vreg = self.regions[layer]
-        bufs = [arena, io["q"], io["o"], self.scr, self.part, self.tab, self.stats, self.dyn]
-        spec = attn_kernel.spec(c.kfmt, c.vfmt, group)
-        pipes = [self.dev.pipeline(name, bufs, n, spec) for name, n in
-                 (("attn_scores", plan.groups), ("attn_values", plan.groups),
-                  ("attn_reduce", plan.reduce_groups))]
-        return plan.push(c.n_kv_heads, kreg, vreg, 0, self.vtab, c.capacity), pipes
+        ktab, vtab = self.tabs[layer]
+        n = rows * c.n_kv_heads
+        for x, off, fmt, reg, tabo in ((k, k_off, c.kfmts[layer], kreg, ktab),
+                                       (v, v_off, c.vfmts[layer], vreg, vtab)):
+            pipe = dev.pipeline("quantize", [x, arena, self.tab, self.dyn], n,
+                                [layout.WG, c.head_dim, *layout.spec(fmt)])
+            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.slots[layer], off))
+
+    def record_attention(self, g, layer, q, o, rows, n_heads, q_off=0, o_off=0):
+        """Causal attention of dyn[0] queries (q: device buffer holding (rows, n_heads, d) at
+        float offset q_off) at positions dyn[1].. over `layer`, into o at o_off; in
+        dispatches of `chunk` queries."""
+        c = self.c
+        group = n_heads // c.n_kv_heads
+        arena, kreg, vreg = self.regions[layer]
+        bufs = [arena, q, o, self.scr, self.part, self.tab, self.stats, self.dyn]
+        spec = attn_kernel.spec(c.kfmts[layer], c.vfmts[layer], group)
+        for q0 in range(0, rows, self.chunk):
+            plan = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group, self._keys(layer),
+                                    min(self.chunk, rows - q0))
+            push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.slots[layer], q0,
+                             c.windows[layer], q_off, o_off)
+            for name, n in (("attn_scores", plan.groups), ("attn_values", plan.groups),
+                            ("attn_reduce", plan.reduce_groups)):
+                g.dispatch(self.dev.pipeline(name, bufs, n, spec), push)
+
+    # ---- host-array calls -------------------------------------------------------------------
+    def _append_graph(self, layer, rows):
+        key = ("append", layer, rows)
+        if key not in self._graphs:
+            io = self.io[rows]
+            g = self.dev.graph().upload(io["k"], io["v"], self.dyn)
+            self.record_append(g, layer, io["k"], io["v"], rows)
+            self._graphs[key] = g
+        return self._graphs[key]
+
+    def _attention_graph(self, layer, rows, n_heads):
+        key = ("attention", layer, rows, n_heads)
+        if key not in self._graphs:
+            io = self.io[rows]
+            g = self.dev.graph().upload(io["q"], self.stats, self.dyn)
+            self.record_attention(g, layer, io["q"], io["o"], rows, n_heads)
+            self._graphs[key] = g.download(io["o"], self.stats)
+        return self._graphs[key]
 
     def _rows(self, n):
         return 1 if n == 1 else self.chunk
@@ -251,17 +361,14 @@ class _VulkanStore:
         c = self.c
         hkv, d = c.n_kv_heads, c.head_dim
         T = len(kf) // hkv
-        _, kreg, vreg = self.regions[layer]
         with self.dev.lock:
             for s in range(0, T, self.chunk):
                 m = min(self.chunk, T - s)
                 io = self.io[self._rows(m)]
                 io["k"].host[: m * hkv * d] = kf[s * hkv:(s + m) * hkv].reshape(-1)
                 io["v"].host[: m * hkv * d] = vf[s * hkv:(s + m) * hkv].reshape(-1)
-                kp, vp = self._append_pipes(layer, self._rows(m))
-                self.dyn.host[:2] = (m * hkv, (n + s) * hkv)
-                self.dev.run([io["k"], io["v"], self.dyn],
-                             [(kp, [*kreg, 0]), (vp, [*vreg, self.vtab])])
+                self.dyn.host[:2] = (m, n + s)
+                self._append_graph(layer, self._rows(m)).run()
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c
@@ -279,14 +386,17 @@ class _VulkanStore:
                 io["q"].host[: m * H * d] = q[s:s + m].reshape(-1)
                 self.stats.host[:] = 0
                 attn_kernel.set_dyn(self.dyn.host, m, pos0 + s, scale, thr)
-                push, (scores, values, reduce) = self._attn_pipes(layer, rows, H // c.n_kv_heads)
-                # three evaluations: each pass reads what the previous one wrote
-                self.dev.run([io["q"], self.stats, self.dyn], [(scores, push)])
-                self.dev.run(dispatches=[(values, push)])
-                self.dev.run(dispatches=[(reduce, push)], downloads=[io["o"], self.stats])
+                self._attention_graph(layer, rows, H).run()
                 out[s:s + m] = io["o"].host[: m * H * d].reshape(m, H, d)
                 skipped += int(self.stats.host[0])
                 total += int(self.stats.host[1])
-        if thr <= 0:
-            total = pos0 * T * H + T * (T + 1) // 2 * H
+        if thr <= 0:  # the counters run only with sparse V
+            total = H * attn_kernel.visible_keys(pos0, T, c.windows[layer])
         return out, skipped, total
+
+
+def _release(dev, tag, graphs):
+    for g in graphs.values():
+        g.destroy()
+    graphs.clear()
+    dev.release(tag)

@@ -2,6 +2,7 @@
 // x += y over the step's T rows of N values (the residual add where no product fuses it).
 // Twin: nexvk/kernels/add.py.
 #extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint N = 1;
@@ -21,8 +22,8 @@ layout(push_constant) uniform Push {
 const uint CHUNKS = (N + gl_WorkGroupSize.x - 1u) / gl_WorkGroupSize.x;
 
 void main() {
-    uint t = gl_WorkGroupID.x / CHUNKS;
-    uint j = (gl_WorkGroupID.x % CHUNKS) * gl_WorkGroupSize.x + gl_LocalInvocationID.x;
+    uint t = GROUP_ID / CHUNKS;
+    uint j = (GROUP_ID % CHUNKS) * gl_WorkGroupSize.x + gl_LocalInvocationID.x;
     if (t >= dyn[DYN_T] || j >= N) return;
     x[pc.x_off + t * (LDX > 0u ? LDX : N) + j] += y[pc.y_off + t * (LDY > 0u ? LDY : N) + j];
 }

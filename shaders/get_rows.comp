@@ -3,6 +3,7 @@
 // row0 .. row0+rows-1; ids elsewhere are left to another part's dispatch). One invocation
 // per 32-value unit. Twin: nexvk/kernels/get_rows.py.
 #extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint K = 32;        // values per row
@@ -26,8 +27,8 @@ layout(push_constant) uniform Push {
 #include "include/weights_funcs.glsl"
 
 void main() {
-    uint t = gl_WorkGroupID.x / ((U + gl_WorkGroupSize.x - 1u) / gl_WorkGroupSize.x);
-    uint u = (gl_WorkGroupID.x % ((U + gl_WorkGroupSize.x - 1u) / gl_WorkGroupSize.x)) * gl_WorkGroupSize.x
+    uint t = GROUP_ID / ((U + gl_WorkGroupSize.x - 1u) / gl_WorkGroupSize.x);
+    uint u = (GROUP_ID % ((U + gl_WorkGroupSize.x - 1u) / gl_WorkGroupSize.x)) * gl_WorkGroupSize.x
              + gl_LocalInvocationID.x;
     if (t >= dyn[DYN_T] || u >= U) return;
     uint id = dyn[DYN_IDS + t];

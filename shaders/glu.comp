@@ -3,6 +3,7 @@
 // output of two products). ACT 0: SiLU; 1: GELU, tanh form, as ggml's gelu computes it.
 // Twin: nexvk/kernels/glu.py.
 #extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint N = 1;
@@ -33,8 +34,8 @@ float act(float g) {
 }
 
 void main() {
-    uint t = gl_WorkGroupID.x / CHUNKS;
-    uint j = (gl_WorkGroupID.x % CHUNKS) * gl_WorkGroupSize.x + gl_LocalInvocationID.x;
+    uint t = GROUP_ID / CHUNKS;
+    uint j = (GROUP_ID % CHUNKS) * gl_WorkGroupSize.x + gl_LocalInvocationID.x;
     if (t >= dyn[DYN_T] || j >= N) return;
     uint xb = pc.x_off + t * (LDX > 0u ? LDX : 2u * N);
     o[pc.o_off + t * (LDO > 0u ? LDO : N) + j] = act(x[xb + j]) * x[xb + (UP > 0u ? UP : N) + j];

@@ -10,6 +10,7 @@
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_ballot : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint NR = 1;     // rows per invocation
@@ -45,10 +46,10 @@ shared float xsh[SHX != 0u ? TT * 32u : 1u];
 void main() {
     uint T = dyn[DYN_T];
     uint RT = (ROWS + WG * NR - 1u) / (WG * NR);       // row tiles
-    uint t0 = (gl_WorkGroupID.x / RT) * TT;
+    uint t0 = (GROUP_ID / RT) * TT;
     if (t0 >= T) return;                               // the whole workgroup: a spare tile
     uint lid = gl_LocalInvocationID.x;
-    uint first = (gl_WorkGroupID.x % RT) * WG * NR + lid;
+    uint first = (GROUP_ID % RT) * WG * NR + lid;
     uint lane = gl_SubgroupInvocationID & 7u;
     float acc[NR * TT];
     uint rows[NR];

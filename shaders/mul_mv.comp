@@ -11,6 +11,7 @@
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_ballot : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint NR = 1;     // rows per invocation
@@ -45,7 +46,7 @@ void main() {
     if (T == 0u) return;
     uint lid = gl_LocalInvocationID.x;
     uint slot = lid / TPR, t = lid % TPR;
-    uint first = gl_WorkGroupID.x * SLOTS * NR + slot;
+    uint first = GROUP_ID * SLOTS * NR + slot;
     uint xb = pc.x_off + ((pc.flags & 2u) != 0u ? T - 1u : 0u) * K;
     uint lane = gl_SubgroupInvocationID & 7u;
     float acc[NR];

@@ -4,6 +4,7 @@
 // pc.acc: y += ... (a fused post-norm residual add). y may be x itself (in place).
 // One workgroup per (token, group); tokens past T exit. Twin: nexvk/kernels/rms_norm.py.
 #extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint N = 1;        // values per row
@@ -23,15 +24,17 @@ layout(push_constant) uniform Push {
     uint w_off;
     uint y_off;
     uint acc;     // 1: y += the norm (push, not spec: one pipeline serves both)
+    uint last;    // 1: only row T-1 (the logits of a prefill's last token), as one row
 } pc;
 
 shared float red[gl_WorkGroupSize.x];
 #include "include/reduce_funcs.glsl"
 
 void main() {
-    uint t = gl_WorkGroupID.x / (N / GROUP);
-    uint g = gl_WorkGroupID.x % (N / GROUP);
-    if (t >= dyn[DYN_T]) return;
+    uint t = GROUP_ID / (N / GROUP);
+    uint g = GROUP_ID % (N / GROUP);
+    if (t >= dyn[DYN_T] || (pc.last != 0u && t > 0u)) return;
+    if (pc.last != 0u) t = dyn[DYN_T] - 1u;
     uint xb = pc.x_off + t * (LDX > 0u ? LDX : N) + g * GROUP;
     uint yb = pc.y_off + t * (LDY > 0u ? LDY : N) + g * GROUP;
     float ss = 0.0;

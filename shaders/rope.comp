@@ -4,6 +4,7 @@
 // "normal" mode, llama GGUFs) or (i, i + ROT/2) (NEOX); pair i at position p turns by the angle
 // whose (cos, sin) is tab[p, i], a table the host builds once in float64. Twin: nexvk/kernels/rope.py.
 #extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint HEADS = 1;
@@ -26,8 +27,8 @@ const uint PAIRS = HEADS * (ROT / 2u);
 const uint CHUNKS = (PAIRS + gl_WorkGroupSize.x - 1u) / gl_WorkGroupSize.x;
 
 void main() {
-    uint t = gl_WorkGroupID.x / CHUNKS;
-    uint p = (gl_WorkGroupID.x % CHUNKS) * gl_WorkGroupSize.x + gl_LocalInvocationID.x;
+    uint t = GROUP_ID / CHUNKS;
+    uint p = (GROUP_ID % CHUNKS) * gl_WorkGroupSize.x + gl_LocalInvocationID.x;
     uint pos = dyn[DYN_POS0] + t;
     if (t >= dyn[DYN_T] || p >= PAIRS || pos >= CTX) return;
     uint h = p / (ROT / 2u), i = p % (ROT / 2u);

@@ -2,7 +2,8 @@
 q/k norm), optionally added into y (ACC): rms_norm.comp.
 
 Bindings: 0 x, 1 w (float, GROUP values at w_off), 2 y (may be x itself), 3 Dyn. Spec
-constants: [WG, N, GROUP, EPS (float), LDX, LDY]. Push: [x_off, w_off, y_off, acc]. Dyn: T.
+constants: [WG, N, GROUP, EPS (float), LDX, LDY]. Push: [x_off, w_off, y_off, acc, last].
+Dyn: T; last: only row T-1 (the logits of a prefill's last token), dispatched as one row.
 """
 import numpy as np
 
@@ -22,7 +23,7 @@ def ref(x, w, eps, group=None, y=None):
 
 
 def dispatches(dev, x, w, y, dyn, n, max_tokens, eps, group=None, acc=False, x_off=0, w_off=0,
-               y_off=0, ldx=None, ldy=None, **tune):
+               y_off=0, ldx=None, ldy=None, last=False, **tune):
     p = tuning.get(dev, "rms_norm", **tune)
     g = group or n
     if n % g:
@@ -32,17 +33,19 @@ def dispatches(dev, x, w, y, dyn, n, max_tokens, eps, group=None, acc=False, x_o
     check_extent(w, w_off, g, "rms_norm weight")
     check_extent(y, y_off, (max_tokens - 1) * ldy + n, "rms_norm y")
     spec = [p["WG"], n, g, float(eps), ldx, ldy]
-    return [(dev.pipeline("rms_norm", [x, w, y, dyn], max_tokens * (n // g), spec),
-             [x_off, w_off, y_off, int(acc)])]
+    rows = 1 if last else max_tokens
+    return [(dev.pipeline("rms_norm", [x, w, y, dyn], rows * (n // g), spec),
+             [x_off, w_off, y_off, int(acc), int(last)])]
 
 
-def run(dev, x, w, eps, group=None, y=None, **tune):
+def run(dev, x, w, eps, group=None, y=None, last=False, **tune):
+    """Numpy in and out; with last, only row T-1 of the output is written."""
     x = np.atleast_2d(np.asarray(x, np.float32))
     T, n = x.shape
     with Scratch(dev, "rms_norm") as s:
         xb, wb = s.buf("x", x), s.buf("w", np.asarray(w, np.float32))
         yb = s.buf("y", y, size=T * n)
         d = s.dyn(T)
-        got = s.run(dispatches(dev, xb, wb, yb, d, n, T, eps, group, acc=y is not None, **tune),
-                    [yb])[0]
+        got = s.run(dispatches(dev, xb, wb, yb, d, n, T, eps, group, acc=y is not None,
+                               last=last, **tune), [yb])[0]
     return got[:T * n].reshape(T, n)

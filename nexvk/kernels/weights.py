@@ -43,25 +43,24 @@ class DeviceWeight:
                 f"{len(self.parts)} part(s), {self.nbytes / 2**20:.1f} MiB)")
 
     @classmethod
-    def upload(cls, dev, name, kind, rows, cols, read_rows, max_rows=None):
+    def upload(cls, dev, name, kind, rows, cols, read_rows, max_rows=None, parts=None):
         """Upload through `read_rows(r0, r1)` -> raw GGUF bytes of rows r0..r1-1, into storage
-        buffers named `name`/<part>. A part holds at most what one buffer and one mul_mv
-        dispatch (dev.max_groups workgroups) can; `max_rows` caps it further (a mul_mm over many
-        tokens may need that: it raises a clear error when its workgroups exceed the limit)."""
-        from nexvk.kernels import tuning
+        buffers named `name`/<part>, or into the given `parts` (placed by WeightArenas).
+        `max_rows` caps a part (default: the buffer limit)."""
         wt = ggml_types.get(kind)
         per_row = wt.words(1, cols) * 4
-        mv = tuning.get(dev, "mul_mv")
-        fit = min(dev.max_buffer_bytes // per_row, dev.max_groups * mv["WG"] // mv["TPR"] * mv["NR"])
+        fit = dev.max_buffer_bytes // per_row
         if fit < 1:
             raise ValueError(f"{name}: one row of {cols} {wt.name} values ({per_row} bytes) "
                              f"exceeds {dev.name}'s {dev.max_buffer_bytes} bytes per buffer")
         step = max(1, min(fit, max_rows or fit))
-        parts = []
-        for r0 in range(0, rows, step):
-            n = min(step, rows - r0)
-            buf = dev.pool.get(f"{name}/{len(parts)}", wt.words(n, cols), np.uint32, kind="storage")
-            parts.append(Part(r0, n, buf))
+        if parts is None:
+            parts = [Part(r0, min(step, rows - r0),
+                          dev.pool.get(f"{name}/{i}", wt.words(min(step, rows - r0), cols),
+                                       np.uint32, kind="storage"))
+                     for i, r0 in enumerate(range(0, rows, step))]
+        for part in parts:
+            r0, n, buf, base = part.row0, part.rows, part.buffer, part.w_off
             h_off, s_off, _ = wt.streams(n, cols)
             qpr, hpr = wt.streams(1, cols)[:2]              # q and h words per row
             spr = wt.words(1, cols) - hpr                    # s words per row
@@ -70,9 +69,9 @@ class DeviceWeight:
             for a in range(0, n, chunk):
                 b = min(n, a + chunk)
                 q, h, s = ggml_types.split(wt, read_rows(r0 + a, r0 + b), b - a, cols)
-                upload_words(dev, buf, a * qpr, q)
-                upload_words(dev, buf, h_off + a * hpr, h)
-                upload_words(dev, buf, s_off + a * spr, s)
+                upload_words(dev, buf, base + a * qpr, q)
+                upload_words(dev, buf, base + h_off + a * hpr, h)
+                upload_words(dev, buf, base + s_off + a * spr, s)
         return cls(wt, rows, cols, parts)
 
     @classmethod
@@ -87,7 +86,7 @@ class DeviceWeight:
         return cls.upload(dev, name, wt, rows, cols, lambda a, b: raw[a * rb:b * rb], max_rows)
 
     @classmethod
-    def from_file(cls, dev, name, path, offset, kind, rows, cols, max_rows=None):
+    def from_file(cls, dev, name, path, offset, kind, rows, cols, max_rows=None, parts=None):
         """From a tensor stored at byte `offset` of a GGUF file, read with plain file reads."""
         wt = ggml_types.get(kind)
         rb = wt.file_bytes(1, cols)
@@ -97,4 +96,49 @@ class DeviceWeight:
             if got.size != (b - a) * rb:
                 raise ValueError(f"{path}: tensor {name} is cut short (rows {a}..{b})")
             return got
-        return cls.upload(dev, name, wt, rows, cols, read, max_rows)
+        return cls.upload(dev, name, wt, rows, cols, read, max_rows, parts)
+
+
+class WeightArenas:
+    """Places a model's weights in few storage buffers of at most the device's buffer limit.
+    Why: a pipeline binds buffers, so one buffer per tensor means one compiled pipeline per
+    layer and product; in shared buffers, every layer's product of the same type and shape
+    shares one pipeline (the weight's offset is a push constant). Every tensor is planned
+    first (place), then the buffers are made (parts) and filled (DeviceWeight.upload).
+    A tensor that does not fit the current buffer starts a new one; one larger than a whole
+    buffer is split by rows."""
+
+    def __init__(self, dev, tag):
+        self.dev, self.tag = dev, tag
+        self.limit = dev.max_buffer_bytes // 4   # words per buffer
+        self.used = [0]
+        self._places = {}                        # name -> [(arena, w_off, row0, rows)]
+        self._buffers = None
+
+    def place(self, name, words_per_row, rows):
+        """Reserve `rows` rows of `words_per_row` words for tensor `name`."""
+        if self._buffers is not None:
+            raise RuntimeError("the arenas exist already; place every tensor first")
+        if words_per_row > self.limit:
+            raise ValueError(f"{name}: one row of {4 * words_per_row} bytes exceeds "
+                             f"{self.dev.name}'s {4 * self.limit} bytes per buffer")
+        if self.used[-1] + words_per_row * rows > self.limit:
+            self.used.append(0)
+        out, r0 = [], 0
+        while r0 < rows:
+            fit = (self.limit - self.used[-1]) // words_per_row
+            if fit == 0:
+                self.used.append(0)
+                continue
+            n = min(fit, rows - r0)
+            out.append((len(self.used) - 1, self.used[-1], r0, n))
+            self.used[-1] += n * words_per_row
+            r0 += n
+        self._places[name] = out
+
+    def parts(self, name):
+        """The Parts of a placed tensor (making the buffers on first call)."""
+        if self._buffers is None:
+            self._buffers = [self.dev.pool.get(f"{self.tag}arena{i}", max(n, 1), np.uint32)
+                             for i, n in enumerate(self.used)]
+        return [Part(r0, n, self._buffers[a], off) for a, off, r0, n in self._places[name]]

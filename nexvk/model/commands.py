@@ -98,7 +98,7 @@ def cmd_plan(args):
 
 
 def cmd_run(args):
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
     m = Model.load(args.model, ctx=args.ctx, k_type=args.k_type, v_type=args.v_type,
                    backend=args.backend, device=args.device, sparse_v=args.sparse_v,
                    seed=args.seed, progress=True)

@@ -6,9 +6,6 @@ plan need is required (layers, heads, head dims); the rest has defaults or is No
 """
 from dataclasses import dataclass, field
 
-# llama family: same tensors and adjacent-pair RoPE (the GGUF converter permutes q/k for them).
-SUPPORTED_ARCHS = ("llama", "mistral")
-
 
 @dataclass
 class Config:
@@ -23,6 +20,7 @@ class Config:
     vocab_size: int = 0
     context_length: int = 0       # training context
     rope_base: float = 10000.0
+    rope_base_swa: float = 0.0    # rope.freq_base_swa: base of sliding-window layers (0 = unset)
     rope_dims: int = 0            # rotated dims per head (<= head_dim)
     rms_eps: float = 1e-5
     sliding_window: int = 0       # 0 = none
@@ -73,6 +71,7 @@ class Config:
             head_dim=head_dim, head_dim_v=head_dim_v, ffn_dim=ffn, vocab_size=vocab,
             context_length=int(get("context_length", 0)),
             rope_base=float(get("rope.freq_base", 10000.0)),
+            rope_base_swa=float(get("rope.freq_base_swa", 0.0)),
             rope_dims=int(get("rope.dimension_count", 0)) or head_dim,
             rms_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
             sliding_window=window, swa_layers=swa_layers,
@@ -98,16 +97,3 @@ class Config:
         if g.has("tokenizer.ggml.tokens"):
             meta["_n_vocab_tokens"] = len(g.fields["tokenizer.ggml.tokens"].data)
         return cls.from_meta(meta, source=g.path.name)
-
-    def check_supported(self, ctx=0):
-        """ValueError unless the numpy model in llama.py can run this architecture at ctx."""
-        if self.arch not in SUPPORTED_ARCHS:
-            raise ValueError(f"architecture '{self.arch}' is not supported for running "
-                             f"(supported: {', '.join(SUPPORTED_ARCHS)}); `nexvk plan` still "
-                             "works for it")
-        if not self.kv_heads_uniform:
-            raise ValueError(f"per-layer kv head counts {self.n_kv_heads} are not supported "
-                             f"for '{self.arch}'")
-        if self.sliding_window and ctx > self.sliding_window:
-            raise ValueError(f"context {ctx} exceeds the sliding window {self.sliding_window}, "
-                             "and windowed attention is not implemented in the numpy model")

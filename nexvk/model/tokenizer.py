@@ -1,13 +1,18 @@
 """The model's own tokenizer, rebuilt from the GGUF's tokenizer.ggml.* metadata.
 
-GGUF stores a byte-level BPE vocabulary (`tokenizer.ggml.model == "gpt2"`) as the token list,
-the merge list, token types and a pre-tokenizer name (`tokenizer.ggml.pre`). We rebuild the
-same thing as a HuggingFace `tokenizers.Tokenizer`: pre-tokenizer chosen from the name (the
-regexes llama.cpp uses for each), BPE model, byte-level decoder; control and user-defined tokens
-become added tokens so that `<|im_start|>` in text maps to its single id. SentencePiece vocabs
-(`"llama"`) are not supported yet and raise ValueError.
+Two vocabulary kinds, each rebuilt as a HuggingFace `tokenizers.Tokenizer`:
+- byte-level BPE (`tokenizer.ggml.model == "gpt2"`): token list, merge list and a pre-tokenizer
+  name (`tokenizer.ggml.pre`): pre-tokenizer chosen from the name (the regexes llama.cpp uses
+  for each), BPE model, byte-level decoder.
+- SentencePiece (`"llama"`: llama 1/2, gemma): token list, scores and byte-fallback tokens
+  `<0xXX>`, no merge list. llama.cpp's SPM tokenizer repeatedly joins the adjacent pair whose
+  concatenation is the highest-scoring token; a BPE whose merges are every split of every token
+  into two tokens, ranked by the joined token's score, does the same. Spaces become "▁" (and
+  one is prepended when tokenizer.ggml.add_space_prefix says so, llama.cpp's default).
+In both, control and user-defined tokens become added tokens matched in the raw text first, so
+`<|im_start|>` or Gemma's "\n\n" maps to its single id.
 """
-from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models
+from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, normalizers
 from tokenizers import pre_tokenizers as pt
 
 # token_type values (llama.cpp's llama_token_type)
@@ -34,22 +39,50 @@ def _pre_tokenizer(pre):
                         pt.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
+def _byte_level_bpe(g, vocab):
+    merges = [tuple(m.split(" ", 1)) for m in g.strings("tokenizer.ggml.merges")]
+    tok = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False))
+    tok.pre_tokenizer = _pre_tokenizer(g.meta("tokenizer.ggml.pre", None))
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _sentencepiece(g, vocab, tokens):
+    scores = g.meta_array("tokenizer.ggml.scores").tolist()
+    if len(scores) != len(tokens):
+        raise ValueError(f"{g.path.name}: {len(scores)} tokenizer scores for {len(tokens)} tokens")
+    merges = []  # (score of the joined token, its id, left, right)
+    for i, t in enumerate(tokens):
+        for cut in range(1, len(t)):
+            if t[:cut] in vocab and t[cut:] in vocab:
+                merges.append((-scores[i], i, t[:cut], t[cut:]))
+    merges.sort()
+    unk = g.meta("tokenizer.ggml.unknown_token_id", None)
+    tok = HFTokenizer(models.BPE(vocab, [(a, b) for _, _, a, b in merges], byte_fallback=True,
+                                 unk_token=tokens[unk] if unk is not None else None))
+    escape = [normalizers.Replace(" ", "\u2581")]
+    unescape = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if g.meta("tokenizer.ggml.add_space_prefix", True):
+        escape.insert(0, normalizers.Prepend("\u2581"))
+        unescape.append(decoders.Strip(" ", 1, 0))
+    tok.normalizer = normalizers.Sequence(escape)
+    tok.decoder = decoders.Sequence(unescape)
+    return tok
+
+
 class Tokenizer:
     """encode(text) -> list[int], decode(ids) -> str, plus bos/eos ids and the chat template."""
 
     def __init__(self, g):
         model = g.meta("tokenizer.ggml.model", None)
-        if model != "gpt2":
+        if model not in ("gpt2", "llama"):
             raise ValueError(f"{g.path.name}: tokenizer model '{model}' is not supported "
-                             "(only byte-level BPE, tokenizer.ggml.model = gpt2)")
+                             "(byte-level BPE 'gpt2' or SentencePiece 'llama')")
         tokens = g.strings("tokenizer.ggml.tokens")
-        merges = [tuple(m.split(" ", 1)) for m in g.strings("tokenizer.ggml.merges")]
         types = (g.meta_array("tokenizer.ggml.token_type").tolist()
                  if g.has("tokenizer.ggml.token_type") else [NORMAL] * len(tokens))
         vocab = {t: i for i, t in enumerate(tokens)}
-        tok = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False))
-        tok.pre_tokenizer = _pre_tokenizer(g.meta("tokenizer.ggml.pre", None))
-        tok.decoder = decoders.ByteLevel()
+        tok = _byte_level_bpe(g, vocab) if model == "gpt2" else _sentencepiece(g, vocab, tokens)
         added = [AddedToken(t, special=(ty == CONTROL), normalized=False)
                  for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)]
         tok.add_tokens(added)

@@ -21,6 +21,10 @@ def test_rms_norm(device, rng, n, group, T):
     assert nmse(rms_norm.run(device, x, w, 1e-6, group), rms_norm.ref(x, w, 1e-6, group)) < 64 * U2
     y = rng.standard_normal((T, n)).astype(np.float32)
     assert nmse(rms_norm.run(device, x, w, 1e-5, group, y=y), rms_norm.ref(x, w, 1e-5, group, y=y)) < 64 * U2
+    # last: row T-1 alone (the rows before it keep what y held)
+    got = rms_norm.run(device, x, w, 1e-6, group, y=np.zeros_like(x), last=True)
+    assert nmse(got[-1:], rms_norm.ref(x[-1:], w, 1e-6, group)) < 64 * U2
+    assert not got[:-1].any()
 
 
 @pytest.mark.parametrize("heads,head_dim,rot,neox", [(9, 64, 64, False), (4, 256, 256, True),
@@ -32,13 +36,6 @@ def test_rope(device, rng, heads, head_dim, rot, neox):
     assert nmse(got, rope.ref(x, tab, 690, heads, head_dim, rot, neox)) < 4 * U2
     assert np.array_equal(got.reshape(7, heads, head_dim)[..., rot:],
                           x.reshape(7, heads, head_dim)[..., rot:])       # the rest untouched
-
-
-def test_rope_table_matches_the_numpy_model():
-    from nexvk.model.llama import rope_tables
-    c, s = rope_tables(50, 64, 10000.0)
-    tab = rope.table(10000.0, 64, 50)
-    assert np.array_equal(tab[..., 0], c) and np.array_equal(tab[..., 1], s)
 
 
 @pytest.mark.parametrize("kind", ["silu", "gelu"])

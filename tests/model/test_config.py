@@ -3,6 +3,7 @@ is 30 layers, 9 query heads, 3 KV heads, head_dim 64, dim 576 (its model card), 
 stores 2 (K and V) x layers x kv heads x head_dim values per token."""
 import pytest
 
+from nexvk.model.arch import Arch
 from nexvk.model.config import Config
 from nexvk.model.gguf import open_gguf
 from nexvk.model.plan import kv_bytes, parse_size, plan
@@ -45,7 +46,7 @@ def test_defaults_and_per_layer_kv_heads():
     # 64-dim f16: 2 * 64 * 2 bytes per head per token
     assert kv_bytes(c, 10, "f16", "f16") == (2 + 2 + 4 + 4) * 10 * 2 * 64 * 2
     with pytest.raises(ValueError, match="per-layer kv head counts"):
-        c.check_supported()
+        Arch.from_config(c)
 
 
 def test_key_length_overrides_dim_over_heads():
@@ -55,15 +56,18 @@ def test_key_length_overrides_dim_over_heads():
 
 
 def test_sliding_window_layers_hold_only_the_window():
-    # gemma3: every 6th layer is global, the rest use the window
+    # gemma3: every 6th layer is global, the rest use the window, in a ring of window + batch - 1
+    # slots (a forward call of `batch` tokens writes them all before attending)
     c = Config.from_meta(_meta("gemma3", block_count=12, **{"attention.sliding_window": 1024,
                                                             "attention.head_count_kv": 1,
                                                             "attention.key_length": 256,
                                                             "attention.value_length": 256}))
     assert c.swa_layers == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
     per_tok = 2 * 256 * 2  # one kv head, K and V, f16
-    assert kv_bytes(c, 8192, "f16", "f16") == per_tok * (2 * 8192 + 10 * 1024)
+    assert kv_bytes(c, 8192, "f16", "f16") == per_tok * (2 * 8192 + 10 * (1024 + 511))
+    assert kv_bytes(c, 8192, "f16", "f16", batch=1) == per_tok * (2 * 8192 + 10 * 1024)
     assert kv_bytes(c, 512, "f16", "f16") == per_tok * 12 * 512  # window larger than ctx
+    assert kv_bytes(c, 1200, "f16", "f16") == per_tok * 12 * 1200  # ring as long as ctx
 
 
 def test_missing_metadata_is_named():
@@ -77,8 +81,8 @@ def test_missing_metadata_is_named():
 
 def test_unknown_architecture_lists_supported():
     c = Config.from_meta(_meta("mamba"))
-    with pytest.raises(ValueError, match="'mamba' is not supported.*llama"):
-        c.check_supported()
+    with pytest.raises(ValueError, match="'mamba' is not supported.*llama, mistral, gemma3"):
+        Arch.from_config(c)
 
 
 @pytest.mark.parametrize("s,n", [("4GiB", 4 * 2**30), ("512MiB", 512 * 2**20), ("8GB", 8e9),

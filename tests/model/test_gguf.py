@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from nexvk.model.gguf import open_gguf
-from nexvk.model.llama import Model
+from nexvk.model.model import Model
 from nexvk.model.plan import plan
 
 

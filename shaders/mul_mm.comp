@@ -37,6 +37,7 @@ layout(push_constant) uniform Push {
 #define ROWS pc.rows
 
 #include "include/weights_funcs.glsl"
+#include "include/xquads_funcs.glsl"
 
 const uint WG = gl_WorkGroupSize.x;
 const uint SX = LDX > 0u ? LDX : K;
@@ -70,16 +71,8 @@ void main() {
             for (uint tt = 0u; tt < TT; ++tt) {
                 uint xi = pc.x_off + min(t0 + tt, T - 1u) * SX + u * 32u + 4u * lane;
                 vec4 xl = vec4(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
-                bx[tt][0] = subgroupBroadcast(xl, 0u);
-                bx[tt][1] = subgroupBroadcast(xl, 1u);
-                bx[tt][2] = subgroupBroadcast(xl, 2u);
-                bx[tt][3] = subgroupBroadcast(xl, 3u);
-                bx[tt][4] = subgroupBroadcast(xl, 4u);
-                bx[tt][5] = subgroupBroadcast(xl, 5u);
-                bx[tt][6] = subgroupBroadcast(xl, 6u);
-                bx[tt][7] = subgroupBroadcast(xl, 7u);
-                bs[tt] = vec2(dot(bx[tt][0] + bx[tt][1] + bx[tt][2] + bx[tt][3], vec4(1.0)),
-                              dot(bx[tt][4] + bx[tt][5] + bx[tt][6] + bx[tt][7], vec4(1.0)));
+                broadcast_quads(xl, bx[tt]);
+                bs[tt] = half_sums(bx[tt]);
             }
         }
         for (uint i = 0u; i < NR; ++i) {
@@ -92,9 +85,7 @@ void main() {
                     for (uint k = 0u; k < 8u; ++k)
                         xq[k] = vec4(xsh[tt * 32u + 4u * k], xsh[tt * 32u + 4u * k + 1u],
                                      xsh[tt * 32u + 4u * k + 2u], xsh[tt * 32u + 4u * k + 3u]);
-                    vec2 xs = vec2(dot(xq[0] + xq[1] + xq[2] + xq[3], vec4(1.0)),
-                                   dot(xq[4] + xq[5] + xq[6] + xq[7], vec4(1.0)));
-                    acc[i * TT + tt] += unit_dot(q, dm, xq, xs);
+                    acc[i * TT + tt] += unit_dot(q, dm, xq, half_sums(xq));
                 } else {
                     acc[i * TT + tt] += unit_dot(q, dm, bx[tt], bs[tt]);
                 }

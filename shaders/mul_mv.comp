@@ -35,6 +35,7 @@ layout(push_constant) uniform Push {
 #define ROWS pc.rows
 
 #include "include/weights_funcs.glsl"
+#include "include/xquads_funcs.glsl"
 
 const uint WG = gl_WorkGroupSize.x;
 const uint SLOTS = WG / TPR;                   // rows in flight per workgroup per NR step
@@ -64,22 +65,14 @@ void main() {
         if (TPR == 1u) {
             uint xi = xb + u * 32u + 4u * lane;
             vec4 xl = vec4(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
-            xq[0] = subgroupBroadcast(xl, 0u);
-            xq[1] = subgroupBroadcast(xl, 1u);
-            xq[2] = subgroupBroadcast(xl, 2u);
-            xq[3] = subgroupBroadcast(xl, 3u);
-            xq[4] = subgroupBroadcast(xl, 4u);
-            xq[5] = subgroupBroadcast(xl, 5u);
-            xq[6] = subgroupBroadcast(xl, 6u);
-            xq[7] = subgroupBroadcast(xl, 7u);
+            broadcast_quads(xl, xq);
         } else {
             for (uint k = 0u; k < 8u; ++k) {
                 uint xi = xb + u * 32u + 4u * k;
                 xq[k] = vec4(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
             }
         }
-        vec2 xs = vec2(dot(xq[0] + xq[1] + xq[2] + xq[3], vec4(1.0)),
-                       dot(xq[4] + xq[5] + xq[6] + xq[7], vec4(1.0)));
+        vec2 xs = half_sums(xq);
         for (uint i = 0u; i < NR; ++i) {
             vec4 q[8];
             load_quants(pc.w_off, rows[i], u, q);

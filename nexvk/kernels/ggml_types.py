@@ -87,11 +87,6 @@ def _bytes(w):
     return np.ascontiguousarray(w.astype("<u4")).view(np.uint8)
 
 
-def _units(x, n_units):
-    """(rows, nb, per_block, k) -> (rows, nb * per_block, k)."""
-    return x.reshape(x.shape[0], n_units, -1)
-
-
 def _nib32(qs):
     """16 bytes of a 32-block: values 0..15 are low nibbles, 16..31 high nibbles."""
     return np.concatenate([qs & 15, qs >> 4], axis=-1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nexvk.model.config import Config
+from nexvk.model.config import Config, check_tensors
 from nexvk.model.gguf import open_gguf
 from nexvk.model.sample import Sampler
 from nexvk.model.tokenizer import Tokenizer
@@ -144,7 +144,8 @@ class Model:
 
     def __init__(self, cfg, weights, tokenizer, ctx, k_type="f16", v_type="f16",
                  backend="numpy", device=None, sparse_v=None, seed=0, max_batch=512):
-        from nexvk.cache import KVCache
+        from nexvk.cache import KVCache, check_sparse_v
+        check_sparse_v(sparse_v)
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
         self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
         self.backend, self.device, self.sparse_v, self.seed = backend, device, sparse_v, seed
@@ -164,6 +165,7 @@ class Model:
         g = open_gguf(resolve_model(path, progress=progress))
         cfg = Config.from_gguf(g)
         cfg.check_supported(ctx)
+        check_tensors(cfg, g)
         if ctx <= 0:
             raise ValueError(f"context must be positive, got {ctx}")
         tok = Tokenizer(g)
@@ -206,17 +208,22 @@ class Model:
         if tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size})")
         B = self.state.B
-        if T <= B:
-            logits = self._forward(tokens, pos)
-        else:  # more tokens than the state holds: run in slices of B
-            logits = None if last_only else np.empty((T, self.cfg.vocab_size), np.float32)
-            for s in range(0, T, B):
-                last = s + B >= T
-                part = self._forward(tokens[s:s + B], pos + s, skip_logits=last_only and not last)
-                if logits is not None:
-                    logits[s:s + B] = part
-                elif last:
-                    logits = part
+        try:
+            if T <= B:
+                logits = self._forward(tokens, pos)
+            else:  # more tokens than the state holds: run in slices of B
+                logits = None if last_only else np.empty((T, self.cfg.vocab_size), np.float32)
+                for s in range(0, T, B):
+                    last = s + B >= T
+                    part = self._forward(tokens[s:s + B], pos + s,
+                                         skip_logits=last_only and not last)
+                    if logits is not None:
+                        logits[s:s + B] = part
+                    elif last:
+                        logits = part
+        except BaseException:  # e.g. non-finite k/v from bad weights: no layer keeps a token
+            self.cache.truncate(pos)
+            raise
         self.pos = pos + T
         return logits[-1:] if last_only else logits
 
@@ -257,7 +264,8 @@ class Model:
     # ---- generation --------------------------------------------------------------------
     def generate(self, prompt, n=64, temperature=0.0, top_k=0, top_p=1.0, seed=0, stream=None,
                  chat=False, bos=None):
-        """Continue `prompt` by up to n tokens (stops early at an end-of-text token).
+        """Continue `prompt` by up to n tokens (stops early at an end-of-text token); n = -1
+        generates until an end-of-text token or the end of the context.
         Calls stream(text_piece) as text becomes available; returns the generated text and
         fills self.stats with prefill/decode token counts, seconds and tokens/s."""
         tok = self.tokenizer
@@ -268,6 +276,11 @@ class Model:
             if tok.bos_id is None:
                 raise ValueError("empty prompt and the model has no BOS token")
             ids = [int(tok.bos_id)]
+        if n == -1:
+            n = max(self.ctx - len(ids), 0)
+        elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be the number of tokens to generate (>= 0, or -1 for "
+                             f"until the end of the context), got {n!r}")
         if len(ids) + n > self.ctx:
             raise ValueError(f"prompt ({len(ids)} tokens) + {n} new tokens exceed the context "
                              f"of {self.ctx} tokens (raise -c or shorten the prompt)")

@@ -11,22 +11,7 @@ import pytest
 from nexvk import KVCache
 from nexvk.kernels import attention as attn_kernel
 from nexvk.kernels import layout
-
-BACKENDS = ["numpy", "vulkan"]
-
-
-@pytest.fixture(params=BACKENDS)
-def make(request):
-    device = request.getfixturevalue("device") if request.param == "vulkan" else None
-
-    def _make(*args, **kw):
-        return KVCache(*args, backend=request.param, device=device, **kw)
-    return _make
-
-
-def kv(rng, T, hkv=2, d=64):
-    return (rng.standard_normal((T, hkv, d)).astype(np.float32),
-            rng.standard_normal((T, hkv, d)).astype(np.float32))
+from test_cache import kv, make  # noqa: F401 - the cache fixture on both backends, and data
 
 
 @pytest.mark.parametrize("arg,value", [("n_heads", 4.0), ("n_heads", True), ("n_layers", 1.0),

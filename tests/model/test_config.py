@@ -177,3 +177,10 @@ def test_smollm2_with_block_count_29(model_path, tmp_path):
         with pytest.raises(ValueError, match=r"block_count is 29 but the file has tensors for "
                                              r"blocks 0\.\.29"):
             fn()
+
+
+def test_memory_verdict_uses_the_float32_weights_run_holds(model_path):
+    """`plan --memory` said a model fit by its stored size while `run` holds float32."""
+    p = plan(model_path, 512, "turbo3", "turbo3", "300MiB")
+    assert p.weights_bytes + p.kv["turbo3/turbo3"] < 300 * 2**20 < p.total
+    assert p.total == p.weights_f32_bytes + p.kv["turbo3/turbo3"] and p.fits is False

@@ -52,11 +52,12 @@ def split_size(head_dim, group):
 
 class Plan:
     """Sizes of one attention configuration: `rows` queries per dispatch, `group` query
-    heads per KV head, over a cache of `capacity` tokens."""
+    heads per KV head, each query seeing at most `keys` keys (the layer's capacity, or its
+    window)."""
 
-    def __init__(self, head_dim, n_kv_heads, group, capacity, rows):
+    def __init__(self, head_dim, n_kv_heads, group, keys, rows):
         self.ks = split_size(head_dim, group)
-        self.ns = -(-capacity // self.ks)
+        self.ns = -(-keys // self.ks)
         self.groups = rows * n_kv_heads * self.ns           # scores and values passes
         self.reduce_groups = rows * n_kv_heads
         self.acc_base = self.groups * 2 * group              # m, l per split, then acc
@@ -74,10 +75,11 @@ class Plan:
                 f"{device_name}'s {limit / 1024:.0f} KiB; use fewer query heads per KV head "
                 "(n_heads) or the numpy backend")
 
-    def push(self, hkv, k_region, v_region, ktab, vtab, scr_stride):
-        """The push block shared by the three passes, in declaration order."""
-        return [hkv, *k_region, *v_region, ktab, vtab, scr_stride, self.ks, self.ns,
-                self.acc_base]
+    def push(self, hkv, k_region, v_region, ktab, vtab, cap, q0=0, window=0):
+        """The push block shared by the three passes, in declaration order: the layer's
+        regions, tables and slots; this dispatch's first query row; the window (0: none)."""
+        return [hkv, *k_region, *v_region, ktab, vtab, cap, self.ks, self.ns, self.acc_base,
+                q0, window]
 
 
 def set_dyn(words, n_q, pos0, scale, thr):

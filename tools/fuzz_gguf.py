@@ -379,10 +379,11 @@ def campaign(cases, seed=0, start=0, mem_mb=1024, timeout=10.0, inject=None, kee
     recs = [records[i] for i in sorted(records)]
     outcomes = Counter(r["outcome"] for r in recs)
     steps = Counter(s for r in recs for s in r.get("done", ()))
-    times = [r["seconds"] for r in recs if r.get("seconds") is not None]
+    slowest = max((r for r in recs if r.get("seconds") is not None),
+                  key=lambda r: r["seconds"], default={"i": None, "seconds": 0.0})
     return {"cases": len(recs), "seed": seed, "seconds": time.perf_counter() - t0,
             "outcomes": dict(outcomes), "kinds": dict(Counter(r["kind"] for r in recs)),
-            "steps": dict(steps), "max_case_seconds": max(times, default=0.0),
+            "steps": dict(steps), "slowest": (slowest["i"], slowest["seconds"]),
             "failures": [r for r in recs if r["outcome"] != "ok"]}
 
 
@@ -418,7 +419,8 @@ def main(argv=None):
         print(f"--- case {f['i']} ({f['kind']}): {f['outcome']}\n{f.get('detail', '')}")
     print(f"{s['cases']} cases (seed {s['seed']}) in {s['seconds']:.1f} s: "
           f"outcomes {s['outcomes']}; kinds {s['kinds']}; steps passed {s['steps']}; "
-          f"slowest case {s['max_case_seconds']:.3f} s; {len(s['failures'])} failures")
+          f"slowest case {s['slowest'][0]} ({s['slowest'][1]:.3f} s); "
+          f"{len(s['failures'])} failures")
     return 1 if s["failures"] else 0
 
 

@@ -55,8 +55,6 @@ class Tokenizer:
         if len(types) != len(tokens):
             raise ValueError(f"{g.path.name}: {len(types)} token types for {len(tokens)} tokens")
         vocab = {t: i for i, t in enumerate(tokens)}
-        if len(vocab) != len(tokens):
-            raise ValueError(f"{g.path.name}: the token list has duplicate entries")
         try:
             tok = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False))
         except Exception as e:  # tokenizers raises a bare Exception (e.g. merge out of vocab)

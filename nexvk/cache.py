@@ -32,11 +32,15 @@ class KVCache:
     n_heads: query heads the attention calls will use (default: sized for up to 8x
     n_kv_heads); giving it lets the vulkan backend build every pipeline at construction.
     max_batch: most rows per device dispatch; longer appends and prefills are chunked.
+    window: a sliding window in tokens, for every layer or a list per layer (0/None: the whole
+    context). A query at position p then sees keys p-window+1..p (llama.cpp's standard SWA),
+    and the layer keeps ring_slots(capacity, window, max_batch) slots: at most max_batch rows
+    per append and attention call on it.
     """
 
     def __init__(self, n_layers, n_kv_heads, head_dim, capacity, k_type="turbo3",
                  v_type="turbo3", backend="numpy", device=None, seed=0, n_heads=None,
-                 max_batch=256):
+                 max_batch=256, window=None):
         for name, val in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
                           ("head_dim", head_dim), ("capacity", capacity),
                           ("max_batch", max_batch), ("n_heads", n_heads)):
@@ -50,6 +54,9 @@ class KVCache:
         if n_heads is not None and (n_heads < n_kv_heads or n_heads % n_kv_heads):
             raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}")
         self.max_heads = int(n_heads or 8 * n_kv_heads)
+        self.max_batch = int(max_batch)
+        self.windows = _windows(window, self.n_layers, self.capacity)
+        self.slots = [ring_slots(self.capacity, w, self.max_batch) for w in self.windows]
         self._len = [0] * self.n_layers
         self._lock = threading.Lock()
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
@@ -61,7 +68,7 @@ class KVCache:
         geo = SimpleNamespace(n_layers=L, n_kv_heads=self.n_kv_heads,
                               head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmt,
                               vfmt=self.vfmt, max_heads=self.max_heads, kfmts=[self.kfmt] * L,
-                              vfmts=[self.vfmt] * L, caps=[self.capacity] * L, windows=[0] * L)
+                              vfmts=[self.vfmt] * L, windows=self.windows, slots=self.slots)
         if self.backend == "numpy":
             self._impl = _NumpyStore(geo)
         else:
@@ -69,9 +76,9 @@ class KVCache:
 
     @property
     def nbytes(self):
-        """Device (or host) bytes of K and V for the full capacity."""
+        """Device (or host) bytes of K and V: every slot of every layer."""
         per_token = self.n_kv_heads * (self.kfmt.bytes_per_vector() + self.vfmt.bytes_per_vector())
-        return self.n_layers * self.capacity * per_token
+        return sum(self.slots) * per_token
 
     @property
     def bits_per_value(self):
@@ -88,7 +95,9 @@ class KVCache:
 
     def truncate(self, n):
         """Forget every token at position n or later in every layer (rolls back a step
-        that failed partway; the codes stay but are never read again)."""
+        that failed partway; the codes stay but are never read again).
+        NOTE: on a ring layer the failed step's <= max_batch new rows may have overwritten
+        slots of positions more than a window before n, which no later query reads."""
         if not (_is_int(n) and n >= 0):
             raise ValueError(f"truncate needs a position >= 0, got {n!r}")
         with self._lock:
@@ -104,6 +113,7 @@ class KVCache:
                 raise ValueError(f"{name} must have shape (T, {shape[0]}, {shape[1]}), got {got}")
         if k.shape[0] != v.shape[0]:
             raise ValueError(f"k and v have different token counts: {k.shape[0]} vs {v.shape[0]}")
+        self._check_ring(layer, k.shape[0], "append")
         kf = self.kfmt.storable(k, "k")
         vf = self.vfmt.storable(v, "v")
         with self._lock:
@@ -125,6 +135,7 @@ class KVCache:
         T, H, _ = q.shape
         if H % self.n_kv_heads:
             raise ValueError(f"q has {H} heads, not a multiple of n_kv_heads={self.n_kv_heads}")
+        self._check_ring(layer, T, "attend with")
         qf = check_vectors(q, d, "q").reshape(T, H, d)
         if scale is None:
             scale = 1.0 / np.sqrt(d)
@@ -140,6 +151,13 @@ class KVCache:
             self.stats = {"skipped": skipped, "total": total,
                           "skip_rate": skipped / total if total else 0.0}
         return out
+
+    def _check_ring(self, layer, T, what):
+        """A ring layer holds window + max_batch - 1 keys: enough for T <= max_batch queries."""
+        if self.slots[layer] < self.capacity and T > self.max_batch:
+            raise ValueError(f"layer {layer} keeps a {self.windows[layer]}-token window in "
+                             f"{self.slots[layer]} slots, so it takes at most max_batch="
+                             f"{self.max_batch} rows per call; cannot {what} {T}")
 
     def _check_layer(self, layer):
         if not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
@@ -168,29 +186,52 @@ def _is_real(x):
 
 
 class _NumpyStore:
-    """Host arrays per layer: codes (capacity, HKV, W) uint32, scales (capacity, HKV, S) f16."""
+    """Host arrays per layer: codes (slots, HKV, W) uint32, scales (slots, HKV, S) f16, where
+    position p lives in slot p % slots (a ring on sliding-window layers, p itself elsewhere)."""
 
     def __init__(self, c):
         self.c = c
-        shape = (c.n_layers, c.capacity, c.n_kv_heads)
-        self.k = (np.zeros(shape + (c.kfmt.words,), np.uint32),
-                  np.zeros(shape + (c.kfmt.n_scales,), np.float16))
-        self.v = (np.zeros(shape + (c.vfmt.words,), np.uint32),
-                  np.zeros(shape + (c.vfmt.n_scales,), np.float16))
+        self.k = ([np.zeros((n, c.n_kv_heads, c.kfmt.words), np.uint32) for n in c.slots],
+                  [np.zeros((n, c.n_kv_heads, c.kfmt.n_scales), np.float16) for n in c.slots])
+        self.v = ([np.zeros((n, c.n_kv_heads, c.vfmt.words), np.uint32) for n in c.slots],
+                  [np.zeros((n, c.n_kv_heads, c.vfmt.n_scales), np.float16) for n in c.slots])
 
     def append(self, layer, n, kf, vf):
         c = self.c
         T = len(kf) // c.n_kv_heads
         kcodes, kscales = c.kfmt.encode_rows(kf)     # encode both before writing either
         vcodes, vscales = c.vfmt.encode_rows(vf)
+        rows = np.arange(n, n + T) % c.slots[layer]  # (T,) slots of positions n..n+T-1
         for (codes, scales), (ec, es) in ((self.k, (kcodes, kscales)), (self.v, (vcodes, vscales))):
-            codes[layer, n:n + T] = ec.reshape(T, c.n_kv_heads, -1)
-            scales[layer, n:n + T] = es.reshape(T, c.n_kv_heads, -1)
+            codes[layer][rows] = ec.reshape(T, c.n_kv_heads, -1)
+            scales[layer][rows] = es.reshape(T, c.n_kv_heads, -1)
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c
         return attn_kernel.ref(c.kfmt, c.vfmt, self.k[0][layer], self.k[1][layer],
-                               self.v[0][layer], self.v[1][layer], q, pos0, scale, thr)
+                               self.v[0][layer], self.v[1][layer], q, pos0, scale, thr,
+                               window=c.windows[layer])
+
+
+def ring_slots(capacity, window, max_batch):
+    """Slots a layer keeps: its capacity, or with a window the keys that max_batch queries
+    appended together can see (window + max_batch - 1), when that is fewer."""
+    return capacity if not window else min(capacity, window + max_batch - 1)
+
+
+def _windows(window, n_layers, capacity):
+    """Per-layer windows from an int or a list (0/None: none); a window as long as the
+    capacity masks nothing, so it is stored as 0."""
+    ws = window if isinstance(window, (list, tuple)) else [window] * n_layers
+    if len(ws) != n_layers:
+        raise ValueError(f"window has {len(ws)} entries for {n_layers} layers")
+    out = []
+    for w in ws:
+        w = 0 if w is None else w
+        if not isinstance(w, (int, np.integer)) or w < 0:
+            raise ValueError(f"window must be a non-negative integer or None, got {w!r}")
+        out.append(int(w) if w < capacity else 0)
+    return out
 
 
 class _VulkanStore:
@@ -216,7 +257,7 @@ class _VulkanStore:
         # layers -> arenas of at most the storage-buffer limit; per layer, contiguous:
         # [K codes, K scales, V codes, V scales] for its slots
         sizes = []
-        for kf, vf, cap in zip(c.kfmts, c.vfmts, c.caps):
+        for kf, vf, cap in zip(c.kfmts, c.vfmts, c.slots):
             kw = layout.region_words(kf, cap * hkv)
             sizes.append((kw, kw + layout.region_words(vf, cap * hkv)))
         limit = dev.max_buffer_bytes // 4
@@ -232,7 +273,7 @@ class _VulkanStore:
             arena_words[-1] += w
         arenas = [pool.get(f"{self.tag}arena{a}", n) for a, n in enumerate(arena_words)]
         self.regions = []  # per layer: (arena, (k_base, k_sbase), (v_base, v_sbase))
-        for (a, base), (kw, _), kf, vf, cap in zip(placed, sizes, c.kfmts, c.vfmts, c.caps):
+        for (a, base), (kw, _), kf, vf, cap in zip(placed, sizes, c.kfmts, c.vfmts, c.slots):
             self.regions.append((arenas[a], (base, base + cap * hkv * kf.words),
                                  (base + kw, base + kw + cap * hkv * vf.words)))
         # format tables: layer l's K table at tabs[l][0], its V table at tabs[l][1]
@@ -247,7 +288,7 @@ class _VulkanStore:
         self.dyn = pool.get(self.tag + "dyn", 4, np.uint32, kind="device")
         # scratch (scores, per-split partials) sized for the largest group and `chunk` queries
         H, g_max = c.max_heads, c.max_heads // hkv
-        stride = max(c.caps)
+        stride = max(c.slots)
         one = attn_kernel.Plan(d, hkv, g_max, max(self._keys(i) for i in range(c.n_layers)), 1)
         one.check_shared_memory(dev.info["limits"]["max_compute_shared_memory_size"], dev.name)
         per_query = 4 * (H * stride + one.part_floats)
@@ -275,7 +316,7 @@ class _VulkanStore:
 
     def _keys(self, layer):
         """Most keys one query of `layer` sees."""
-        return self.c.windows[layer] or self.c.caps[layer]
+        return self.c.windows[layer] or self.c.slots[layer]
 
     # ---- recording into any graph ---------------------------------------------------------
     def record_append(self, g, layer, k, v, rows):
@@ -288,7 +329,7 @@ class _VulkanStore:
         for x, fmt, reg, tabo in ((k, c.kfmts[layer], kreg, ktab), (v, c.vfmts[layer], vreg, vtab)):
             pipe = dev.pipeline("quantize", [x, arena, self.tab, self.dyn], n,
                                 [layout.WG, c.head_dim, *layout.spec(fmt)])
-            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.caps[layer]))
+            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.slots[layer]))
 
     def record_attention(self, g, layer, q, o, rows, n_heads):
         """Causal attention of dyn[0] queries (q: device buffer (rows, n_heads, d)) at
@@ -301,7 +342,7 @@ class _VulkanStore:
         for q0 in range(0, rows, self.chunk):
             plan = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group, self._keys(layer),
                                     min(self.chunk, rows - q0))
-            push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.caps[layer], q0,
+            push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.slots[layer], q0,
                              c.windows[layer])
             for name, n in (("attn_scores", plan.groups), ("attn_values", plan.groups),
                             ("attn_reduce", plan.reduce_groups)):
@@ -362,8 +403,8 @@ class _VulkanStore:
                 out[s:s + m] = io["o"].host[: m * H * d].reshape(m, H, d)
                 skipped += int(self.stats.host[0])
                 total += int(self.stats.host[1])
-        if thr <= 0:
-            total = pos0 * T * H + T * (T + 1) // 2 * H
+        if thr <= 0:  # the counters run only with sparse V
+            total = H * attn_kernel.visible_keys(pos0, T, c.windows[layer])
         return out, skipped, total
 
 

@@ -82,7 +82,7 @@ def test_nbytes_is_what_bits_per_value_promises(make, kt, vt):
 
 def test_numpy_cache_memory_is_exactly_nbytes():
     c = KVCache(2, 3, 64, 50, "turbo3", "q8_0")
-    stored = sum(a.nbytes for a in c._impl.k + c._impl.v)
+    stored = sum(a.nbytes for arrays in c._impl.k + c._impl.v for a in arrays)  # per layer
     assert stored == c.nbytes
 
 

@@ -259,7 +259,7 @@ def _mutate_tensors(base, rng):
 def run_case(path):
     """Run plan, load and a 2-token generate on `path`; returns the steps that succeeded.
     ValueError stops a case cleanly; any other exception propagates (a failure)."""
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
     from nexvk.model.plan import plan
     done = []
     try:

@@ -10,20 +10,28 @@ import numpy as np
 from nexvk.kernels import layout
 
 
-def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0):
-    """kcodes/vcodes: (L, HKV, W) uint32, kscales/vscales: (L, HKV, S) float16 for the L
-    cached positions; q: (T, H, d) float32 at positions pos0..pos0+T-1 (pos0 + T <= L).
+def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0, window=0):
+    """kcodes/vcodes: (S, HKV, W) uint32, kscales/vscales: (S, HKV, S') float16: the cache's
+    S slots, position p in slot p % S; q: (T, H, d) float32 at positions pos0..pos0+T-1, whose
+    keys have been written. window: 0 = causal over everything, else a query at p sees only
+    keys p-window+1..p (the slots must hold those window + T - 1 keys).
     Returns (out (T, H, d) float32, skipped pairs, total pairs)."""
     T, H, d = q.shape
-    L = pos0 + T
-    hkv = kcodes.shape[1]
+    S, hkv = kcodes.shape[:2]
     G = H // hkv
-    kc = kfmt.decode_compute(kcodes[:L].reshape(L * hkv, -1), kscales[:L].reshape(L * hkv, -1))
-    vc = vfmt.decode_compute(vcodes[:L].reshape(L * hkv, -1), vscales[:L].reshape(L * hkv, -1))
+    lo = max(0, pos0 - window + 1) if window else 0
+    pos = np.arange(lo, pos0 + T)                                        # (L,) key positions
+    L = pos.size
+    if L > S:
+        raise ValueError(f"{L} keys needed but the cache keeps {S} slots")
+    slot = slice(lo % S, lo % S + L) if lo % S + L <= S else pos % S  # a view unless it wraps
+    kc = kfmt.decode_compute(kcodes[slot].reshape(L * hkv, -1), kscales[slot].reshape(L * hkv, -1))
+    vc = vfmt.decode_compute(vcodes[slot].reshape(L * hkv, -1), vscales[slot].reshape(L * hkv, -1))
     kc, vc = kc.reshape(L, hkv, d), vc.reshape(L, hkv, d)
     qr = kfmt.to_compute(q).reshape(T, hkv, G, d)
     s = np.einsum("tgrd,lgd->tgrl", qr, kc) * np.float32(scale)      # (T, HKV, G, L)
-    visible = np.arange(L)[None, :] <= (pos0 + np.arange(T))[:, None]  # (T, L)
+    age = (pos0 + np.arange(T))[:, None] - pos[None, :]               # (T, L) query - key position
+    visible = (age >= 0) & ((age < window) if window else True)
     s = np.where(visible[:, None, None, :], s, -np.inf)
     p = np.exp(s - s.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
@@ -35,6 +43,13 @@ def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0):
     total = int(visible.sum()) * H
     acc = np.einsum("tgrl,lgd->tgrd", p.astype(np.float32), vc)
     return vfmt.from_compute(acc.reshape(T, H, d)), skipped, total
+
+
+def visible_keys(pos0, T, window=0):
+    """(query, key) pairs of T queries at positions pos0.. seeing keys p-window+1..p (all
+    keys before them when window is 0), per query head."""
+    p = np.arange(pos0, pos0 + T)
+    return int(np.sum(np.minimum(p + 1, window) if window else p + 1))
 
 
 def spec(kfmt, vfmt, group):

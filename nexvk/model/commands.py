@@ -121,7 +121,7 @@ def cmd_plan(args):
 
 
 def cmd_run(args):
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
     from nexvk.model.sample import Sampler
     _early_checks(args)
     Sampler(args.temp, args.top_k, args.top_p)  # raises ValueError on a bad setting

@@ -7,7 +7,7 @@ plan need is required (layers, heads, head dims); the rest has defaults or is No
 Files are untrusted input: every value is checked for type and range before anything is sized
 from it (integers must be integers, head counts must divide, at most MAX_LAYERS layers), the
 layer count against the blk.N tensors present, and `check_tensors(cfg, g)` checks every tensor
-the llama model reads against the shape the metadata implies.
+its family's forward pass reads against the shape the metadata implies.
 """
 import math
 import re
@@ -18,9 +18,6 @@ import numpy as np
 
 MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: a bound before anything is sized per layer
 _BLK = re.compile(r"blk\.(\d+)\.")
-
-# llama family: same tensors and adjacent-pair RoPE (the GGUF converter permutes q/k for them).
-SUPPORTED_ARCHS = ("llama", "mistral")
 
 
 @dataclass
@@ -36,6 +33,7 @@ class Config:
     vocab_size: int = 0
     context_length: int = 0       # training context
     rope_base: float = 10000.0
+    rope_base_swa: float = 0.0    # rope.freq_base_swa: base of sliding-window layers (0 = unset)
     rope_dims: int = 0            # rotated dims per head (<= head_dim)
     rms_eps: float = 1e-5
     sliding_window: int = 0       # 0 = none
@@ -92,6 +90,8 @@ class Config:
             n_kv = per_layer("attention.head_count_kv", kv, 0)
         else:
             n_kv = [_number(source, f"{arch}.attention.head_count_kv", kv, 1)] * n_layers
+        if not any(n_kv):
+            raise ValueError(f"{source}: '{arch}.attention.head_count_kv' gives no layer a kv head")
         for h in sorted(set(n_kv) - {0}):
             if n_heads % h:
                 raise ValueError(f"{source}: {n_heads} query heads are not a multiple of {h} "
@@ -121,6 +121,7 @@ class Config:
             head_dim=head_dim, head_dim_v=head_dim_v, ffn_dim=ffn, vocab_size=vocab,
             context_length=num("context_length", 0, lo=0),
             rope_base=rope_base,
+            rope_base_swa=num("rope.freq_base_swa", 0.0, lo=0, kind=float),
             rope_dims=rope_dims,
             rms_eps=num("attention.layer_norm_rms_epsilon", 1e-5, lo=0, kind=float),
             sliding_window=window, swa_layers=swa_layers,
@@ -158,52 +159,28 @@ class Config:
                              f"tensors for {have}")
         return cfg
 
-    def check_supported(self, ctx=0):
-        """ValueError unless the numpy model in llama.py can run this architecture at ctx."""
-        if self.arch not in SUPPORTED_ARCHS:
-            raise ValueError(f"architecture '{self.arch}' is not supported for running "
-                             f"(supported: {', '.join(SUPPORTED_ARCHS)}); `nexvk plan` still "
-                             "works for it")
-        if not self.kv_heads_uniform:
-            raise ValueError(f"per-layer kv head counts {self.n_kv_heads} are not supported "
-                             f"for '{self.arch}'")
-        if self.head_dim_v != self.head_dim:
-            raise ValueError(f"value head size {self.head_dim_v} differs from key head size "
-                             f"{self.head_dim}, which '{self.arch}' does not support")
-        if self.sliding_window and ctx > self.sliding_window:
-            raise ValueError(f"context {ctx} exceeds the sliding window {self.sliding_window}, "
-                             "and windowed attention is not implemented in the numpy model")
-
 
 def check_tensors(cfg, g):
-    """ValueError unless every tensor the llama model reads is in `g` with the shape that
-    cfg implies (GGUF order: ne0 first). Catches a block_count or head count that disagrees
-    with the weights, and norms of the wrong size, before anything is dequantized."""
-    d, nh, nkv = cfg.dim, cfg.n_heads, cfg.n_kv_heads[0]
-    hd, hdv = cfg.head_dim, cfg.head_dim_v
-
-    def ne1(name):
-        t = g.tensors.get(name)
-        return t.shape[1] if t is not None and len(t.shape) == 2 else 0
-
-    vocab = cfg.vocab_size or ne1("token_embd.weight")
-    ffn = cfg.ffn_dim or ne1("blk.0.ffn_gate.weight")
-    want = {"token_embd.weight": (d, vocab), "output_norm.weight": (d,)}
+    """ValueError unless every tensor the model reads for cfg's family is in `g` with the
+    shape cfg implies, checked on the tensor table before anything is dequantized: a
+    block_count or head count that disagrees with the weights, or a norm of the wrong size,
+    is named at once (weights.py checks the same shapes again as it loads)."""
+    from nexvk.model.arch import Arch
+    from nexvk.model.weights import layer_shapes
+    a = Arch.from_config(cfg)
+    want = {f"blk.{i}.{name}.weight": shape for i in range(a.n_layers)
+            for name, shape in layer_shapes(a).items()}
+    want.update({"token_embd.weight": (a.vocab_size, a.dim), "output_norm.weight": (a.dim,)})
     if g.has_tensor("output.weight"):
-        want["output.weight"] = (d, vocab)
-    for i in range(cfg.n_layers):
-        for name, shape in (("attn_norm", (d,)), ("attn_q", (d, nh * hd)),
-                            ("attn_k", (d, nkv * hd)), ("attn_v", (d, nkv * hdv)),
-                            ("attn_output", (nh * hdv, d)), ("ffn_norm", (d,)),
-                            ("ffn_gate", (d, ffn)), ("ffn_up", (d, ffn)), ("ffn_down", (ffn, d))):
-            want[f"blk.{i}.{name}.weight"] = shape
+        want["output.weight"] = (a.vocab_size, a.dim)
     for name, shape in want.items():
         t = g.tensors.get(name)
         if t is None:
             raise ValueError(f"{g.path.name}: missing tensor '{name}'")
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{g.path.name}: tensor '{name}' has shape {tuple(t.shape)} "
-                             f"(GGUF order), but the metadata implies {shape}")
+        got = tuple(reversed(t.shape))  # numpy order, as weights.py holds it (GGUF: ne0 first)
+        if got != shape:
+            raise ValueError(f"{g.path.name}: tensor '{name}' has shape {got}, but the metadata "
+                             f"implies {shape}")
 
 
 class _LazyMeta(Mapping):

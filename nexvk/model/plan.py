@@ -5,7 +5,9 @@ model (`nexvk run` dequantizes them to float32 at load), which is what `--memory
 against; the KV cache costs, per layer,
 n_kv_heads[layer] * tokens[layer] * (head_dim * bits_k + head_dim_v * bits_v) / 8, where bits
 per value come from the codec (norms and scales included) and tokens[layer] is the context, or
-min(context, window) on a sliding-window layer. The chosen K/V formats are shown next to f16
+on a sliding-window layer the ring the cache keeps: min(context, window + batch - 1) slots, as
+the batch of tokens a forward call appends is written before it attends (llama.cpp keeps the
+same window + ubatch). The chosen K/V formats are shown next to f16
 and q8_0, and the total is checked against a memory size such as "4GiB".
 """
 import re
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nexvk.cache import ring_slots
+from nexvk.model.arch import MAX_BATCH
 from nexvk.model.config import Config
 from nexvk.model.gguf import open_gguf
 
@@ -35,14 +39,15 @@ def fmt_bytes(n):
     return f"{int(n)} B"
 
 
-def kv_bytes(cfg, ctx, k_type, v_type):
-    """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less)."""
+def kv_bytes(cfg, ctx, k_type, v_type, batch=MAX_BATCH):
+    """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less),
+    exactly what nexvk.KVCache allocates for a model forwarding up to `batch` tokens a call."""
     from nexvk.quant import bits_per_value
     bk = bits_per_value(k_type, cfg.head_dim)
     bv = bits_per_value(v_type, cfg.head_dim_v)
     tokens = np.full(cfg.n_layers, ctx, dtype=np.int64)
     if cfg.sliding_window:
-        tokens[cfg.swa_layers] = min(ctx, cfg.sliding_window)
+        tokens[cfg.swa_layers] = ring_slots(ctx, cfg.sliding_window, min(batch, ctx))
     heads = np.asarray(cfg.n_kv_heads, dtype=np.int64)
     return float(np.sum(heads * tokens) * (cfg.head_dim * bk + cfg.head_dim_v * bv) / 8)
 
@@ -77,9 +82,10 @@ class Plan:
                f"context      {self.ctx} tokens (trained: {c.context_length or '?'})"]
         if c.sliding_window:
             n = len(c.swa_layers)
-            used = min(self.ctx, c.sliding_window)
+            used = ring_slots(self.ctx, c.sliding_window, min(MAX_BATCH, self.ctx))
             out.append(f"sliding win  {n} of {c.n_layers} layers use a {c.sliding_window}-token "
-                       f"window: they cache only {used} tokens each")
+                       f"window: they cache only {used} tokens each"
+                       + (f" (window + batch of {MAX_BATCH} - 1)" if used < self.ctx else ""))
         out.append(f"weights      {fmt_bytes(self.weights_bytes)} as stored "
                    f"({fmt_bytes(self.weights_f32_bytes)} as float32 in the numpy backend)")
         from nexvk.quant import bits_per_value

@@ -19,7 +19,7 @@ def model_path():
 @pytest.fixture(scope="session")
 def model(model_path):
     """SmolLM2-135M with a 512-token f16 cache; tests that need other formats call with_cache."""
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
     return Model.load(model_path, ctx=512, k_type="f16", v_type="f16")
 
 

@@ -121,7 +121,7 @@ def test_bad_flags_are_caught_before_loading(capsys, tmp_path, flags, match):
 
 
 def test_generate_minus_one_runs_to_the_end_of_the_context(tiny):
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
     m = Model.load(tiny(meta={"tokenizer.ggml.eos_token_id": None}), ctx=16)  # no stop token
     m.generate("the tin", n=-1)
     assert m.stats["prompt_tokens"] + m.stats["generated"] == 16
@@ -134,7 +134,7 @@ def test_invalid_sparse_v_fails_at_construction_and_failed_steps_roll_back(tiny,
     """A bad sparse_v used to fail in the first attention call, after layer 0 had cached the
     prompt; now it fails in Model(), and a step that fails partway (here: non-finite keys from
     layer 1's weights) leaves no layer holding its tokens."""
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
     m = Model.load(tiny(), ctx=16)
     with pytest.raises(ValueError, match="sparse_v"):
         m.with_cache(sparse_v=1.5)

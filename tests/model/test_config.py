@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+from nexvk.model.arch import Arch
 from nexvk.model.config import Config
 from nexvk.model.gguf import open_gguf
 from nexvk.model.plan import kv_bytes, parse_size, plan
@@ -49,7 +50,7 @@ def test_defaults_and_per_layer_kv_heads():
     # 64-dim f16: 2 * 64 * 2 bytes per head per token
     assert kv_bytes(c, 10, "f16", "f16") == (2 + 2 + 4 + 4) * 10 * 2 * 64 * 2
     with pytest.raises(ValueError, match="per-layer kv head counts"):
-        c.check_supported()
+        Arch.from_config(c)
 
 
 def test_key_length_overrides_dim_over_heads():
@@ -59,15 +60,18 @@ def test_key_length_overrides_dim_over_heads():
 
 
 def test_sliding_window_layers_hold_only_the_window():
-    # gemma3: every 6th layer is global, the rest use the window
+    # gemma3: every 6th layer is global, the rest use the window, in a ring of window + batch - 1
+    # slots (a forward call of `batch` tokens writes them all before attending)
     c = Config.from_meta(_meta("gemma3", block_count=12, **{"attention.sliding_window": 1024,
                                                             "attention.head_count_kv": 1,
                                                             "attention.key_length": 256,
                                                             "attention.value_length": 256}))
     assert c.swa_layers == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
     per_tok = 2 * 256 * 2  # one kv head, K and V, f16
-    assert kv_bytes(c, 8192, "f16", "f16") == per_tok * (2 * 8192 + 10 * 1024)
+    assert kv_bytes(c, 8192, "f16", "f16") == per_tok * (2 * 8192 + 10 * (1024 + 511))
+    assert kv_bytes(c, 8192, "f16", "f16", batch=1) == per_tok * (2 * 8192 + 10 * 1024)
     assert kv_bytes(c, 512, "f16", "f16") == per_tok * 12 * 512  # window larger than ctx
+    assert kv_bytes(c, 1200, "f16", "f16") == per_tok * 12 * 1200  # ring as long as ctx
 
 
 def test_missing_metadata_is_named():
@@ -81,8 +85,8 @@ def test_missing_metadata_is_named():
 
 def test_unknown_architecture_lists_supported():
     c = Config.from_meta(_meta("mamba"))
-    with pytest.raises(ValueError, match="'mamba' is not supported.*llama"):
-        c.check_supported()
+    with pytest.raises(ValueError, match="'mamba' is not supported.*llama, mistral, gemma3"):
+        Arch.from_config(c)
 
 
 @pytest.mark.parametrize("s,n", [("4GiB", 4 * 2**30), ("512MiB", 512 * 2**20), ("8GB", 8e9),
@@ -149,13 +153,14 @@ def test_tiny_model_checks(tiny):
     ({}, {"blk.0.ffn_norm.weight": (np.ones(1, np.float32), 0)},
      r"'blk.0.ffn_norm.weight' has shape \(1,\).*implies \(32,\)"),
     ({"llama.attention.head_count_kv": (2, 4, None)}, {},
-     r"'blk.0.attn_k.weight' has shape \(32, 16\).*implies \(32, 32\)"),
-    ({"llama.feed_forward_length": (48, 4, None)}, {}, r"ffn_gate.weight' has shape \(32, 64\)"),
+     r"'blk.0.attn_k.weight' has shape \(16, 32\), but the metadata implies \(32, 32\)"),
+    ({"llama.feed_forward_length": (48, 4, None)}, {},
+     r"ffn_gate.weight' has shape \(64, 32\), but the metadata implies \(48, 32\)"),
 ])
 def test_tensors_checked_against_metadata(tiny, meta, tensors, match):
     """Inconsistent files no longer run silently: Model.load names the mismatch (and plan
     already rejects a block_count that disagrees with the blk.N tensors)."""
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
     p = tiny(meta=meta, tensors=tensors)
     with pytest.raises(ValueError, match=match):
         Model.load(p, ctx=16)
@@ -172,7 +177,7 @@ def test_smollm2_with_block_count_29(model_path, tmp_path):
     data[at:at + 4] = struct.pack("<I", 29)
     p = tmp_path / "bc29.gguf"
     p.write_bytes(data)
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
     for fn in (lambda: plan(p, 512), lambda: Model.load(p, ctx=16)):
         with pytest.raises(ValueError, match=r"block_count is 29 but the file has tensors for "
                                              r"blocks 0\.\.29"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nexvk.model.gguf import open_gguf
-from nexvk.model.llama import Model
+from nexvk.model.model import Model
 from nexvk.model.plan import plan
 
 

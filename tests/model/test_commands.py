@@ -94,7 +94,7 @@ V = __import__("gguf").GGUFValueType
     ({"tokenizer.ggml.merges": (["Ġt"], V.ARRAY, V.STRING)}, ("run",),
      "BPE merge 0 .* is not two tokens separated by a space"),
     ({"tokenizer.ggml.merges": (["Ġ zz"], V.ARRAY, V.STRING)}, ("run",),
-     "invalid BPE vocabulary: .*zz"),
+     "invalid gpt2 vocabulary: .*zz"),
     ({"tokenizer.ggml.eos_token_id": (99999, V.UINT32, None)}, ("run",),
      r"eos_token_id must be a token id in \[0, 263\)"),
 ])

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Fuzz GGUF reading: mutated copies of a tiny llama model through plan, Model.load, generate.
+"""Fuzz GGUF reading: mutated copies of tiny models through plan, Model.load and generate.
 
     python tools/fuzz_gguf.py --cases 1000            # what tests/model/test_fuzz_gguf.py runs
     python tools/fuzz_gguf.py --cases 20000 --seed 7  # a longer campaign
     python tools/fuzz_gguf.py --seed 7 --replay 123 --keep /tmp/case  # write one case to look at
 
-The tiny model (2 layers, dim 32, 2 query heads and 1 KV head of 16, a byte-level BPE vocabulary
-of 263 tokens; F32, F16 and Q8_0 tensors) is written with gguf.GGUFWriter. Each case mutates it
-one way, chosen by an RNG seeded with (seed, case):
+Two tiny models (2 layers, dim 32, 2 query heads and 1 KV head of 16; F32, F16 and Q8_0 tensors)
+are written with gguf.GGUFWriter: a llama with a 263-token byte-level BPE vocabulary, and a
+gemma3 (q/k and post norms, a sliding window on layer 0) with a 271-token SentencePiece one.
+Each case picks one and mutates it one way, chosen by an RNG seeded with (seed, case):
   flip      1-8 bit flips, mostly in the header (metadata and tensor table)
   truncate  the file cut short, mostly inside the header
   inflate   a count, string length, array length, dimension or offset set to a huge or
@@ -41,6 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("flip", "truncate", "inflate", "retype", "splice", "meta", "tensor")
+ARCHS = ("llama", "gemma3")  # the base files: byte-level BPE llama, SentencePiece gemma3
 WEIGHTS = (0.2, 0.1, 0.2, 0.1, 0.1, 0.15, 0.15)
 # one thread each: a fuzz worker must not reserve address space per core
 _ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -61,39 +63,61 @@ def _byte_tokens():
     return [chr(c) for _, c in sorted(zip(bs, cs))]
 
 
-def tiny_parts(n_layers=2, dim=32, n_heads=2, n_kv=1, ffn=64, seed=0):
+def _vocab(kind):
+    """Metadata of a tiny vocabulary: byte-level BPE ("gpt2") or SentencePiece ("llama")."""
+    from gguf import GGUFValueType as V
+    if kind == "gpt2":
+        merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r")]
+        tokens = _byte_tokens() + [a + b for a, b in merges] + ["<|endoftext|>"]
+        types = [1] * (len(tokens) - 1) + [3]  # NORMAL ... CONTROL
+        extra = [("tokenizer.ggml.pre", "gpt-2", V.STRING, None),
+                 ("tokenizer.ggml.merges", [f"{a} {b}" for a, b in merges], V.ARRAY, V.STRING)]
+        bos = eos = len(tokens) - 1
+    else:  # <unk> <s> </s>, 256 byte-fallback tokens, then pieces ranked by score
+        pieces = ["▁", "t", "h", "e", "i", "n", "a", "▁t", "he", "▁the", "in", "▁a"]
+        tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+        types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)  # UNKNOWN, CONTROL, BYTE, NORMAL
+        scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+        extra = [("tokenizer.ggml.scores", scores, V.ARRAY, V.FLOAT32),
+                 ("tokenizer.ggml.unknown_token_id", 0, V.UINT32, None),
+                 ("tokenizer.ggml.add_bos_token", True, V.BOOL, None)]
+        bos, eos = 1, 2
+    return [("tokenizer.ggml.model", kind, V.STRING, None),
+            ("tokenizer.ggml.tokens", tokens, V.ARRAY, V.STRING),
+            ("tokenizer.ggml.token_type", types, V.ARRAY, V.INT32), *extra,
+            ("tokenizer.ggml.bos_token_id", bos, V.UINT32, None),
+            ("tokenizer.ggml.eos_token_id", eos, V.UINT32, None)], len(tokens)
+
+
+def tiny_parts(n_layers=2, dim=32, n_heads=2, n_kv=1, ffn=64, seed=0, arch="llama"):
     """(metadata, tensors) of the tiny model: [(key, value, type, element type)] and
-    [(name, numpy array (rows, cols), GGML type)]."""
+    [(name, numpy array (rows, cols), GGML type)]. arch "llama" has a byte-level BPE vocab;
+    "gemma3" (q/k norms, post norms, a sliding window on layer 0) a SentencePiece one."""
     import numpy as np
     from gguf import GGMLQuantizationType as Q, GGUFValueType as V
-    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r")]
-    tokens = _byte_tokens() + [a + b for a, b in merges] + ["<|endoftext|>"]
-    types = [1] * (len(tokens) - 1) + [3]  # NORMAL ... CONTROL
+    vocab, n_vocab = _vocab("gpt2" if arch == "llama" else "llama")
     hd = dim // n_heads
-    meta = [("general.architecture", "llama", V.STRING, None),
+    meta = [("general.architecture", arch, V.STRING, None),
             ("general.name", "nexvk-fuzz-tiny", V.STRING, None),
-            ("llama.block_count", n_layers, V.UINT32, None),
-            ("llama.context_length", 64, V.UINT32, None),
-            ("llama.embedding_length", dim, V.UINT32, None),
-            ("llama.feed_forward_length", ffn, V.UINT32, None),
-            ("llama.attention.head_count", n_heads, V.UINT32, None),
-            ("llama.attention.head_count_kv", n_kv, V.UINT32, None),
-            ("llama.rope.freq_base", 10000.0, V.FLOAT32, None),
-            ("llama.rope.dimension_count", hd, V.UINT32, None),
-            ("llama.attention.layer_norm_rms_epsilon", 1e-5, V.FLOAT32, None),
-            ("tokenizer.ggml.model", "gpt2", V.STRING, None),
-            ("tokenizer.ggml.pre", "gpt-2", V.STRING, None),
-            ("tokenizer.ggml.tokens", tokens, V.ARRAY, V.STRING),
-            ("tokenizer.ggml.token_type", types, V.ARRAY, V.INT32),
-            ("tokenizer.ggml.merges", [f"{a} {b}" for a, b in merges], V.ARRAY, V.STRING),
-            ("tokenizer.ggml.bos_token_id", len(tokens) - 1, V.UINT32, None),
-            ("tokenizer.ggml.eos_token_id", len(tokens) - 1, V.UINT32, None)]
+            (f"{arch}.block_count", n_layers, V.UINT32, None),
+            (f"{arch}.context_length", 64, V.UINT32, None),
+            (f"{arch}.embedding_length", dim, V.UINT32, None),
+            (f"{arch}.feed_forward_length", ffn, V.UINT32, None),
+            (f"{arch}.attention.head_count", n_heads, V.UINT32, None),
+            (f"{arch}.attention.head_count_kv", n_kv, V.UINT32, None),
+            (f"{arch}.rope.freq_base", 10000.0, V.FLOAT32, None),
+            (f"{arch}.rope.dimension_count", hd, V.UINT32, None),
+            (f"{arch}.attention.layer_norm_rms_epsilon", 1e-5, V.FLOAT32, None), *vocab]
+    if arch == "gemma3":
+        meta += [("gemma3.attention.sliding_window", 8, V.UINT32, None),
+                 ("gemma3.attention.sliding_window_pattern", [True] + [False] * (n_layers - 1),
+                  V.ARRAY, V.BOOL)]
     rng = np.random.default_rng(seed)
 
     def w(*shape):
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
-    tensors = [("token_embd.weight", w(len(tokens), dim), Q.Q8_0),
+    tensors = [("token_embd.weight", w(n_vocab, dim), Q.Q8_0),
                ("output_norm.weight", 1 + w(dim), Q.F32)]
     for i in range(n_layers):
         b = f"blk.{i}."
@@ -106,6 +130,11 @@ def tiny_parts(n_layers=2, dim=32, n_heads=2, n_kv=1, ffn=64, seed=0):
                     (b + "ffn_gate.weight", w(ffn, dim), Q.Q8_0),
                     (b + "ffn_up.weight", w(ffn, dim), Q.F16),
                     (b + "ffn_down.weight", w(dim, ffn), Q.F32)]
+        if arch == "gemma3":
+            tensors += [(b + "attn_q_norm.weight", 1 + w(hd), Q.F32),
+                        (b + "attn_k_norm.weight", 1 + w(hd), Q.F32),
+                        (b + "post_attention_norm.weight", 1 + w(dim), Q.F32),
+                        (b + "post_ffw_norm.weight", 1 + w(dim), Q.F32)]
     return meta, tensors
 
 
@@ -142,11 +171,13 @@ def write_tiny_model(path, **kw):
 class Base:
     """The intact file's bytes, its parts, and where its header integers are."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, arch):
         import numpy as np
         from gguf import GGUFReader
-        self.meta, self.tensors = tiny_parts()
-        path = write_tiny_model(Path(tmp) / "base.gguf")
+        self.arch = arch
+        self.meta, self.tensors = tiny_parts(arch=arch)
+        self.path = write_tiny_model(Path(tmp) / f"base-{arch}.gguf", arch=arch)
+        path = self.path
         self.data = path.read_bytes()
         r = GGUFReader(path)
         start = r.data.__array_interface__["data"][0]
@@ -299,15 +330,18 @@ def worker(seed, start, stop, mem_mb, timeout, inject, keep):
     """Run cases start..stop-1; stdout gets 'start I KIND' then one JSON line per case."""
     import numpy as np
     with tempfile.TemporaryDirectory(prefix="nexvk-fuzz-") as tmp:
-        base = Base(tmp)
-        run_case(Path(tmp) / "base.gguf")  # warm up imports and caches before the cap
+        bases = [Base(tmp, arch) for arch in ARCHS]
+        for base in bases:  # warm up imports and caches before the cap
+            assert run_case(base.path) == ["plan", "load", "generate"], base.path
         with open("/proc/self/statm") as f:
             vm = int(f.read().split()[0]) * resource.getpagesize()
         cap = vm + (mem_mb << 20)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         for i in range(start, stop):
             rng = np.random.default_rng([seed, i])
+            base = bases[int(rng.integers(len(bases)))]
             kind, data = mutate(base, rng, tmp)
+            kind = f"{kind}/{base.arch}"
             path = Path(tmp) / f"case{i}.gguf"
             path.write_bytes(data)
             print(f"start {i} {kind}", flush=True)

@@ -11,7 +11,8 @@ def test_a_thousand_mutated_files(fuzz):
     assert not s["failures"], "\n\n".join(
         f"case {f['i']} ({f['kind']}): {f['outcome']}\n{f.get('detail', '')}"
         for f in s["failures"][:3])
-    assert set(s["kinds"]) == set(fuzz.KINDS)
+    kinds = [k.split("/") for k in s["kinds"]]  # "mutation/base model"
+    assert {k for k, _ in kinds} == set(fuzz.KINDS) and {a for _, a in kinds} == set(fuzz.ARCHS)
     # both sides are exercised: many files are rejected, some still load and generate
     assert 0 < s["steps"].get("generate", 0) < 500 and s["steps"].get("plan", 0) > 100
 

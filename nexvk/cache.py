@@ -3,9 +3,12 @@
 All memory for `capacity` tokens is reserved at construction; append() and attention()
 allocate nothing afterwards. The numpy backend is the reference; the vulkan backend keeps
 the cache on the device (only new rows go up, only attention outputs come back) and packs
-layers into arenas no larger than the device's storage-buffer limit.
+layers into arenas no larger than the device's storage-buffer limit. One lock serializes the
+public methods, so a cache shared by threads never loses or mixes up tokens (calls then run
+one at a time, not in parallel).
 """
 import itertools
+import threading
 import weakref
 from types import SimpleNamespace
 
@@ -40,8 +43,10 @@ class KVCache:
                  v_type="turbo3", backend="numpy", device=None, seed=0, n_heads=None,
                  max_batch=256, window=None):
         for name, val in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
-                          ("capacity", capacity), ("max_batch", max_batch)):
-            if not isinstance(val, (int, np.integer)) or val < 1:
+                          ("head_dim", head_dim), ("capacity", capacity),
+                          ("max_batch", max_batch), ("n_heads", n_heads)):
+            # NOTE: bool and float are refused: a float's bits once reached a shader constant
+            if (val is not None or name != "n_heads") and not (_is_int(val) and val >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {val!r}")
         self.kfmt = make(k_type, head_dim, seed)
         self.vfmt = make(v_type, head_dim, seed)
@@ -54,6 +59,7 @@ class KVCache:
         self.windows = _windows(window, self.n_layers, self.capacity)
         self.slots = [ring_slots(self.capacity, w, self.max_batch) for w in self.windows]
         self._len = [0] * self.n_layers
+        self._lock = threading.Lock()
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
         from nexvk.device.manager import resolve_backend
         self.backend = resolve_backend(backend, device)
@@ -81,10 +87,22 @@ class KVCache:
 
     def length(self, layer):
         self._check_layer(layer)
-        return self._len[layer]
+        with self._lock:
+            return self._len[layer]
 
     def reset(self):
-        self._len = [0] * self.n_layers
+        with self._lock:
+            self._len = [0] * self.n_layers
+
+    def truncate(self, n):
+        """Forget every token at position n or later in every layer (rolls back a step
+        that failed partway; the codes stay but are never read again).
+        NOTE: on a ring layer the failed step's <= max_batch new rows may have overwritten
+        slots of positions more than a window before n, which no later query reads."""
+        if not (_is_int(n) and n >= 0):
+            raise ValueError(f"truncate needs a position >= 0, got {n!r}")
+        with self._lock:
+            self._len = [min(length, int(n)) for length in self._len]
 
     def append(self, layer, k, v):
         """Encode k, v (T, n_kv_heads, head_dim) after the tokens already in `layer`."""
@@ -96,15 +114,16 @@ class KVCache:
                 raise ValueError(f"{name} must have shape (T, {shape[0]}, {shape[1]}), got {got}")
         if k.shape[0] != v.shape[0]:
             raise ValueError(f"k and v have different token counts: {k.shape[0]} vs {v.shape[0]}")
-        n = self._len[layer]
-        if n + k.shape[0] > self.capacity:
-            raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} tokens; "
-                             f"cannot append {k.shape[0]} more")
         self._check_ring(layer, k.shape[0], "append")
         kf = self.kfmt.storable(k, "k")
         vf = self.vfmt.storable(v, "v")
-        self._impl.append(layer, n, kf, vf)
-        self._len[layer] = n + k.shape[0]
+        with self._lock:
+            n = self._len[layer]
+            if n + k.shape[0] > self.capacity:
+                raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} "
+                                 f"tokens; cannot append {k.shape[0]} more")
+            self._impl.append(layer, n, kf, vf)
+            self._len[layer] = n + k.shape[0]
 
     def attention(self, layer, q, scale=None, sparse_v=None):
         """Causal attention of q (T, n_heads, head_dim), the last T positions of `layer`,
@@ -117,19 +136,21 @@ class KVCache:
         T, H, _ = q.shape
         if H % self.n_kv_heads:
             raise ValueError(f"q has {H} heads, not a multiple of n_kv_heads={self.n_kv_heads}")
-        n = self._len[layer]
-        if T == 0 or T > n:
-            raise ValueError(f"q has {T} positions but layer {layer} holds {n} tokens "
-                             "(queries are the last T cached positions)")
         self._check_ring(layer, T, "attend with")
         qf = check_vectors(q, d, "q").reshape(T, H, d)
-        scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
-        thr = float(sparse_v or 0.0)
-        if not 0.0 <= thr < 1.0:
-            raise ValueError(f"sparse_v must be a weight threshold in [0, 1), got {sparse_v}")
-        out, skipped, total = self._impl.attention(layer, qf, n - T, scale, thr)
-        self.stats = {"skipped": skipped, "total": total,
-                      "skip_rate": skipped / total if total else 0.0}
+        if scale is None:
+            scale = 1.0 / np.sqrt(d)
+        elif not (_is_real(scale) and 0 < scale < np.inf):
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        thr = check_sparse_v(sparse_v)
+        with self._lock:
+            n = self._len[layer]
+            if T == 0 or T > n:
+                raise ValueError(f"q has {T} positions but layer {layer} holds {n} tokens "
+                                 "(queries are the last T cached positions)")
+            out, skipped, total = self._impl.attention(layer, qf, n - T, float(scale), thr)
+            self.stats = {"skipped": skipped, "total": total,
+                          "skip_rate": skipped / total if total else 0.0}
         return out
 
     def advance(self, pos, T):
@@ -169,6 +190,23 @@ class KVCache:
     def __repr__(self):
         return (f"KVCache({self.n_layers} layers x {self.capacity} tokens x {self.n_kv_heads} heads "
                 f"x {self.head_dim}, k={self.k_type}, v={self.v_type}, {self.backend})")
+
+
+def check_sparse_v(sparse_v):
+    """The sparse-V threshold as a float in [0, 1) (None = 0 = off); ValueError otherwise."""
+    if sparse_v is None:
+        return 0.0
+    if not (_is_real(sparse_v) and 0.0 <= sparse_v < 1.0):
+        raise ValueError(f"sparse_v must be a weight threshold in [0, 1), got {sparse_v!r}")
+    return float(sparse_v)
+
+
+def _is_int(x):
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_real(x):
+    return _is_int(x) or isinstance(x, (float, np.floating))
 
 
 class _NumpyStore:
@@ -277,6 +315,7 @@ class _VulkanStore:
         H, g_max = c.max_heads, c.max_heads // hkv
         stride = max(c.slots)
         one = attn_kernel.Plan(d, hkv, g_max, max(self._keys(i) for i in range(c.n_layers)), 1)
+        one.check_shared_memory(dev.info["limits"]["max_compute_shared_memory_size"], dev.name)
         per_query = 4 * (H * stride + one.part_floats)
         if per_query > dev.max_buffer_bytes:
             raise ValueError(f"attention over {H} heads x {stride} tokens exceeds {dev.name}'s "

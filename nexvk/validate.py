@@ -393,8 +393,11 @@ def validate(device=None, quick=False, pattern=None, progress=True, layer_log=No
     """Run the grid; returns the report dict (see --json)."""
     from nexvk.device import layers
     from nexvk.device.manager import get_device
-    dev = get_device(device)
     todo = [c for c in cases(quick) if not pattern or pattern in c.name]
+    if not todo:  # checked before the device opens: a typo must not pass as "0 failed"
+        raise ValueError(f"--filter {pattern!r} matches no case of the {'quick' if quick else 'full'}"
+                         " grid; names look like 'attention kfmt=turbo3,vfmt=turbo3,d=128,...'")
+    dev = get_device(device)
     it = todo
     if progress:
         from tqdm import tqdm

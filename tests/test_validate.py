@@ -52,6 +52,7 @@ def test_a_kernel_writing_out_of_bounds_is_caught(device, monkeypatch, kernel, w
 
 def test_cli_writes_a_json_report(device, tmp_path):
     from nexvk.cli import main
+    from nexvk.device import spirv
     out = tmp_path / "report.json"
     with pytest.raises(SystemExit) as e:
         main(["validate", "--quick", "--filter", "dequantize", "--json", str(out), "--no-layer"])

@@ -77,6 +77,18 @@ class Plan:
         self.reduce_groups = rows * n_kv_heads
         self.acc_base = self.groups * 2 * group              # m, l per split, then acc
         self.part_floats = self.acc_base + self.groups * group * head_dim
+        # the largest pass (scores or values): sh_x[G * D] plus sh_red / sh_p[G * WG] floats
+        self.group, self.shared_bytes = group, 4 * group * (head_dim + layout.WG)
+
+    def check_shared_memory(self, limit, device_name):
+        """ValueError when the passes need more workgroup shared memory than `limit` bytes
+        (VkPhysicalDeviceLimits.maxComputeSharedMemorySize; 16 KiB is the guaranteed minimum)."""
+        if self.shared_bytes > limit:
+            raise ValueError(
+                f"attention with {self.group} query heads per KV head needs "
+                f"{self.shared_bytes / 1024:.1f} KiB of shared memory per workgroup, over "
+                f"{device_name}'s {limit / 1024:.0f} KiB; use fewer query heads per KV head "
+                "(n_heads) or the numpy backend")
 
     def push(self, hkv, k_region, v_region, ktab, vtab, cap, q0=0, window=0, q_off=0, o_off=0):
         """The push block shared by the three passes, in declaration order: the layer's

@@ -14,7 +14,7 @@ import weakref
 import numpy as np
 
 from nexvk.model.arch import MAX_BATCH, Arch
-from nexvk.model.config import Config
+from nexvk.model.config import Config, check_tensors
 from nexvk.model.forward import State, forward
 from nexvk.model.gguf import open_gguf
 from nexvk.model.ops_numpy import NumpyOps
@@ -29,7 +29,8 @@ class Model:
 
     def __init__(self, cfg, weights, tokenizer, ctx, k_type="f16", v_type="f16",
                  backend="numpy", device=None, sparse_v=None, seed=0, max_batch=MAX_BATCH):
-        from nexvk.cache import KVCache
+        from nexvk.cache import KVCache, check_sparse_v
+        check_sparse_v(sparse_v)
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
         self.arch = a = Arch.from_config(cfg)
         self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
@@ -73,6 +74,7 @@ class Model:
             cfg.vocab_size = int(g.tensors["token_embd.weight"].shape[1])
         if not cfg.ffn_dim and g.has_tensor("blk.0.ffn_down.weight"):
             cfg.ffn_dim = int(g.tensors["blk.0.ffn_down.weight"].shape[0])
+        check_tensors(cfg, g)
         tok = Tokenizer(g)
         from nexvk.device.manager import resolve_backend
         backend = resolve_backend(backend, device)
@@ -111,18 +113,22 @@ class Model:
         if tokens.min() < 0 or tokens.max() >= self.arch.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.arch.vocab_size})")
         B = self._chunk(last_only)
-        if T <= B:
-            logits = self._step(tokens, pos, "last" if last_only else "all")
-        else:  # more tokens than the state holds: run in slices of B
-            logits = None if last_only else np.empty((T, self.arch.vocab_size), np.float32)
-            for s in range(0, T, B):
-                last = s + B >= T
-                mode = ("last" if last else "none") if last_only else "all"
-                part = self._step(tokens[s:s + B], pos + s, mode)
-                if logits is not None:
-                    logits[s:s + B] = part
-                elif last:
-                    logits = part
+        try:
+            if T <= B:
+                logits = self._step(tokens, pos, "last" if last_only else "all")
+            else:  # more tokens than the state holds: run in slices of B
+                logits = None if last_only else np.empty((T, self.arch.vocab_size), np.float32)
+                for s in range(0, T, B):
+                    last = s + B >= T
+                    mode = ("last" if last else "none") if last_only else "all"
+                    part = self._step(tokens[s:s + B], pos + s, mode)
+                    if logits is not None:
+                        logits[s:s + B] = part
+                    elif last:
+                        logits = part
+        except BaseException:  # e.g. non-finite k/v from bad weights: no layer keeps a token
+            self.cache.truncate(pos)
+            raise
         self.pos = pos + T
         return logits
 
@@ -163,7 +169,8 @@ class Model:
     # ---- generation --------------------------------------------------------------------
     def generate(self, prompt, n=64, temperature=0.0, top_k=0, top_p=1.0, seed=0, stream=None,
                  chat=False, bos=None):
-        """Continue `prompt` by up to n tokens (stops early at an end-of-text token).
+        """Continue `prompt` by up to n tokens (stops early at an end-of-text token); n = -1
+        generates until an end-of-text token or the end of the context.
         Calls stream(text_piece) as text becomes available; returns the generated text and
         fills self.stats with prefill/decode token counts, seconds and tokens/s."""
         tok = self.tokenizer
@@ -174,6 +181,11 @@ class Model:
             if tok.bos_id is None:
                 raise ValueError("empty prompt and the model has no BOS token")
             ids = [int(tok.bos_id)]
+        if n == -1:
+            n = max(self.ctx - len(ids), 0)
+        elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be the number of tokens to generate (>= 0, or -1 for "
+                             f"until the end of the context), got {n!r}")
         if len(ids) + n > self.ctx:
             raise ValueError(f"prompt ({len(ids)} tokens) + {n} new tokens exceed the context "
                              f"of {self.ctx} tokens (raise -c or shorten the prompt)")

@@ -1,6 +1,8 @@
 """Memory plan for a model at a context length, from metadata and the tensor table only.
 
-No weight is loaded: weights cost what the file stores; the KV cache costs, per layer,
+No weight is loaded. Weights cost what the file stores, and 4 bytes per parameter in the numpy
+model (`nexvk run` dequantizes them to float32 at load), which is what `--memory` is judged
+against; the KV cache costs, per layer,
 n_kv_heads[layer] * tokens[layer] * (head_dim * bits_k + head_dim_v * bits_v) / 8, where bits
 per value come from the codec (norms and scales included) and tokens[layer] is the context, or
 on a sliding-window layer the ring the cache keeps: min(context, window + batch - 1) slots, as
@@ -64,7 +66,8 @@ class Plan:
 
     @property
     def total(self):
-        return self.weights_bytes + self.kv[f"{self.k_type}/{self.v_type}"]
+        """Bytes `nexvk run` needs: weights as float32 (as the numpy model holds them) + KV."""
+        return self.weights_f32_bytes + self.kv[f"{self.k_type}/{self.v_type}"]
 
     @property
     def fits(self):
@@ -93,7 +96,9 @@ class Plan:
             ratio = f"{ref / b:.2f}x smaller than f16" if ref and label != "f16/f16" else ""
             out.append(f"KV {label:<13} {fmt_bytes(b):>11}  ({bits:.3f} bits/value) {ratio}")
         chosen = f"{self.k_type}/{self.v_type}"
-        out.append(f"total        {fmt_bytes(self.total)} (weights as stored + KV {chosen})")
+        stored = self.weights_bytes + self.kv[chosen]
+        out.append(f"total        {fmt_bytes(self.total)} (weights as float32, as `nexvk run` "
+                   f"holds them, + KV {chosen}; {fmt_bytes(stored)} with weights as stored)")
         if self.memory:
             verdict = "fits" if self.fits else "does NOT fit"
             out.append(f"memory       {fmt_bytes(self.memory)}: {verdict}")
@@ -106,10 +111,13 @@ def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0):
         raise ValueError(f"context must be positive, got {ctx}")
     g = open_gguf(path)
     cfg = Config.from_gguf(g)
-    kv = {}
-    for k, v in ((k_type, v_type), ("f16", "f16"), ("q8_0", "q8_0")):
-        kv.setdefault(f"{k}/{v}", kv_bytes(cfg, ctx, k, v))
-    n_params = sum(int(np.prod(t.shape)) for t in g.tensors.values())
+    kv = {f"{k_type}/{v_type}": kv_bytes(cfg, ctx, k_type, v_type)}
+    for ref in ("f16", "q8_0"):  # comparison rows, where the format can hold this head size
+        try:
+            kv.setdefault(f"{ref}/{ref}", kv_bytes(cfg, ctx, ref, ref))
+        except ValueError:  # e.g. q8_0 at head_dim 16 (blocks of 32)
+            pass
+    n_params = sum(t.n_elements for t in g.tensors.values())
     return Plan(name=cfg.name or g.path.name, cfg=cfg, ctx=ctx, k_type=k_type, v_type=v_type,
                 weights_bytes=g.tensor_bytes(), weights_f32_bytes=4 * n_params, kv=kv,
                 memory=parse_size(memory) if memory else 0)

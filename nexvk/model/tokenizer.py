@@ -39,10 +39,31 @@ def _pre_tokenizer(pre):
                         pt.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
+def _token_id(g, which, n_vocab):
+    """tokenizer.ggml.<which>_token_id as an int in [0, n_vocab), or None when absent."""
+    key = f"tokenizer.ggml.{which}_token_id"
+    v = g.meta(key, None)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n_vocab:
+        raise ValueError(f"{g.path.name}: {key} must be a token id in [0, {n_vocab}), "
+                         f"got {str(v)[:40]}")
+    return v
+
+
 def _byte_level_bpe(g, vocab):
-    merges = [tuple(m.split(" ", 1)) for m in g.strings("tokenizer.ggml.merges")]
+    merges = []
+    for i, m in enumerate(g.strings("tokenizer.ggml.merges")):
+        a, space, b = m.partition(" ")
+        if not (a and space and b):
+            raise ValueError(f"{g.path.name}: BPE merge {i} ({m[:40]!r}) is not two tokens "
+                             "separated by a space")
+        merges.append((a, b))
     tok = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False))
-    tok.pre_tokenizer = _pre_tokenizer(g.meta("tokenizer.ggml.pre", None))
+    pre = g.meta("tokenizer.ggml.pre", None)
+    if pre is not None and not isinstance(pre, str):
+        raise ValueError(f"{g.path.name}: tokenizer.ggml.pre must be a string")
+    tok.pre_tokenizer = _pre_tokenizer(pre)
     tok.decoder = decoders.ByteLevel()
     return tok
 
@@ -57,7 +78,7 @@ def _sentencepiece(g, vocab, tokens):
             if t[:cut] in vocab and t[cut:] in vocab:
                 merges.append((-scores[i], i, t[:cut], t[cut:]))
     merges.sort()
-    unk = g.meta("tokenizer.ggml.unknown_token_id", None)
+    unk = _token_id(g, "unknown", len(tokens))
     tok = HFTokenizer(models.BPE(vocab, [(a, b) for _, _, a, b in merges], byte_fallback=True,
                                  unk_token=tokens[unk] if unk is not None else None))
     escape = [normalizers.Replace(" ", "\u2581")]
@@ -81,24 +102,32 @@ class Tokenizer:
         tokens = g.strings("tokenizer.ggml.tokens")
         types = (g.meta_array("tokenizer.ggml.token_type").tolist()
                  if g.has("tokenizer.ggml.token_type") else [NORMAL] * len(tokens))
+        if len(types) != len(tokens):
+            raise ValueError(f"{g.path.name}: {len(types)} token types for {len(tokens)} tokens")
         vocab = {t: i for i, t in enumerate(tokens)}
-        tok = _byte_level_bpe(g, vocab) if model == "gpt2" else _sentencepiece(g, vocab, tokens)
+        try:
+            tok = (_byte_level_bpe(g, vocab) if model == "gpt2"
+                   else _sentencepiece(g, vocab, tokens))
+        except ValueError:
+            raise
+        except Exception as e:  # tokenizers raises a bare Exception (e.g. merge out of vocab)
+            raise ValueError(f"{g.path.name}: invalid {model} vocabulary: {e}") from None
         added = [AddedToken(t, special=(ty == CONTROL), normalized=False)
                  for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)]
         tok.add_tokens(added)
         self.hf = tok
         self.n_vocab = len(tokens)
-        self.bos_id = g.meta("tokenizer.ggml.bos_token_id", None)
-        self.eos_id = g.meta("tokenizer.ggml.eos_token_id", None)
+        self.bos_id = _token_id(g, "bos", self.n_vocab)
+        self.eos_id = _token_id(g, "eos", self.n_vocab)
         self.add_bos = bool(g.meta("tokenizer.ggml.add_bos_token", False))
         self.chat_template = g.meta("tokenizer.chat_template", None)
+        if self.chat_template is not None and not isinstance(self.chat_template, str):
+            raise ValueError(f"{g.path.name}: tokenizer.chat_template must be a string")
         # generation stops at any end-of-turn/end-of-text id the file names
-        stop = {g.meta(k, None) for k in ("tokenizer.ggml.eos_token_id",
-                                          "tokenizer.ggml.eot_token_id",
-                                          "tokenizer.ggml.eom_token_id")}
+        stop = {_token_id(g, k, self.n_vocab) for k in ("eos", "eot", "eom")}
         if "<|im_end|>" in vocab and self.chat_template and "<|im_end|>" in self.chat_template:
             stop.add(vocab["<|im_end|>"])
-        self.stop_ids = {int(s) for s in stop if s is not None}
+        self.stop_ids = {s for s in stop if s is not None}
 
     def encode(self, text, bos=None):
         """Token ids of `text`; a BOS id first when `bos` (default: the file's add_bos_token)."""

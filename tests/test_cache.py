@@ -121,6 +121,7 @@ def test_vulkan_decode_allocates_nothing(device, rng):
                 c.attention(layer, q1, sparse_v=1e-6)
 
     steps(50)  # warm: sequences for the 1-row path get recorded once
+    gc.collect()  # objects of earlier tests on the shared device are released now, not mid-count
     state = (pool.allocations, pool.nbytes, device.n_pipelines, device.n_sequences)
     tracemalloc.start()
     steps(100)

@@ -101,11 +101,17 @@ class Graph:
             seq.record(kp.OpTensorSyncLocal([b.tensor for b in self.downloads]))
         return seq
 
-    def run(self):
-        """Submit the whole graph once and wait for it (records it on the first call)."""
+    def prepare(self):
+        """Record the command sequence now (else the first run() does): a graph made ahead
+        of time then creates nothing when it first runs."""
         if self._seq is None:
             self._seq = self._record()
             self.device.n_sequences += 1
+        return self
+
+    def run(self):
+        """Submit the whole graph once and wait for it."""
+        self.prepare()
         self.device.submissions += 1
         self._seq.eval()
 

@@ -111,7 +111,7 @@ class VulkanOps:
             self._g, self._readable = self.dev.graph().upload(self.dyn, self.store.stats), []
             try:
                 record()
-                g = self._g.download(self.store.stats, *self._readable)
+                g = self._g.download(self.store.stats, *self._readable).prepare()
             finally:
                 self._g = None
             self._graphs[key] = g

@@ -6,6 +6,7 @@ the cache on the device (only new rows go up, only attention outputs come back) 
 layers into arenas no larger than the device's storage-buffer limit.
 """
 import itertools
+import sys
 import weakref
 from types import SimpleNamespace
 
@@ -14,7 +15,9 @@ import numpy as np
 from nexvk.kernels import attention as attn_kernel
 from nexvk.kernels import layout
 from nexvk.quant import check_vectors
+from nexvk.quant.cachespec import CacheSpec
 from nexvk.quant.formats import make
+from nexvk.quant.transform import KeyTransform
 
 _ids = itertools.count()
 _SCRATCH_BYTES = 64 << 20  # scores + split partials of one prefill chunk (vulkan)
@@ -29,44 +32,87 @@ class KVCache:
     n_heads: query heads the attention calls will use (default: sized for up to 8x
     n_kv_heads); giving it lets the vulkan backend build every pipeline at construction.
     max_batch: most rows per device dispatch; longer appends and prefills are chunked.
+
+    Turbo formats are hardened unless plain=True (see nexvk.quant.cachespec):
+    sinks: the first positions of every layer kept as float16 (default 1 with a turbo
+      format, else 0);
+    layer_types: other K/V formats for some layers, "0-1:q8_0/q8_0" or {0: ("q8_0", "q8_0")};
+    key_mean: (n_layers, n_kv_heads, head_dim) key means, e.g. from `nexvk calibrate`.
+      Without it each layer's keys are centred on the mean of the non-sink keys of its first
+      append in a sequence (the whole prompt when a model prefills it; one token when a
+      sequence is decoded token by token); sink rows that came earlier are re-encoded then.
+    key_scale: (n_layers, n_kv_heads, head_dim) positive channel scales (keys are stored
+      times the scale, queries divided by it; default: none).
+    The Vulkan backend runs the plain algorithm only, for now; with "auto" a hardened cache
+    runs on numpy (with a message).
     """
 
     def __init__(self, n_layers, n_kv_heads, head_dim, capacity, k_type="turbo3",
                  v_type="turbo3", backend="numpy", device=None, seed=0, n_heads=None,
-                 max_batch=256):
+                 max_batch=256, *, plain=False, sinks=None, layer_types=None, key_mean=None,
+                 key_scale=None):
         for name, val in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
                           ("capacity", capacity), ("max_batch", max_batch)):
             if not isinstance(val, (int, np.integer)) or val < 1:
                 raise ValueError(f"{name} must be a positive integer, got {val!r}")
-        self.kfmt = make(k_type, head_dim, seed)
-        self.vfmt = make(v_type, head_dim, seed)
+        self.spec = spec = CacheSpec.build(int(n_layers), k_type, v_type, layer_types, sinks,
+                                           plain)
+        self.kfmts = [make(f, head_dim, seed) for f in spec.k_types]
+        self.vfmts = [make(f, head_dim, seed) for f in spec.v_types]
         self.n_layers, self.n_kv_heads, self.head_dim = int(n_layers), int(n_kv_heads), int(head_dim)
         self.capacity, self.k_type, self.v_type = int(capacity), k_type, v_type
         if n_heads is not None and (n_heads < n_kv_heads or n_heads % n_kv_heads):
             raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}")
         self.max_heads = int(n_heads or 8 * n_kv_heads)
+        self.sinks = min(spec.sinks, self.capacity)
+        self.transform = KeyTransform(self.n_layers, self.n_kv_heads, self.head_dim,
+                                      [spec.transformed(i) for i in range(self.n_layers)],
+                                      key_mean, key_scale)
+        # raw keys of sink rows stored before their layer's mean was fitted (re-encoded then)
+        self._raw_sinks = np.zeros((self.n_layers, self.sinks, self.n_kv_heads, self.head_dim),
+                                   np.float32)
         self._len = [0] * self.n_layers
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
-        from nexvk.device.manager import resolve_backend
-        self.backend = resolve_backend(backend, device)
+        self.backend = self._resolve_backend(backend, device)
         # the stores get the geometry, not the cache, so a dropped cache frees at once
         geo = SimpleNamespace(n_layers=self.n_layers, n_kv_heads=self.n_kv_heads,
-                              head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmt,
-                              vfmt=self.vfmt, max_heads=self.max_heads)
+                              head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmts[0],
+                              vfmt=self.vfmts[0], kfmts=self.kfmts, vfmts=self.vfmts,
+                              sinks=self.sinks, max_heads=self.max_heads)
         if self.backend == "numpy":
             self._impl = _NumpyStore(geo)
         else:
             self._impl = _VulkanStore(geo, device, max_batch, n_heads)
 
+    def _resolve_backend(self, backend, device):
+        from nexvk.device.manager import resolve_backend
+        chosen = resolve_backend(backend, device)
+        spec = self.spec
+        plain_store = (len(set(spec.k_types)) == len(set(spec.v_types)) == 1 and not self.sinks
+                       and not self.transform.active.any())
+        if chosen == "vulkan" and not plain_store:
+            why = (f"the Vulkan backend does not run the hardened cache ({spec.describe()}) "
+                   "yet")
+            if backend != "auto":
+                raise ValueError(f"{why}; use the numpy backend or plain=True (--plain)")
+            print(f"nexvk: {why}; using numpy (pass --plain for the device)", file=sys.stderr)
+            chosen = "numpy"
+        return chosen
+
     @property
     def nbytes(self):
-        """Device (or host) bytes of K and V for the full capacity."""
-        per_token = self.n_kv_heads * (self.kfmt.bytes_per_vector() + self.vfmt.bytes_per_vector())
-        return self.n_layers * self.capacity * per_token
+        """Bytes of K and V for the full capacity: codes, scales, float16 sinks and the key
+        transform's tables."""
+        t = self.transform
+        return self.n_kv_heads * sum(
+            self.spec.layer_bytes(i, self.head_dim, self.head_dim, self.capacity,
+                                  t.vectors_per_head(i)) for i in range(self.n_layers))
 
     @property
     def bits_per_value(self):
-        return (self.kfmt.bits_per_value + self.vfmt.bits_per_value) / 2
+        """Stored bits per cached K or V value, every norm, scale, sink and mean included."""
+        return 8 * self.nbytes / (self.n_layers * self.capacity * self.n_kv_heads
+                                  * 2 * self.head_dim)
 
     def length(self, layer):
         self._check_layer(layer)
@@ -74,6 +120,7 @@ class KVCache:
 
     def reset(self):
         self._len = [0] * self.n_layers
+        self.transform.reset()
 
     def append(self, layer, k, v):
         """Encode k, v (T, n_kv_heads, head_dim) after the tokens already in `layer`."""
@@ -85,14 +132,52 @@ class KVCache:
                 raise ValueError(f"{name} must have shape (T, {shape[0]}, {shape[1]}), got {got}")
         if k.shape[0] != v.shape[0]:
             raise ValueError(f"k and v have different token counts: {k.shape[0]} vs {v.shape[0]}")
-        n = self._len[layer]
-        if n + k.shape[0] > self.capacity:
+        n, T = self._len[layer], k.shape[0]
+        if n + T > self.capacity:
             raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} tokens; "
-                             f"cannot append {k.shape[0]} more")
-        kf = self.kfmt.storable(k, "k")
-        vf = self.vfmt.storable(v, "v")
-        self._impl.append(layer, n, kf, vf)
-        self._len[layer] = n + k.shape[0]
+                             f"cannot append {T} more")
+        kf = check_vectors(k, self.head_dim, "k").reshape(k.shape)
+        vf = check_vectors(v, self.head_dim, "v").reshape(v.shape)
+        s = max(0, min(self.sinks - n, T))  # how many of these rows are sinks
+        t = self.transform
+        fit = t.active[layer] and not t.ready[layer] and s < T
+        rows = [(n, kf, vf)]
+        if fit and n:  # the sinks stored before the mean was known are re-encoded with it
+            rows.insert(0, (0, self._raw_sinks[layer, :n], None))
+        saved = t.mean[layer].copy()
+        try:  # fit the mean on this append's non-sink keys; check every row before storing
+            if fit:
+                t.fit(layer, kf[s:])
+            rows = [(pos, t.keys(layer, kr), vr) for pos, kr, vr in rows]
+            for pos, kt, vr in rows:
+                self._check_storable(layer, pos, kt, vr)
+        except ValueError:
+            if fit:
+                t.mean[layer], t.ready[layer] = saved, False
+            raise
+        d = self.head_dim
+        for pos, kt, vr in rows:
+            self._impl.append(layer, pos, kt.reshape(-1, d), None if vr is None else vr.reshape(-1, d))
+        self._raw_sinks[layer, n:n + s] = kf[:s]
+        self._len[layer] = n + T
+
+    def _check_storable(self, layer, pos, k, v):
+        """ValueError (naming the problem) when rows at positions pos.. cannot be stored:
+        sinks are float16 vectors in the compute domain (norm at most 65504), the rest
+        must fit their format."""
+        s = max(0, min(self.sinks - pos, len(k)))
+        for name, x, fmt in (("k", k, self.kfmts[layer]), ("v", v, self.vfmts[layer])):
+            if x is None:
+                continue
+            if s:
+                norm = float(np.sqrt(np.einsum("thd,thd->th", x[:s], x[:s],
+                                               dtype=np.float64).max()))
+                if norm > 65504:
+                    raise ValueError(f"{name} has vector norms up to {norm:.4g} in the first "
+                                     f"{self.sinks} positions, which are stored as float16 "
+                                     "vectors (at most 65504)")
+            if s < len(x):
+                fmt.check_range(x[s:].reshape(-1, self.head_dim), name)
 
     def attention(self, layer, q, scale=None, sparse_v=None):
         """Causal attention of q (T, n_heads, head_dim), the last T positions of `layer`,
@@ -109,7 +194,7 @@ class KVCache:
         if T == 0 or T > n:
             raise ValueError(f"q has {T} positions but layer {layer} holds {n} tokens "
                              "(queries are the last T cached positions)")
-        qf = check_vectors(q, d, "q").reshape(T, H, d)
+        qf = self.transform.queries(layer, check_vectors(q, d, "q").reshape(T, H, d))
         scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
         thr = float(sparse_v or 0.0)
         if not 0.0 <= thr < 1.0:
@@ -125,33 +210,88 @@ class KVCache:
 
     def __repr__(self):
         return (f"KVCache({self.n_layers} layers x {self.capacity} tokens x {self.n_kv_heads} heads "
-                f"x {self.head_dim}, k={self.k_type}, v={self.v_type}, {self.backend})")
+                f"x {self.head_dim}, {self.spec.describe()}, {self.backend})")
+
+
+def attend(qc, kc, vc, pos0, scale, thr):
+    """Causal softmax attention in the compute domains, as kernels.attention.ref computes it:
+    qc (T, HKV, G, d) rotated queries, kc/vc (L, HKV, d) rows; weights below thr dropped.
+    Returns (acc (T, HKV, G, d) float32 in the value domain, skipped pairs, total pairs)."""
+    T, hkv, G, d = qc.shape
+    L = pos0 + T
+    s = np.einsum("tgrd,lgd->tgrl", qc, kc) * np.float32(scale)       # (T, HKV, G, L)
+    visible = np.arange(L)[None, :] <= (pos0 + np.arange(T))[:, None]  # (T, L)
+    s = np.where(visible[:, None, None, :], s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    skipped = 0
+    if thr > 0:
+        drop = (p < thr) & visible[:, None, None, :]
+        skipped = int(drop.sum())
+        p[drop] = 0
+    total = int(visible.sum()) * hkv * G
+    return np.einsum("tgrl,lgd->tgrd", p.astype(np.float32), vc), skipped, total
 
 
 class _NumpyStore:
-    """Host arrays per layer: codes (capacity, HKV, W) uint32, scales (capacity, HKV, S) f16."""
+    """Host arrays per layer: codes (capacity - sinks, HKV, W) uint32 and scales
+    (capacity - sinks, HKV, S) float16 for each of K and V in the layer's formats, and the
+    sink rows (sinks, HKV, d) float16 in each format's compute domain."""
 
     def __init__(self, c):
         self.c = c
-        shape = (c.n_layers, c.capacity, c.n_kv_heads)
-        self.k = (np.zeros(shape + (c.kfmt.words,), np.uint32),
-                  np.zeros(shape + (c.kfmt.n_scales,), np.float16))
-        self.v = (np.zeros(shape + (c.vfmt.words,), np.uint32),
-                  np.zeros(shape + (c.vfmt.n_scales,), np.float16))
+        rows, sinks = c.capacity - c.sinks, (c.sinks, c.n_kv_heads, c.head_dim)
+        self.k, self.v, self.sink_k, self.sink_v = [], [], [], []
+        for kfmt, vfmt in zip(c.kfmts, c.vfmts):
+            for store, fmt in ((self.k, kfmt), (self.v, vfmt)):
+                store.append((np.zeros((rows, c.n_kv_heads, fmt.words), np.uint32),
+                              np.zeros((rows, c.n_kv_heads, fmt.n_scales), np.float16)))
+            self.sink_k.append(np.zeros(sinks, np.float16))
+            self.sink_v.append(np.zeros(sinks, np.float16))
+
+    @property
+    def arrays(self):
+        return [a for pair in self.k + self.v for a in pair] + self.sink_k + self.sink_v
 
     def append(self, layer, n, kf, vf):
+        """Rows kf, vf (T*HKV, d) at positions n..n+T-1; vf None rewrites keys only."""
         c = self.c
-        T = len(kf) // c.n_kv_heads
-        kcodes, kscales = c.kfmt.encode_rows(kf)     # encode both before writing either
-        vcodes, vscales = c.vfmt.encode_rows(vf)
-        for (codes, scales), (ec, es) in ((self.k, (kcodes, kscales)), (self.v, (vcodes, vscales))):
-            codes[layer, n:n + T] = ec.reshape(T, c.n_kv_heads, -1)
-            scales[layer, n:n + T] = es.reshape(T, c.n_kv_heads, -1)
+        hkv = c.n_kv_heads
+        T = len(kf) // hkv
+        s = max(0, min(c.sinks - n, T))
+        parts = []  # encode everything before writing anything
+        for x, fmt, sink, (codes, scales) in ((kf, c.kfmts[layer], self.sink_k[layer],
+                                               self.k[layer]),
+                                              (vf, c.vfmts[layer], self.sink_v[layer],
+                                               self.v[layer])):
+            if x is None:
+                continue
+            x = x.reshape(T, hkv, -1)
+            enc = fmt.encode_rows(x[s:].reshape(-1, c.head_dim)) if s < T else None
+            parts.append((sink, fmt.to_compute(x[:s]).astype(np.float16), codes, scales, enc))
+        for sink, srows, codes, scales, enc in parts:
+            sink[n:n + s] = srows
+            if enc is not None:
+                r = n + s - c.sinks
+                codes[r:r + T - s] = enc[0].reshape(T - s, hkv, -1)
+                scales[r:r + T - s] = enc[1].reshape(T - s, hkv, -1)
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c
-        return attn_kernel.ref(c.kfmt, c.vfmt, self.k[0][layer], self.k[1][layer],
-                               self.v[0][layer], self.v[1][layer], q, pos0, scale, thr)
+        T, H, d = q.shape
+        L = pos0 + T
+        s = min(c.sinks, L)
+        hkv = c.n_kv_heads
+        kfmt, vfmt = c.kfmts[layer], c.vfmts[layer]
+        rows = []
+        for fmt, sink, (codes, scales) in ((kfmt, self.sink_k[layer], self.k[layer]),
+                                           (vfmt, self.sink_v[layer], self.v[layer])):
+            m = L - s
+            dec = fmt.decode_compute(codes[:m].reshape(m * hkv, -1), scales[:m].reshape(m * hkv, -1))
+            rows.append(np.concatenate([sink[:s].astype(np.float32), dec.reshape(m, hkv, d)]))
+        qc = kfmt.to_compute(q).reshape(T, hkv, H // hkv, d)
+        acc, skipped, total = attend(qc, rows[0], rows[1], pos0, scale, thr)
+        return vfmt.from_compute(acc.reshape(T, H, d)), skipped, total
 
 
 class _VulkanStore:

@@ -140,25 +140,29 @@ def swiglu(h13, ffn, out):
 # ---- model ---------------------------------------------------------------------------------
 class Model:
     """A loaded model with its own KV cache. Use `Model.load(...)`; `with_cache(...)` gives a
-    second model that shares the weights but has its own cache and state."""
+    second model that shares the weights but has its own cache and state. cache_opts: more
+    KVCache keywords (plain, sinks, layer_types, key_mean, key_scale)."""
 
     def __init__(self, cfg, weights, tokenizer, ctx, k_type="f16", v_type="f16",
-                 backend="numpy", device=None, sparse_v=None, seed=0, max_batch=512):
+                 backend="numpy", device=None, sparse_v=None, seed=0, max_batch=512,
+                 cache_opts=None):
         from nexvk.cache import KVCache
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
         self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
         self.backend, self.device, self.sparse_v, self.seed = backend, device, sparse_v, seed
+        self.cache_opts = dict(cache_opts or {})
         self.state = State(cfg, min(max_batch, ctx))
         self.cache = KVCache(cfg.n_layers, cfg.n_kv_heads[0], cfg.head_dim, ctx,
                              k_type=k_type, v_type=v_type, backend=backend, device=device,
-                             seed=seed, n_heads=cfg.n_heads, max_batch=self.state.B)
+                             seed=seed, n_heads=cfg.n_heads, max_batch=self.state.B,
+                             **self.cache_opts)
         self.cos, self.sin = rope_tables(ctx, cfg.rope_dims, cfg.rope_base)  # (ctx, rot/2)
         self.pos = 0
         self.stats = {}
 
     @classmethod
     def load(cls, path=None, ctx=2048, k_type="f16", v_type="f16", backend="numpy",
-             device=None, sparse_v=None, seed=0, progress=False, max_batch=512):
+             device=None, sparse_v=None, seed=0, progress=False, max_batch=512, cache_opts=None):
         """Load a GGUF (the default SmolLM2 when path is None) with a ctx-token KV cache."""
         from nexvk.model.fetch import resolve_model
         g = open_gguf(resolve_model(path, progress=progress))
@@ -173,7 +177,8 @@ class Model:
             cfg.vocab_size = w.output.shape[0]
         if not cfg.ffn_dim:
             cfg.ffn_dim = w.w2.shape[2]
-        m = cls(cfg, w, tok, ctx, k_type, v_type, backend, device, sparse_v, seed, max_batch)
+        m = cls(cfg, w, tok, ctx, k_type, v_type, backend, device, sparse_v, seed, max_batch,
+                cache_opts)
         m.stats["load_s"] = time.perf_counter() - t0
         return m
 
@@ -181,7 +186,7 @@ class Model:
         """A model sharing these weights with a fresh cache of other formats."""
         args = dict(ctx=self.ctx, k_type=k_type or self.k_type, v_type=v_type or self.v_type,
                     backend=self.backend, device=self.device, sparse_v=self.sparse_v,
-                    seed=self.seed, max_batch=self.state.B)
+                    seed=self.seed, max_batch=self.state.B, cache_opts=self.cache_opts)
         args.update(kw)
         return Model(self.cfg, self.w, self.tokenizer, **args)
 

@@ -3,8 +3,9 @@
 No weight is loaded: weights cost what the file stores; the KV cache costs, per layer,
 n_kv_heads[layer] * tokens[layer] * (head_dim * bits_k + head_dim_v * bits_v) / 8, where bits
 per value come from the codec (norms and scales included) and tokens[layer] is the context, or
-min(context, window) on a sliding-window layer. The chosen K/V formats are shown next to f16
-and q8_0, and the total is checked against a memory size such as "4GiB".
+min(context, window) on a sliding-window layer; a hardened cache adds its float16 sinks and key
+means (CacheSpec.layer_bytes). The chosen K/V formats are shown next to f16 and q8_0, and the
+total is checked against a memory size such as "4GiB".
 """
 import re
 from dataclasses import dataclass
@@ -33,16 +34,24 @@ def fmt_bytes(n):
     return f"{int(n)} B"
 
 
-def kv_bytes(cfg, ctx, k_type, v_type):
-    """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less)."""
-    from nexvk.quant import bits_per_value
-    bk = bits_per_value(k_type, cfg.head_dim)
-    bv = bits_per_value(v_type, cfg.head_dim_v)
+def _tokens(cfg, ctx):
     tokens = np.full(cfg.n_layers, ctx, dtype=np.int64)
     if cfg.sliding_window:
         tokens[cfg.swa_layers] = min(ctx, cfg.sliding_window)
-    heads = np.asarray(cfg.n_kv_heads, dtype=np.int64)
-    return float(np.sum(heads * tokens) * (cfg.head_dim * bk + cfg.head_dim_v * bv) / 8)
+    return tokens
+
+
+def kv_bytes(cfg, ctx, k_type, v_type, cache_opts=None):
+    """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less);
+    cache_opts: KVCache's plain, sinks, layer_types (and key_scale, which adds a table)."""
+    from nexvk.quant.cachespec import CacheSpec
+    opts = cache_opts or {}
+    spec = CacheSpec.build(cfg.n_layers, k_type, v_type, opts.get("layer_types"),
+                           opts.get("sinks"), opts.get("plain", False))
+    scaled = opts.get("key_scale") is not None
+    return float(sum(h * spec.layer_bytes(i, cfg.head_dim, cfg.head_dim_v, int(t),
+                                          spec.transformed(i) * (1 + scaled))
+                     for i, (h, t) in enumerate(zip(cfg.n_kv_heads, _tokens(cfg, ctx)))))
 
 
 @dataclass
@@ -52,6 +61,7 @@ class Plan:
     ctx: int
     k_type: str
     v_type: str
+    label: str                # the chosen cache's label (kv key)
     weights_bytes: int        # as stored in the GGUF
     weights_f32_bytes: int    # as held by the numpy backend (dequantized float32)
     kv: dict                  # "k/v" label -> bytes, chosen formats first
@@ -59,7 +69,7 @@ class Plan:
 
     @property
     def total(self):
-        return self.weights_bytes + self.kv[f"{self.k_type}/{self.v_type}"]
+        return self.weights_bytes + self.kv[self.label]
 
     @property
     def fits(self):
@@ -79,31 +89,34 @@ class Plan:
                        f"window: they cache only {used} tokens each")
         out.append(f"weights      {fmt_bytes(self.weights_bytes)} as stored "
                    f"({fmt_bytes(self.weights_f32_bytes)} as float32 in the numpy backend)")
-        from nexvk.quant import bits_per_value
         ref = self.kv.get("f16/f16")
+        values = float(np.dot(c.n_kv_heads, _tokens(c, self.ctx))) * (c.head_dim + c.head_dim_v)
         for label, b in self.kv.items():
-            k, v = label.split("/")
-            bits = (bits_per_value(k, c.head_dim) + bits_per_value(v, c.head_dim_v)) / 2
             ratio = f"{ref / b:.2f}x smaller than f16" if ref and label != "f16/f16" else ""
-            out.append(f"KV {label:<13} {fmt_bytes(b):>11}  ({bits:.3f} bits/value) {ratio}")
-        chosen = f"{self.k_type}/{self.v_type}"
-        out.append(f"total        {fmt_bytes(self.total)} (weights as stored + KV {chosen})")
+            out.append(f"KV {label:<13} {fmt_bytes(b):>11}  ({8 * b / values:.3f} bits/value) "
+                       f"{ratio}")
+        out.append(f"total        {fmt_bytes(self.total)} (weights as stored + KV {self.label})")
         if self.memory:
             verdict = "fits" if self.fits else "does NOT fit"
             out.append(f"memory       {fmt_bytes(self.memory)}: {verdict}")
         return out
 
 
-def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0):
-    """A Plan for the GGUF at `path` (metadata and tensor table only; nothing dequantized)."""
+def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0, cache_opts=None):
+    """A Plan for the GGUF at `path` (metadata and tensor table only; nothing dequantized);
+    cache_opts as for kv_bytes (the f16 and q8_0 rows are always the plain formats)."""
+    from nexvk.quant.cachespec import CacheSpec
     if ctx <= 0:
         raise ValueError(f"context must be positive, got {ctx}")
     g = open_gguf(path)
     cfg = Config.from_gguf(g)
-    kv = {}
-    for k, v in ((k_type, v_type), ("f16", "f16"), ("q8_0", "q8_0")):
+    opts = cache_opts or {}
+    label = CacheSpec.build(cfg.n_layers, k_type, v_type, opts.get("layer_types"),
+                            opts.get("sinks"), opts.get("plain", False)).label
+    kv = {label: kv_bytes(cfg, ctx, k_type, v_type, opts)}
+    for k, v in (("f16", "f16"), ("q8_0", "q8_0")):
         kv.setdefault(f"{k}/{v}", kv_bytes(cfg, ctx, k, v))
     n_params = sum(int(np.prod(t.shape)) for t in g.tensors.values())
     return Plan(name=cfg.name or g.path.name, cfg=cfg, ctx=ctx, k_type=k_type, v_type=v_type,
-                weights_bytes=g.tensor_bytes(), weights_f32_bytes=4 * n_params, kv=kv,
+                label=label, weights_bytes=g.tensor_bytes(), weights_f32_bytes=4 * n_params, kv=kv,
                 memory=parse_size(memory) if memory else 0)

@@ -12,7 +12,8 @@ def test_vulkan_cache_matches_numpy(model, device, fmt):
     ids = model.tokenizer.encode(PROMPT)
     runs = []
     for backend in ("numpy", "vulkan"):
-        m = model.with_cache(fmt, fmt, backend=backend, ctx=64)
+        # plain: the Vulkan backend does not run the hardened cache yet (issue 9)
+        m = model.with_cache(fmt, fmt, backend=backend, ctx=64, cache_opts={"plain": True})
         assert m.cache.backend == backend
         m.reset()
         logits = [m.forward(ids, 0)[-1].copy()]

@@ -10,7 +10,8 @@ rows, so each lever can be switched on alone. Configurations are spec strings:
   centre  none | first:M (mean of the first M non-sink keys of each layer's first append)
           | all (the whole first append) | calib (mean from the calibration text)
   scale   none | calib (s_i = (Q_i/K_i)^(1/4) from the calibration text, every layer)
-          | calib:L,L,.. (only those layers)
+          | calib:L,L,.. (only those layers) | first (from the first append's keys and the
+          queries of the same rows: its encoding waits for the attention call)
   calib   wiki | code: the calibration text (far wikitext-2 windows, or nexvk's sources)
   sinkfmt f16 | q8_0: how the first `sinks` positions are stored
   knorm, vnorm  factor on the stored turbo norm (1 = norm-preserving, "mse" = gamma * c)
@@ -121,6 +122,7 @@ class ProbeCache:
         self.mean = [None] * self.L
         self.scale = [None] * self.L
         self.raw_sink_k = [[] for _ in range(self.L)]
+        self.pending = [None] * self.L
 
     def length(self, layer):
         return self._len[layer]
@@ -142,6 +144,8 @@ class ProbeCache:
             self.mean[layer] = m.astype(np.float32)
             s = np.ones((self.hkv, self.d), np.float32)
             sc = spec["scale"]
+            if sc == "first" and self.scale[layer] is not None:
+                return True
             if sc.startswith("calib") and (sc == "calib" or str(layer) in sc[6:].split(",")):
                 s = self.calib["scale"][layer]
             self.scale[layer] = s.astype(np.float32)
@@ -149,6 +153,25 @@ class ProbeCache:
 
     def append(self, layer, k, v):
         n, T = self._len[layer], len(k)
+        self._len[layer] = n + T
+        if self.spec["scale"] == "first" and self.scale[layer] is None and n + T > self.sinks:
+            self.pending[layer] = (n, k.copy(), v.copy())  # encoded when the queries come
+            return
+        self._store(layer, n, k, v)
+
+    def _fit_scale(self, layer, n, k, q):
+        """s = (Q/K)^(1/4) from the first append's non-sink rows (queries group-averaged)."""
+        sel = (n + np.arange(len(k))) >= self.sinks
+        self._transform(layer, k, n + np.arange(len(k)))
+        kc = k[sel] - self.mean[layer]
+        T, H, d = q.shape
+        Q2 = (q[sel].reshape(-1, self.hkv, H // self.hkv, d) ** 2).mean((0, 2))
+        K2 = (kc ** 2).mean(0)
+        s = (Q2 / np.maximum(K2, 1e-12)) ** 0.25
+        self.scale[layer] = (s / np.exp(np.log(s).mean(-1, keepdims=True))).astype(np.float32)
+
+    def _store(self, layer, n, k, v):
+        T = len(k)
         pos = n + np.arange(T)
         kfmt, vfmt = self.fmts[layer]
         ready = self._transform(layer, k, pos)
@@ -171,7 +194,6 @@ class ProbeCache:
         sink = pos < self.sinks
         vq[sink] = self._sink(v[sink])
         self.V[layer, n:n + T] = vq
-        self._len[layer] = n + T
 
     def _sink(self, x):
         if not len(x):
@@ -187,6 +209,11 @@ class ProbeCache:
     def attention(self, layer, q, scale=None, sparse_v=None):
         T, H, d = q.shape
         L = self._len[layer]
+        if self.pending[layer] is not None:
+            n, k, v = self.pending[layer]
+            self.pending[layer] = None
+            self._fit_scale(layer, n, k, q[-len(k):])
+            self._store(layer, n, k, v)
         G = H // self.hkv
         k, v = self.K[layer, :L], self.V[layer, :L]
         qg = q.reshape(T, self.hkv, G, d)

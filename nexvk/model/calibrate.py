@@ -85,6 +85,14 @@ def key_means(model, windows, skip):
     return rec.mean()
 
 
+def _enough_text(tok, text, n_tokens):
+    """The shortest prefix of text (growing by doubling) that has n_tokens tokens."""
+    n = 8 * n_tokens
+    while n < len(text) and len(tok.encode(text[:n], bos=False)) < n_tokens:
+        n *= 2
+    return text[:n]
+
+
 def nmse(fmt, head_dim, n=4096, seed=0):
     """Relative squared error of a format on Gaussian vectors (its bits' worth)."""
     from nexvk.quant import codec
@@ -128,6 +136,7 @@ def calibrate(model, text, bits, ctx=512, chunks=1, base=("turbo3", "turbo3"),
     cfg = model.cfg
     L = cfg.n_layers
     spec = CacheSpec.build(L, *base, sinks=sinks)
+    text = _enough_text(model.tokenizer, text, ctx * chunks)  # tokenized once per run below
     wins = windows_of(model.tokenizer, text, ctx, chunks)
     means = key_means(model, wins, spec.sinks)
     f16_logits = {}

@@ -20,7 +20,7 @@ from nexvk.quant.formats import make
 from nexvk.quant.transform import KeyTransform
 
 _ids = itertools.count()
-_SCRATCH_BYTES = 64 << 20  # scores + split partials of one prefill chunk (vulkan)
+_SCRATCH_BYTES = 16 << 20  # scores + split partials of one dispatch of queries (vulkan)
 
 
 class KVCache:
@@ -75,10 +75,14 @@ class KVCache:
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
         self.backend = self._resolve_backend(backend, device)
         # the stores get the geometry, not the cache, so a dropped cache frees at once
-        geo = SimpleNamespace(n_layers=self.n_layers, n_kv_heads=self.n_kv_heads,
+        # per layer: K and V formats, slots, window (0: the layer sees its whole context);
+        # the first `sinks` positions of every layer are float16 rows (not in the slots)
+        L = self.n_layers
+        geo = SimpleNamespace(n_layers=L, n_kv_heads=self.n_kv_heads,
                               head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmts[0],
-                              vfmt=self.vfmts[0], kfmts=self.kfmts, vfmts=self.vfmts,
-                              sinks=self.sinks, max_heads=self.max_heads)
+                              vfmt=self.vfmts[0], max_heads=self.max_heads, kfmts=self.kfmts,
+                              vfmts=self.vfmts, caps=[self.capacity] * L, windows=[0] * L,
+                              sinks=self.sinks)
         if self.backend == "numpy":
             self._impl = _NumpyStore(geo)
         else:
@@ -87,15 +91,15 @@ class KVCache:
     def _resolve_backend(self, backend, device):
         from nexvk.device.manager import resolve_backend
         chosen = resolve_backend(backend, device)
-        spec = self.spec
-        plain_store = (len(set(spec.k_types)) == len(set(spec.v_types)) == 1 and not self.sinks
-                       and not self.transform.active.any())
-        if chosen == "vulkan" and not plain_store:
-            why = (f"the Vulkan backend does not run the hardened cache ({spec.describe()}) "
-                   "yet")
+        # NOTE: the key transform runs here, on the host, for both stores; only sinks need
+        # the store's support, which the Vulkan store does not have yet
+        if chosen == "vulkan" and self.sinks:
+            why = f"the Vulkan backend does not keep f16 sink positions ({self.spec.describe()}) yet"
             if backend != "auto":
-                raise ValueError(f"{why}; use the numpy backend or plain=True (--plain)")
-            print(f"nexvk: {why}; using numpy (pass --plain for the device)", file=sys.stderr)
+                raise ValueError(f"{why}; use the numpy backend, sinks=0 (--sinks 0) or plain=True "
+                                 "(--plain)")
+            print(f"nexvk: {why}; using numpy (pass --sinks 0 or --plain for the device)",
+                  file=sys.stderr)
             chosen = "numpy"
         return chosen
 
@@ -295,54 +299,70 @@ class _NumpyStore:
 
 
 class _VulkanStore:
-    """Arenas of layers on the device plus fixed staging for 1-row and max_batch-row calls."""
+    """Layers packed into arenas on the device, plus the buffers every layer shares: format
+    tables, the per-call `dyn` words [T, pos0, scale, sparse-V threshold], sparse-V counters,
+    and scratch for the attention passes of `chunk` queries.
+
+    Work is recorded into Graphs (one submission each): record_append / record_attention add
+    one layer's dispatches to any graph, e.g. a model's whole-step graph reading and writing
+    its own activation buffers; append / attention are the host-array calls, each one
+    submission of a small graph recorded once per (layer, rows) and replayed after.
+    """
 
     def __init__(self, c, device, max_batch, n_heads):
         from nexvk.device.manager import get_device
         self.c = c
         self.dev = dev = get_device(device)
         pool = dev.pool
-        kf, vf, d, hkv, cap = c.kfmt, c.vfmt, c.head_dim, c.n_kv_heads, c.capacity
+        d, hkv = c.head_dim, c.n_kv_heads
         self.tag = f"kvcache{next(_ids)}/"
-        weakref.finalize(self, dev.release, self.tag)  # device memory goes with the cache
-        # layers -> arenas: [K codes, K scales, V codes, V scales] per layer, contiguous
-        kw, vw = layout.region_words(kf, cap * hkv), layout.region_words(vf, cap * hkv)
-        layer_words = kw + vw
-        per_arena = dev.max_buffer_bytes // (4 * layer_words)
-        if per_arena < 1:
-            raise ValueError(f"one layer of this cache needs {4 * layer_words / 2**20:.1f} MiB, over "
-                             f"{dev.name}'s {dev.max_buffer_bytes / 2**20:.0f} MiB storage-buffer "
-                             "limit; lower the capacity")
-        self.regions = []  # per layer: (arena buffer, (k_base, k_sbase), (v_base, v_sbase))
-        n_arenas = -(-c.n_layers // per_arena)
-        arenas = []
-        for a in range(n_arenas):
-            layers = min(per_arena, c.n_layers - a * per_arena)
-            arenas.append(pool.get(f"{self.tag}arena{a}", layers * layer_words))
-        for layer in range(c.n_layers):
-            a, i = divmod(layer, per_arena)
-            base = i * layer_words
+        self._graphs = {}
+        weakref.finalize(self, _release, dev, self.tag, self._graphs)  # memory goes with the cache
+        # layers -> arenas of at most the storage-buffer limit; per layer, contiguous:
+        # [K codes, K scales, V codes, V scales] for its slots
+        sizes = []
+        for kf, vf, cap in zip(c.kfmts, c.vfmts, c.caps):
+            kw = layout.region_words(kf, cap * hkv)
+            sizes.append((kw, kw + layout.region_words(vf, cap * hkv)))
+        limit = dev.max_buffer_bytes // 4
+        if max(w for _, w in sizes) > limit:
+            raise ValueError(f"one layer of this cache needs {4 * max(w for _, w in sizes) / 2**20:.1f}"
+                             f" MiB, over {dev.name}'s {dev.max_buffer_bytes / 2**20:.0f} MiB "
+                             "storage-buffer limit; lower the capacity")
+        placed, arena_words = [], [0]  # (arena index, base word) per layer
+        for _, w in sizes:
+            if arena_words[-1] + w > limit:
+                arena_words.append(0)
+            placed.append((len(arena_words) - 1, arena_words[-1]))
+            arena_words[-1] += w
+        arenas = [pool.get(f"{self.tag}arena{a}", n) for a, n in enumerate(arena_words)]
+        self.regions = []  # per layer: (arena, (k_base, k_sbase), (v_base, v_sbase))
+        for (a, base), (kw, _), kf, vf, cap in zip(placed, sizes, c.kfmts, c.vfmts, c.caps):
             self.regions.append((arenas[a], (base, base + cap * hkv * kf.words),
                                  (base + kw, base + kw + cap * hkv * vf.words)))
-        # tables: K at 0, V at vtab
-        self.vtab = layout.TAB_SIGNS + d
-        self.tab = pool.get(self.tag + "tab", 2 * self.vtab, np.float32, kind="device")
-        self.tab.host[: self.vtab] = layout.table(kf)
-        self.tab.host[self.vtab:] = layout.table(vf)
+        # format tables: layer l's K table at tabs[l][0], its V table at tabs[l][1]
+        per = layout.TAB_SIGNS + d
+        self.tab = pool.get(self.tag + "tab", 2 * c.n_layers * per, np.float32, kind="device")
+        self.tabs = []
+        for layer, (kf, vf) in enumerate(zip(c.kfmts, c.vfmts)):
+            ko, vo = 2 * layer * per, (2 * layer + 1) * per
+            self.tab.host[ko:ko + per], self.tab.host[vo:vo + per] = layout.table(kf), layout.table(vf)
+            self.tabs.append((ko, vo))
         self.stats = pool.get(self.tag + "stats", 2, np.uint32, kind="device")
-        self.dyn = pool.get(self.tag + "dyn", 4, np.uint32, kind="device")  # per-call words
-        # scratch (scores, per-split partials) sized for the largest group and a prefill chunk
+        self.dyn = pool.get(self.tag + "dyn", 4, np.uint32, kind="device")
+        # scratch (scores, per-split partials) sized for the largest group and `chunk` queries
         H, g_max = c.max_heads, c.max_heads // hkv
-        one = attn_kernel.Plan(d, hkv, g_max, cap, 1)
-        per_query = 4 * (H * cap + one.part_floats)
+        stride = max(c.caps)
+        one = attn_kernel.Plan(d, hkv, g_max, max(self._keys(i) for i in range(c.n_layers)), 1)
+        per_query = 4 * (H * stride + one.part_floats)
         if per_query > dev.max_buffer_bytes or one.groups > dev.max_groups:
-            raise ValueError(f"attention over {H} heads x {cap} tokens exceeds {dev.name}'s "
+            raise ValueError(f"attention over {H} heads x {stride} tokens exceeds {dev.name}'s "
                              "buffer or dispatch limits; lower the capacity")
         self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query,
                                 dev.max_groups // one.groups))
-        self.scr = pool.get(self.tag + "scores", self.chunk * H * cap, np.float32)
+        self.scr = pool.get(self.tag + "scores", self.chunk * H * stride, np.float32)
         self.part = pool.get(self.tag + "partials", self.chunk * one.part_floats, np.float32)
-        self.io = {}
+        self.io = {}  # staging of the host-array calls, for 1 row and for `chunk` rows
         for rows in sorted({1, self.chunk}):
             self.io[rows] = {
                 "k": pool.get(f"{self.tag}k{rows}", rows * hkv * d, np.float32, kind="device"),
@@ -351,38 +371,64 @@ class _VulkanStore:
                 "o": pool.get(f"{self.tag}o{rows}", rows * H * d, np.float32, kind="device"),
             }
         dev.run(uploads=[self.tab])
-        self._plans = {}
-        for layer in range(c.n_layers):  # create every pipeline now, not on the first token
+        for layer in range(c.n_layers):  # record every graph now, not on the first token
             for rows in self.io:
-                self._append_pipes(layer, rows)
+                self._append_graph(layer, rows)
                 if n_heads:
-                    self._attn_pipes(layer, rows, n_heads // hkv)
+                    self._attention_graph(layer, rows, n_heads)
 
-    def _append_pipes(self, layer, rows):
+    def _keys(self, layer):
+        """Most keys one query of `layer` sees."""
+        return self.c.windows[layer] or self.c.caps[layer]
+
+    # ---- recording into any graph ---------------------------------------------------------
+    def record_append(self, g, layer, k, v, rows):
+        """Quantize dyn[0] tokens of k, v (device buffers (rows, hkv, d) float32) into
+        `layer` at positions dyn[1].. ."""
         c, dev = self.c, self.dev
-        arena = self.regions[layer][0]
-        io = self.io[rows]
-        n = rows * c.n_kv_heads
-        kp = dev.pipeline("quantize", [io["k"], arena, self.tab, self.dyn], n,
-                          [layout.WG, c.head_dim, *layout.spec(c.kfmt)])
-        vp = dev.pipeline("quantize", [io["v"], arena, self.tab, self.dyn], n,
-                          [layout.WG, c.head_dim, *layout.spec(c.vfmt)])
-        return kp, vp
-
-    def _attn_pipes(self, layer, rows, group):
-        """(push constants, [scores, values, reduce] pipelines) for one configuration."""
-        c, io = self.c, self.io[rows]
-        plan = self._plans.get((rows, group))
-        if plan is None:
-            plan = self._plans[(rows, group)] = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group,
-                                                                 c.capacity, rows)
         arena, kreg, vreg = self.regions[layer]
-        bufs = [arena, io["q"], io["o"], self.scr, self.part, self.tab, self.stats, self.dyn]
-        spec = attn_kernel.spec(c.kfmt, c.vfmt, group)
-        pipes = [self.dev.pipeline(name, bufs, n, spec) for name, n in
-                 (("attn_scores", plan.groups), ("attn_values", plan.groups),
-                  ("attn_reduce", plan.reduce_groups))]
-        return plan.push(c.n_kv_heads, kreg, vreg, 0, self.vtab, c.capacity), pipes
+        ktab, vtab = self.tabs[layer]
+        n = rows * c.n_kv_heads
+        for x, fmt, reg, tabo in ((k, c.kfmts[layer], kreg, ktab), (v, c.vfmts[layer], vreg, vtab)):
+            pipe = dev.pipeline("quantize", [x, arena, self.tab, self.dyn], n,
+                                [layout.WG, c.head_dim, *layout.spec(fmt)])
+            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.caps[layer]))
+
+    def record_attention(self, g, layer, q, o, rows, n_heads):
+        """Causal attention of dyn[0] queries (q: device buffer (rows, n_heads, d)) at
+        positions dyn[1].. over `layer`, into o; in dispatches of `chunk` queries."""
+        c = self.c
+        group = n_heads // c.n_kv_heads
+        arena, kreg, vreg = self.regions[layer]
+        bufs = [arena, q, o, self.scr, self.part, self.tab, self.stats, self.dyn]
+        spec = attn_kernel.spec(c.kfmts[layer], c.vfmts[layer], group)
+        for q0 in range(0, rows, self.chunk):
+            plan = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group, self._keys(layer),
+                                    min(self.chunk, rows - q0))
+            push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.caps[layer], q0,
+                             c.windows[layer])
+            for name, n in (("attn_scores", plan.groups), ("attn_values", plan.groups),
+                            ("attn_reduce", plan.reduce_groups)):
+                g.dispatch(self.dev.pipeline(name, bufs, n, spec), push)
+
+    # ---- host-array calls -------------------------------------------------------------------
+    def _append_graph(self, layer, rows):
+        key = ("append", layer, rows)
+        if key not in self._graphs:
+            io = self.io[rows]
+            g = self.dev.graph().upload(io["k"], io["v"], self.dyn)
+            self.record_append(g, layer, io["k"], io["v"], rows)
+            self._graphs[key] = g
+        return self._graphs[key]
+
+    def _attention_graph(self, layer, rows, n_heads):
+        key = ("attention", layer, rows, n_heads)
+        if key not in self._graphs:
+            io = self.io[rows]
+            g = self.dev.graph().upload(io["q"], self.stats, self.dyn)
+            self.record_attention(g, layer, io["q"], io["o"], rows, n_heads)
+            self._graphs[key] = g.download(io["o"], self.stats)
+        return self._graphs[key]
 
     def _rows(self, n):
         return 1 if n == 1 else self.chunk
@@ -391,17 +437,14 @@ class _VulkanStore:
         c = self.c
         hkv, d = c.n_kv_heads, c.head_dim
         T = len(kf) // hkv
-        _, kreg, vreg = self.regions[layer]
         with self.dev.lock:
             for s in range(0, T, self.chunk):
                 m = min(self.chunk, T - s)
                 io = self.io[self._rows(m)]
                 io["k"].host[: m * hkv * d] = kf[s * hkv:(s + m) * hkv].reshape(-1)
                 io["v"].host[: m * hkv * d] = vf[s * hkv:(s + m) * hkv].reshape(-1)
-                kp, vp = self._append_pipes(layer, self._rows(m))
-                self.dyn.host[:2] = (m * hkv, (n + s) * hkv)
-                self.dev.run([io["k"], io["v"], self.dyn],
-                             [(kp, [*kreg, 0]), (vp, [*vreg, self.vtab])])
+                self.dyn.host[:2] = (m, n + s)
+                self._append_graph(layer, self._rows(m)).run()
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c
@@ -419,14 +462,17 @@ class _VulkanStore:
                 io["q"].host[: m * H * d] = q[s:s + m].reshape(-1)
                 self.stats.host[:] = 0
                 attn_kernel.set_dyn(self.dyn.host, m, pos0 + s, scale, thr)
-                push, (scores, values, reduce) = self._attn_pipes(layer, rows, H // c.n_kv_heads)
-                # three evaluations: each pass reads what the previous one wrote
-                self.dev.run([io["q"], self.stats, self.dyn], [(scores, push)])
-                self.dev.run(dispatches=[(values, push)])
-                self.dev.run(dispatches=[(reduce, push)], downloads=[io["o"], self.stats])
+                self._attention_graph(layer, rows, H).run()
                 out[s:s + m] = io["o"].host[: m * H * d].reshape(m, H, d)
                 skipped += int(self.stats.host[0])
                 total += int(self.stats.host[1])
         if thr <= 0:
             total = pos0 * T * H + T * (T + 1) // 2 * H
         return out, skipped, total
+
+
+def _release(dev, tag, graphs):
+    for g in graphs.values():
+        g.destroy()
+    graphs.clear()
+    dev.release(tag)

@@ -120,7 +120,7 @@ def _quantize(dev, p, seed):
         # one workgroup more than rows: its bounds check must keep vector n+1 intact
         pipe = dev.pipeline("quantize", [xb, kv, tab, dyn], n + 1, [layout.WG, d, *layout.spec(fmt)])
         sbase = (n + 2) * fmt.words
-        dev.run([xb, kv, tab, dyn], [(pipe, [0, sbase, 0])], [kv])
+        dev.run([xb, kv, tab, dyn], [(pipe, layout.quantize_push(0, sbase, 0))], [kv])
         got = kv.host.copy()
     finally:
         dev.release(tag)

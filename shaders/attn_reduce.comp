@@ -1,6 +1,6 @@
 #version 450
 // Attention pass 3 of 3: sum the splits' partial outputs and un-rotate each query head
-// once when V is a turbo format. One workgroup per (query, KV head), pc.ns = splits.
+// once when V is a turbo format. One workgroup per (query of the dispatch, KV head).
 // Twin: nexvk/kernels/attention.py (ref).
 #extension GL_GOOGLE_include_directive : require
 #include "include/attn_head.glsl"
@@ -9,11 +9,12 @@ void main() {
     uint id = gl_WorkGroupID.x;
     uint g = id % pc.hkv;
     uint qi = id / pc.hkv;
-    if (qi >= dyn[0]) return;
-    uint L = dyn[1] + qi + 1u;
-    uint nsq = (L + pc.ks - 1u) / pc.ks;
+    if (pc.q0 + qi >= dyn[0]) return;
+    uint lo, L;
+    key_range(pc.q0 + qi, lo, L);
+    uint nsq = (L - lo + pc.ks - 1u) / pc.ks;
     uint t = gl_LocalInvocationID.x;
-    uint row0 = qi * pc.hkv * G + g * G;
+    uint orow0 = (pc.q0 + qi) * pc.hkv * G + g * G;   // first output head row of the group
     for (uint p = t; p < G * D; p += WG) {
         uint r = p / D, i = p % D;
         float sum = 0.0;
@@ -26,5 +27,5 @@ void main() {
         for (uint p = t; p < G * D; p += WG) sh_x[p] *= tab[pc.vtab + TAB_SIGNS + p % D];
         barrier();
     }
-    for (uint p = t; p < G * D; p += WG) o[row0 * D + p] = sh_x[p];
+    for (uint p = t; p < G * D; p += WG) o[orow0 * D + p] = sh_x[p];
 }

@@ -27,18 +27,19 @@ void reduce(inout float vals[G], uint op) {
 }
 
 void main() {
-    uint qi, g, s, L;
-    attn_ids(qi, g, s, L);
-    uint j0 = s * pc.ks;
-    if (qi >= dyn[0] || j0 >= L) return;              // uniform per workgroup
+    uint qi, g, s, lo, L;
+    attn_ids(qi, g, s, lo, L);
+    uint j0 = lo + s * pc.ks;
+    if (pc.q0 + qi >= dyn[0] || j0 >= L) return;      // uniform per workgroup
     uint j1 = min(L, j0 + pc.ks);
     uint t = gl_LocalInvocationID.x;
-    uint row0 = qi * pc.hkv * G + g * G;               // first query head row of the group
+    uint row0 = qi * pc.hkv * G + g * G;               // first scores row of the group
+    uint qrow0 = (pc.q0 + qi) * pc.hkv * G + g * G;    // its first query head row
     float scale = uintBitsToFloat(dyn[2]);
 
     bool krot = KFMT == FMT_TURBO;
     for (uint p = t; p < G * D; p += WG)
-        sh_x[p] = q[row0 * D + p] * (krot ? tab[pc.ktab + TAB_SIGNS + p % D] : 1.0);
+        sh_x[p] = q[qrow0 * D + p] * (krot ? tab[pc.ktab + TAB_SIGNS + p % D] : 1.0);
     barrier();
     if (krot) wht_rows(G, tab[pc.ktab + TAB_INV_SQRT_D]);
 
@@ -46,7 +47,7 @@ void main() {
     for (uint r = 0u; r < G; ++r) m[r] = -3.402823e38;
     const uint BS = min(32u, D);
     for (uint j = j0 + t; j < j1; j += WG) {
-        uint v = j * pc.hkv + g;
+        uint v = (j % pc.cap) * pc.hkv + g;
         float dot[G];
         for (uint r = 0u; r < G; ++r) dot[r] = 0.0;
         for (uint b = 0u; b < D; b += BS) {
@@ -61,7 +62,7 @@ void main() {
         }
         for (uint r = 0u; r < G; ++r) {
             float sj = dot[r] * scale;
-            scr[(row0 + r) * pc.scr_stride + j] = sj;
+            scr[(row0 + r) * pc.cap + j % pc.cap] = sj;
             m[r] = max(m[r], sj);
         }
     }
@@ -69,7 +70,7 @@ void main() {
     float l[G];
     for (uint r = 0u; r < G; ++r) l[r] = 0.0;
     for (uint j = j0 + t; j < j1; j += WG)
-        for (uint r = 0u; r < G; ++r) l[r] += exp(scr[(row0 + r) * pc.scr_stride + j] - m[r]);
+        for (uint r = 0u; r < G; ++r) l[r] += exp(scr[(row0 + r) * pc.cap + j % pc.cap] - m[r]);
     reduce(l, 1u);
     if (t == 0u) {
         uint mi = ml_index(qi, g, s);

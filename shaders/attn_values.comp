@@ -9,17 +9,17 @@
 shared float sh_p[G * WG];
 
 void main() {
-    uint qi, g, s, L;
-    attn_ids(qi, g, s, L);
-    uint j0 = s * pc.ks;
-    if (qi >= dyn[0] || j0 >= L) return;
+    uint qi, g, s, lo, L;
+    attn_ids(qi, g, s, lo, L);
+    uint j0 = lo + s * pc.ks;
+    if (pc.q0 + qi >= dyn[0] || j0 >= L) return;
     uint j1 = min(L, j0 + pc.ks);
     uint t = gl_LocalInvocationID.x;
     uint row0 = qi * pc.hkv * G + g * G;
     float thr = uintBitsToFloat(dyn[3]);
 
     // global softmax stats from the splits that hold keys of this query
-    uint nsq = (L + pc.ks - 1u) / pc.ks;
+    uint nsq = (L - lo + pc.ks - 1u) / pc.ks;
     float m[G], l[G];
     for (uint r = 0u; r < G; ++r) { m[r] = -3.402823e38; l[r] = 0.0; }
     for (uint u = 0u; u < nsq; ++u)
@@ -37,7 +37,7 @@ void main() {
         for (uint r = 0u; r < G; ++r) {
             float p = 0.0;
             if (j < j1) {
-                p = exp(scr[(row0 + r) * pc.scr_stride + j] - m[r]) / l[r];
+                p = exp(scr[(row0 + r) * pc.cap + j % pc.cap] - m[r]) / l[r];
                 if (p < thr) { p = 0.0; skipped += 1u; }
             }
             sh_p[r * WG + t] = p;
@@ -48,7 +48,7 @@ void main() {
             bool any = false;
             for (uint r = 0u; r < G; ++r) any = any || sh_p[r * WG + jj] > 0.0;
             if (!any) continue;
-            uint v = (jt + jj) * pc.hkv + g;
+            uint v = ((jt + jj) % pc.cap) * pc.hkv + g;
             for (uint k = 0u; k < DPT; ++k) {
                 uint i = t + k * WG;
                 if (i < D) {
@@ -61,7 +61,7 @@ void main() {
     }
     if (thr > 0.0) {
         atomicAdd(stats[0], skipped);
-        if (t == 0u && s == 0u) atomicAdd(stats[1], L * G);
+        if (t == 0u && s == 0u) atomicAdd(stats[1], (L - lo) * G);
     }
     for (uint r = 0u; r < G; ++r)
         for (uint k = 0u; k < DPT; ++k) {

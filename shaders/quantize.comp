@@ -12,12 +12,16 @@ layout(constant_id = 3) const uint BITS = 3;
 layout(binding = 0) readonly buffer X { float x[]; };          // (n_rows, D)
 layout(binding = 1) buffer KV { uint kv_words[]; };            // codes at base, scales at sbase
 layout(binding = 2) readonly buffer Tab { float tab[]; };      // format tables
-layout(binding = 3) readonly buffer Dyn { uint dyn[]; };       // [rows to encode, first vector]
+// per-call words: [tokens T, position of the first]; row r of x is vector r % vpt of token
+// r / vpt, stored at slot (pos0 + r / vpt) % cap (a ring buffer when cap < positions)
+layout(binding = 3) readonly buffer Dyn { uint dyn[]; };
 
 layout(push_constant) uniform Push {
     uint base;      // word offset of the code region
     uint sbase;     // word offset of the fp16 scale region
     uint tabo;      // offset of this format's table in tab[]
+    uint vpt;       // vectors per token (KV heads; 1 for the codec)
+    uint cap;       // slots in the region (0xFFFFFFFF: no wrap)
 } pc;
 
 shared float sh_x[D];
@@ -51,9 +55,9 @@ float reduce_sum(float v) {
 
 void main() {
     uint row = gl_WorkGroupID.x;
-    if (row >= dyn[0]) return;
+    if (row >= dyn[0] * pc.vpt) return;
     uint t = gl_LocalInvocationID.x;
-    uint v = dyn[1] + row;
+    uint v = ((dyn[1] + row / pc.vpt) % pc.cap) * pc.vpt + row % pc.vpt;
     uint W = fmt_words(FMT, BITS, D);
     for (uint i = t; i < D; i += WG) sh_x[i] = x[row * D + i];
     barrier();

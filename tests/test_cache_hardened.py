@@ -130,10 +130,28 @@ def test_reset_forgets_fitted_means_but_keeps_given_ones(rng):
     assert c.transform.ready.all() and (c.transform.mean == 1).all()
 
 
-def test_vulkan_refuses_the_hardened_cache_and_auto_runs_it_on_numpy(monkeypatch, capsys):
+def test_vulkan_refuses_sinks_and_auto_runs_them_on_numpy(monkeypatch, capsys):
     from nexvk.device import manager
     monkeypatch.setattr(manager, "resolve_backend", lambda backend, device=None: "vulkan")
-    with pytest.raises(ValueError, match="plain=True"):
+    with pytest.raises(ValueError, match="sinks=0"):
         KVCache(1, 1, 64, 8, "turbo3", "turbo3", backend="vulkan")
     c = KVCache(1, 1, 64, 8, "turbo3", "turbo3", backend="auto")
-    assert c.backend == "numpy" and "--plain" in capsys.readouterr().err
+    assert c.backend == "numpy" and "--sinks 0" in capsys.readouterr().err
+
+
+@pytest.mark.device
+def test_vulkan_runs_centred_keys_and_layer_types_as_numpy_does(device, rng):
+    """The key transform happens in KVCache (host side), so with no sinks the Vulkan store
+    holds the same centred codes and gives the numpy store's outputs."""
+    k, v = data(rng, 40)
+    kw = dict(sinks=0, layer_types="1:q8_0/turbo4", n_heads=H)
+    ref = KVCache(2, HKV, D, 48, "turbo3", "turbo3", **kw)
+    vk = KVCache(2, HKV, D, 48, "turbo3", "turbo3", backend="vulkan", device=device, **kw)
+    q = rng.standard_normal((5, H, D)).astype(np.float32)
+    for layer in (0, 1):
+        for c in (ref, vk):
+            c.append(layer, k[:30], v[:30])
+            c.append(layer, k[30:], v[30:])
+        np.testing.assert_array_equal(vk.transform.mean, ref.transform.mean)
+        a, b = vk.attention(layer, q), ref.attention(layer, q)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()

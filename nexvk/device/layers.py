@@ -18,7 +18,8 @@ def available():
 
 
 def enable(log_path):
-    """Enable the layer with errors and warnings logged to log_path; False if not installed."""
+    """Enable the layer, with synchronization validation, logging errors and warnings to
+    log_path; False if not installed."""
     if not available():
         return False
     log_path = Path(log_path).resolve()
@@ -27,7 +28,10 @@ def enable(log_path):
     settings = log_path.parent / "vk_layer_settings.txt"
     settings.write_text("khronos_validation.debug_action = VK_DBG_LAYER_ACTION_LOG_MSG\n"
                         f"khronos_validation.log_filename = {log_path}\n"
-                        "khronos_validation.report_flags = error,warn\n")
+                        "khronos_validation.report_flags = error,warn\n"
+                        # hazards between dispatches (a missing barrier) that lavapipe hides
+                        "khronos_validation.enables = "
+                        "VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT\n")
     os.environ["VK_LAYER_SETTINGS_PATH"] = str(settings.parent)
     layers = [x for x in os.environ.get("VK_INSTANCE_LAYERS", "").split(":") if x]
     if LAYER not in layers:

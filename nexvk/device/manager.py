@@ -1,10 +1,14 @@
-"""One Vulkan device through Kompute: a buffer pool, cached pipelines, recorded sequences.
+"""One Vulkan device through Kompute: a buffer pool, cached pipelines, recorded graphs.
 
 Everything that touches `kp` is here. Callers see Buffer objects (a kp tensor plus its
-numpy host view) and Pipeline handles; `Device.run(uploads, dispatches, downloads)` records
-each distinct recipe into a command sequence once and replays it on later calls.
-NOTE: Kompute 0.9's Python API puts no barrier between two dispatches in one sequence, so a
-kernel that reads another's output must go in a later run() call.
+numpy host view) and Pipeline handles. A Graph is a list of uploads, dispatches and
+downloads recorded into ONE command sequence and replayed as one submission per run();
+a barrier goes between two dispatches exactly where the later one reads or writes a buffer
+that an earlier one wrote, or writes one that an earlier one read (each shader's access to
+its bindings comes from its SPIR-V). `Device.run(uploads, dispatches, downloads)` is the
+one-call form, cached by recipe.
+NOTE: the barrier is `kp.OpBarrier`, a binding that tools/setup.sh patches into Kompute 0.9
+(its Python API has no compute-to-compute barrier).
 """
 import os
 import sys
@@ -31,10 +35,91 @@ class Buffer:
 
 
 class Pipeline:
-    """A compiled shader bound to its buffers; `key` names it in recorded sequences."""
+    """A compiled shader bound to its buffers; `key` names it in recorded sequences.
+    `reads` and `writes`: names of the buffers the shader may read and write."""
 
-    def __init__(self, key, algo):
+    def __init__(self, key, algo, buffers, access):
         self.key, self.algo = key, algo
+        self.reads = frozenset(b.name for i, b in enumerate(buffers) if access.get(i, (1, 1))[0])
+        self.writes = frozenset(b.name for i, b in enumerate(buffers) if access.get(i, (1, 1))[1])
+
+
+class Graph:
+    """Uploads, then dispatches (with barriers only where needed), then downloads, recorded
+    once into one command sequence; every run() is one queue submission."""
+
+    def __init__(self, device):
+        self.device = device
+        self.uploads, self.downloads, self.steps = [], [], []  # steps: pipelines or "barrier"
+        self._read, self._written = set(), set()  # since the last barrier
+        self._seq = None
+
+    def upload(self, *buffers):
+        self._check_open()
+        self.uploads += [b for b in buffers if b not in self.uploads]
+        return self
+
+    def download(self, *buffers):
+        self._check_open()
+        self.downloads += [b for b in buffers if b not in self.downloads]
+        return self
+
+    def dispatch(self, pipe, push=()):
+        self._check_open()
+        if (pipe.reads | pipe.writes) & self._written or pipe.writes & self._read:
+            self.steps.append("barrier")
+            self._read, self._written = set(), set()
+        self.steps.append((pipe, tuple(push)))
+        self._read |= pipe.reads
+        self._written |= pipe.writes
+        return self
+
+    @property
+    def n_barriers(self):
+        return self.steps.count("barrier")
+
+    def _check_open(self):
+        if self._seq is not None:
+            raise RuntimeError("this graph was recorded already; build a new one")
+
+    def _record(self):
+        kp = self.device._kp
+        seq = self.device.mgr.sequence()
+        if self.uploads:
+            seq.record(kp.OpTensorSyncDevice([b.tensor for b in self.uploads]))
+            if self.steps:  # NOTE: Kompute orders transfer writes before shader reads only
+                seq.record(kp.OpBarrier())
+        for step in self.steps:
+            if step == "barrier":
+                seq.record(kp.OpBarrier())
+                continue
+            pipe, push = step
+            words = np.zeros(32, np.uint32)
+            words[: len(push)] = spirv.words(push)
+            seq.record(kp.OpAlgoDispatch(pipe.algo, words))
+        if self.downloads:
+            seq.record(kp.OpTensorSyncLocal([b.tensor for b in self.downloads]))
+        return seq
+
+    def run(self):
+        """Submit the whole graph once and wait for it (records it on the first call)."""
+        if self._seq is None:
+            self._seq = self._record()
+            self.device.n_sequences += 1
+        self.device.submissions += 1
+        self._seq.eval()
+
+    def destroy(self):
+        if self._seq is not None:
+            self._seq.destroy()
+            self._seq = None
+
+    def uses(self, prefix):
+        names = [b.name for b in self.uploads + self.downloads]
+        for step in self.steps:
+            if step != "barrier":
+                names += list(step[0].key[1])
+        return any(n.startswith(prefix) for n in names)
 
 
 class BufferPool:
@@ -84,13 +169,18 @@ class Device:
     def __init__(self, index=None):
         self.info = probe.choose(index)  # raises a clear error when there is no device
         import kp
+        if not hasattr(kp, "OpBarrier"):
+            raise RuntimeError("this Kompute build lacks nexvk's barrier patch "
+                               "(tools/patches); rerun tools/setup.sh to rebuild it")
         self._kp = kp
         self.mgr = kp.Manager(self.info["index"])
         limits = self.info["limits"]
         self.max_buffer_bytes = min(limits["max_storage_buffer_range"], 1 << 31)
         self.pool = BufferPool(self.mgr, self.max_buffer_bytes)
         self._pipelines = {}
-        self._sequences = {}
+        self._graphs = {}  # run() recipes -> Graph
+        self.submissions = 0           # queue submissions so far (one per Graph.run)
+        self.n_sequences = 0     # command sequences recorded so far
         self.lock = threading.Lock()
 
     @property
@@ -107,53 +197,42 @@ class Device:
         if pipe is None:
             algo = self.mgr.algorithm([b.tensor for b in buffers], spirv.load(shader),
                                       [int(groups), 1, 1], spirv.words(spec), np.zeros(32, np.uint32))
-            pipe = self._pipelines[key] = Pipeline(key, algo)
+            pipe = self._pipelines[key] = Pipeline(key, algo, buffers, spirv.access(shader))
         return pipe
+
+    def graph(self):
+        """A new, empty Graph on this device."""
+        return Graph(self)
 
     @property
     def n_pipelines(self):
         return len(self._pipelines)
 
     @property
-    def n_sequences(self):
-        return len(self._sequences)
-
-    @property
     def max_groups(self):
         return self.info["limits"]["max_compute_work_group_count"][0]
 
     def run(self, uploads=(), dispatches=(), downloads=()):
-        """Upload host views, dispatch (pipeline, push constants) pairs, download host views.
-
-        The command sequence is recorded once per distinct recipe and replayed afterwards,
-        so per-call values must travel in an uploaded buffer, not in push constants.
-        Dispatches in one call must not depend on each other (no barrier between them).
-        """
+        """Upload host views, dispatch (pipeline, push constants) pairs, download host views:
+        one submission. The graph is recorded once per distinct recipe and replayed after,
+        so per-call values must travel in an uploaded buffer, not in push constants."""
         key = (tuple(b.name for b in uploads), tuple((p.key, tuple(push)) for p, push in dispatches),
                tuple(b.name for b in downloads))
-        seq = self._sequences.get(key)
-        if seq is None:
-            kp = self._kp
-            seq = self.mgr.sequence()
-            if uploads:
-                seq.record(kp.OpTensorSyncDevice([b.tensor for b in uploads]))
+        g = self._graphs.get(key)
+        if g is None:
+            g = Graph(self).upload(*uploads)
             for pipe, push in dispatches:
-                words = np.zeros(32, np.uint32)
-                words[: len(push)] = spirv.words(push)
-                seq.record(kp.OpAlgoDispatch(pipe.algo, words))
-            if downloads:
-                seq.record(kp.OpTensorSyncLocal([b.tensor for b in downloads]))
-            self._sequences[key] = seq
-        seq.eval()
+                g.dispatch(pipe, push)
+            g.download(*downloads)
+            self._graphs[key] = g
+        g.run()
 
     def release(self, prefix):
-        """Free the buffers named prefix*, with the pipelines and sequences that use them."""
-        def uses(names):
-            return any(n.startswith(prefix) for n in names)
-        for key in [k for k in self._sequences if uses(k[0] + k[2]) or
-                    any(uses(pk[1]) for pk, _ in k[1])]:
-            self._sequences.pop(key).destroy()
-        for key in [k for k in self._pipelines if uses(k[1])]:
+        """Free the buffers named prefix*, with the pipelines and cached graphs that use them.
+        Graphs built by callers with graph() must be destroyed by them first."""
+        for key in [k for k, g in self._graphs.items() if g.uses(prefix)]:
+            self._graphs.pop(key).destroy()
+        for key in [k for k in self._pipelines if any(n.startswith(prefix) for n in k[1])]:
             self._pipelines.pop(key).algo.destroy()
         self.pool.release(prefix)
 

@@ -39,6 +39,40 @@ def words(values):
     return out
 
 
+# SPIR-V opcodes and decorations read by access()
+_OP_DECORATE, _OP_MEMBER_DECORATE, _OP_VARIABLE, _OP_TYPE_POINTER = 71, 72, 59, 32
+_DEC_BINDING, _DEC_NON_WRITABLE, _DEC_NON_READABLE = 33, 24, 25
+
+
+@functools.lru_cache(maxsize=None)
+def access(name):
+    """{binding: (reads, writes)} of shader variant `name`, from its SPIR-V: a binding whose
+    block is `readonly` (NonWritable) is only read, `writeonly` (NonReadable) only written.
+    The device layer inserts barriers from this, so it cannot drift from the shaders."""
+    code = np.frombuffer(load(name), np.uint32)
+    binding, pointee, var_type, members = {}, {}, {}, {}
+    i = 5  # after the header
+    while i < len(code):
+        n, op = int(code[i] >> 16), int(code[i] & 0xFFFF)
+        w = code[i + 1:i + n]
+        if op == _OP_DECORATE and w[1] == _DEC_BINDING:
+            binding[int(w[0])] = int(w[2])
+        elif op == _OP_DECORATE and w[1] in (_DEC_NON_WRITABLE, _DEC_NON_READABLE):
+            members.setdefault(int(w[0]), set()).add(int(w[1]))
+        elif op == _OP_MEMBER_DECORATE and w[2] in (_DEC_NON_WRITABLE, _DEC_NON_READABLE):
+            members.setdefault(int(w[0]), set()).add(int(w[2]))
+        elif op == _OP_TYPE_POINTER:
+            pointee[int(w[0])] = int(w[2])
+        elif op == _OP_VARIABLE:
+            var_type[int(w[1])] = int(w[0])
+        i += max(n, 1)
+    out = {}
+    for var, b in binding.items():
+        decs = members.get(var, set()) | members.get(pointee.get(var_type.get(var)), set())
+        out[b] = (_DEC_NON_READABLE not in decs, _DEC_NON_WRITABLE not in decs)
+    return out
+
+
 def shipped():
     """Names of the shipped SPIR-V modules."""
     return sorted(p.stem for p in SPV_DIR.glob("*.spv"))

@@ -52,20 +52,22 @@ def split_size(head_dim, group):
 
 class Plan:
     """Sizes of one attention configuration: `rows` queries per dispatch, `group` query
-    heads per KV head, over a cache of `capacity` tokens."""
+    heads per KV head, each query seeing at most `keys` keys (the layer's capacity, or its
+    window)."""
 
-    def __init__(self, head_dim, n_kv_heads, group, capacity, rows):
+    def __init__(self, head_dim, n_kv_heads, group, keys, rows):
         self.ks = split_size(head_dim, group)
-        self.ns = -(-capacity // self.ks)
+        self.ns = -(-keys // self.ks)
         self.groups = rows * n_kv_heads * self.ns           # scores and values passes
         self.reduce_groups = rows * n_kv_heads
         self.acc_base = self.groups * 2 * group              # m, l per split, then acc
         self.part_floats = self.acc_base + self.groups * group * head_dim
 
-    def push(self, hkv, k_region, v_region, ktab, vtab, scr_stride):
-        """The push block shared by the three passes, in declaration order."""
-        return [hkv, *k_region, *v_region, ktab, vtab, scr_stride, self.ks, self.ns,
-                self.acc_base]
+    def push(self, hkv, k_region, v_region, ktab, vtab, cap, q0=0, window=0):
+        """The push block shared by the three passes, in declaration order: the layer's
+        regions, tables and slots; this dispatch's first query row; the window (0: none)."""
+        return [hkv, *k_region, *v_region, ktab, vtab, cap, self.ks, self.ns, self.acc_base,
+                q0, window]
 
 
 def set_dyn(words, n_q, pos0, scale, thr):

@@ -47,7 +47,8 @@ class VulkanCodec(Codec):
             m = min(self.chunk, n - s)
             self._x.host[: m * d] = flat[s:s + m].reshape(-1)
             self._dyn.host[:] = (m, 0)
-            self.device.run([self._x, self._dyn], [(self._enc, [0, self._sbase, 0])], [self._kv])
+            self.device.run([self._x, self._dyn], [(self._enc, layout.quantize_push(0, self._sbase, 0))],
+                            [self._kv])
             c, sc = self._chunk_views(m)
             codes[s:s + m], scales[s:s + m] = c, sc
         return codes, scales

@@ -29,3 +29,12 @@ def table(fmt):
 def region_words(fmt, n_vectors):
     """uint32 words holding n vectors: codes, then the fp16 scales two per word."""
     return n_vectors * fmt.words + (n_vectors * fmt.n_scales + 1) // 2
+
+
+NO_WRAP = 0xFFFFFFFF  # quantize.comp's `cap` when vectors never wrap around a ring
+
+
+def quantize_push(base, sbase, tabo, vpt=1, cap=NO_WRAP):
+    """quantize.comp's push block: code and scale regions, table offset, vectors per token,
+    and slots per region (vector v of token t goes to slot (pos0 + t) % cap)."""
+    return [base, sbase, tabo, vpt, cap]

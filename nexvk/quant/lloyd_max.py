@@ -12,9 +12,10 @@ import numpy as np
 _GRID = 1 << 20
 
 
-@functools.lru_cache(maxsize=None)
 def _law(head_dim):
-    """Grid in z = t*sqrt(d) units with cumulative mass and first moment (float64)."""
+    """Grid in z = t*sqrt(d) units with cumulative mass and first moment (float64).
+    NOTE: not cached: its 4 arrays of 2^20 float64 (32 MiB) would stay resident for the
+    life of the process; the codebooks built from it are cached instead."""
     d = head_dim
     zmax = np.sqrt(d)
     z = np.linspace(-zmax, zmax, _GRID + 1)

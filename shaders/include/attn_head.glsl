@@ -2,6 +2,9 @@
 // Keys of each query are split into chunks of KS keys ("splits") so that long contexts
 // spread over many workgroups (and every invocation runs a bounded loop: llvmpipe stops
 // any shader loop after 65535 iterations). Workgroup id = (query * hkv + kv head) * ns + split.
+// A dispatch covers queries q0 .. q0+n-1 of the call (the scratch holds n of them). Query row
+// q (global) at position p = pos0 + q sees keys lo..p, lo = p + 1 - window (0: no window);
+// key j lives in slot j % cap of the layer's region (a ring buffer when window < positions).
 #ifndef ATTN_HEAD_GLSL
 #define ATTN_HEAD_GLSL
 
@@ -18,12 +21,12 @@ const uint DPT = (D + WG - 1u) / WG;          // output dims per thread
 layout(binding = 0) readonly buffer KV { uint kv_words[]; };   // this layer's K and V regions
 layout(binding = 1) readonly buffer Q { float q[]; };          // (n_q, hkv*G, D)
 layout(binding = 2) writeonly buffer O { float o[]; };         // (n_q, hkv*G, D)
-layout(binding = 3) buffer Scr { float scr[]; };               // scores (n_q, hkv*G, scr_stride)
+layout(binding = 3) buffer Scr { float scr[]; };               // scores (n_q, hkv*G, cap)
 layout(binding = 4) buffer Part { float part[]; };             // per split: m[G], l[G] | acc[G][D]
 layout(binding = 5) readonly buffer Tab { float tab[]; };      // K table at ktab, V at vtab
 layout(binding = 6) buffer Stats { uint stats[]; };            // [skipped pairs, total pairs]
-// per-call words, so recorded sequences replay unchanged: [queries, position of query 0
-// (query t sees keys 0..pos0+t), scale (float bits), sparse-V threshold (float bits, 0: off)]
+// per-call words, so recorded sequences replay unchanged: [queries, position of query 0,
+// scale (float bits), sparse-V threshold (float bits, 0: off)]
 layout(binding = 7) readonly buffer Dyn { uint dyn[]; };
 
 layout(push_constant) uniform Push {
@@ -34,10 +37,12 @@ layout(push_constant) uniform Push {
     uint v_sbase;
     uint ktab;
     uint vtab;
-    uint scr_stride;  // the cache capacity
+    uint cap;         // slots of the layer (also the scores' row stride)
     uint ks;          // keys per split
     uint ns;          // splits per (query, KV head) in the dispatch
     uint acc_base;    // offset of the acc region in part[]
+    uint q0;          // first query row of this dispatch
+    uint window;      // keys a query sees (0: all before it)
 } pc;
 
 shared float sh_x[G * D];
@@ -45,13 +50,19 @@ shared float sh_x[G * D];
 #include "kv_format.glsl"
 #include "wht.glsl"
 
-// query index, KV head and split of this workgroup, and the number of keys it sees
-void attn_ids(out uint qi, out uint g, out uint s, out uint L) {
+// the keys query row q (global) sees: lo .. L-1
+void key_range(uint q, out uint lo, out uint L) {
+    L = dyn[1] + q + 1u;
+    lo = (pc.window > 0u && L > pc.window) ? L - pc.window : 0u;
+}
+
+// query index in the dispatch, KV head and split of this workgroup, and the keys it sees
+void attn_ids(out uint qi, out uint g, out uint s, out uint lo, out uint L) {
     uint id = gl_WorkGroupID.x;
     s = id % pc.ns;
     g = (id / pc.ns) % pc.hkv;
     qi = id / (pc.ns * pc.hkv);
-    L = dyn[1] + qi + 1u;
+    key_range(pc.q0 + qi, lo, L);
 }
 
 uint ml_index(uint qi, uint g, uint s) { return ((qi * pc.hkv + g) * pc.ns + s) * 2u * G; }

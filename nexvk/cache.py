@@ -42,9 +42,12 @@ class KVCache:
       append in a sequence (the whole prompt when a model prefills it; one token when a
       sequence is decoded token by token); sink rows that came earlier are re-encoded then.
     key_scale: (n_layers, n_kv_heads, head_dim) positive channel scales (keys are stored
-      times the scale, queries divided by it; default: none).
-    The Vulkan backend runs the plain algorithm only, for now; with "auto" a hardened cache
-    runs on numpy (with a message).
+      times the scale, queries divided by it), or False for none. Default: fitted with the
+      mean, from the keys and the queries append() is given (q=...), when that append holds
+      at least SCALE_MIN_ROWS non-sink rows; otherwise 1.
+    The key transform is applied here, on the host, for both backends; the Vulkan store
+    does not keep sinks yet: there sinks must be 0 (with "auto" a cache with sinks runs on
+    numpy, with a message).
     """
 
     def __init__(self, n_layers, n_kv_heads, head_dim, capacity, k_type="turbo3",
@@ -56,7 +59,8 @@ class KVCache:
             if not isinstance(val, (int, np.integer)) or val < 1:
                 raise ValueError(f"{name} must be a positive integer, got {val!r}")
         self.spec = spec = CacheSpec.build(int(n_layers), k_type, v_type, layer_types, sinks,
-                                           plain)
+                                           plain, None if key_scale is None else
+                                           key_scale is not False)
         self.kfmts = [make(f, head_dim, seed) for f in spec.k_types]
         self.vfmts = [make(f, head_dim, seed) for f in spec.v_types]
         self.n_layers, self.n_kv_heads, self.head_dim = int(n_layers), int(n_kv_heads), int(head_dim)
@@ -67,7 +71,8 @@ class KVCache:
         self.sinks = min(spec.sinks, self.capacity)
         self.transform = KeyTransform(self.n_layers, self.n_kv_heads, self.head_dim,
                                       [spec.transformed(i) for i in range(self.n_layers)],
-                                      key_mean, key_scale)
+                                      key_mean, None if key_scale is False else key_scale,
+                                      spec.scaled)
         # raw keys of sink rows stored before their layer's mean was fitted (re-encoded then)
         self._raw_sinks = np.zeros((self.n_layers, self.sinks, self.n_kv_heads, self.head_dim),
                                    np.float32)
@@ -107,10 +112,9 @@ class KVCache:
     def nbytes(self):
         """Bytes of K and V for the full capacity: codes, scales, float16 sinks and the key
         transform's tables."""
-        t = self.transform
-        return self.n_kv_heads * sum(
-            self.spec.layer_bytes(i, self.head_dim, self.head_dim, self.capacity,
-                                  t.vectors_per_head(i)) for i in range(self.n_layers))
+        return self.n_kv_heads * sum(self.spec.layer_bytes(i, self.head_dim, self.head_dim,
+                                                           self.capacity)
+                                     for i in range(self.n_layers))
 
     @property
     def bits_per_value(self):
@@ -126,8 +130,10 @@ class KVCache:
         self._len = [0] * self.n_layers
         self.transform.reset()
 
-    def append(self, layer, k, v):
-        """Encode k, v (T, n_kv_heads, head_dim) after the tokens already in `layer`."""
+    def append(self, layer, k, v, q=None):
+        """Encode k, v (T, n_kv_heads, head_dim) after the tokens already in `layer`.
+        q (T, n_heads, head_dim), the queries of the same positions, is optional: the first
+        append of a sequence fits the key scale from it (see the class docstring)."""
         self._check_layer(layer)
         shape = (self.n_kv_heads, self.head_dim)
         for name, x in (("k", k), ("v", v)):
@@ -142,22 +148,29 @@ class KVCache:
                              f"cannot append {T} more")
         kf = check_vectors(k, self.head_dim, "k").reshape(k.shape)
         vf = check_vectors(v, self.head_dim, "v").reshape(v.shape)
+        if q is not None:
+            if not (isinstance(q, np.ndarray) and q.ndim == 3 and len(q) == T
+                    and q.shape[1] % self.n_kv_heads == 0 and q.shape[2] == self.head_dim):
+                got = q.shape if isinstance(q, np.ndarray) else type(q).__name__
+                raise ValueError(f"q must have shape ({T}, n_heads, {self.head_dim}) with "
+                                 f"n_heads a multiple of {self.n_kv_heads}, got {got}")
+            q = check_vectors(q, self.head_dim, "q").reshape(q.shape)
         s = max(0, min(self.sinks - n, T))  # how many of these rows are sinks
         t = self.transform
         fit = t.active[layer] and not t.ready[layer] and s < T
         rows = [(n, kf, vf)]
         if fit and n:  # the sinks stored before the mean was known are re-encoded with it
             rows.insert(0, (0, self._raw_sinks[layer, :n], None))
-        saved = t.mean[layer].copy()
-        try:  # fit the mean on this append's non-sink keys; check every row before storing
+        saved = t.mean[layer].copy(), t.scale[layer].copy()
+        try:  # fit on this append's non-sink keys (and queries); check every row first
             if fit:
-                t.fit(layer, kf[s:])
+                t.fit(layer, kf[s:], None if q is None else q[s:])
             rows = [(pos, t.keys(layer, kr), vr) for pos, kr, vr in rows]
             for pos, kt, vr in rows:
                 self._check_storable(layer, pos, kt, vr)
         except ValueError:
             if fit:
-                t.mean[layer], t.ready[layer] = saved, False
+                (t.mean[layer], t.scale[layer]), t.ready[layer] = saved, False
             raise
         d = self.head_dim
         for pos, kt, vr in rows:

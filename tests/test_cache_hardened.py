@@ -93,12 +93,12 @@ def test_sinks_and_layer_types_are_what_nbytes_counts():
     c = KVCache(3, HKV, D, 100, "turbo3", "turbo3", sinks=4, layer_types="1:q8_0/turbo2,2:f16/f16")
     assert c.k_type == "turbo3" and [f.name for f in c.kfmts] == ["turbo3", "q8_0", "f16"]
     assert [f.name for f in c.vfmts] == ["turbo3", "turbo2", "f16"]
-    per_head = [96 * (26 + 26) + 4 * 256 + 128,         # turbo3/turbo3 + sinks + mean
+    per_head = [96 * (26 + 26) + 4 * 256 + 2 * 128,     # turbo3/turbo3 + sinks + mean, scale
                 96 * (68 + 18) + 4 * 256,               # q8_0/turbo2: no mean (not turbo keys)
                 96 * (128 + 128) + 4 * 256]             # f16/f16
     assert c.nbytes == HKV * sum(per_head)
     assert c.bits_per_value == 8 * c.nbytes / (3 * 100 * HKV * 2 * D)
-    stored = sum(a.nbytes for a in c._impl.arrays) + HKV * D * 2   # + layer 0's f16 mean
+    stored = sum(a.nbytes for a in c._impl.arrays) + 2 * HKV * D * 2   # + layer 0's tables
     assert stored == c.nbytes
     assert c._impl.k[1][0].shape == (96, HKV, 16)     # q8_0 codes only after the sinks
 
@@ -118,16 +118,20 @@ def test_a_failed_append_leaves_the_transform_unfitted(rng):
 
 
 def test_reset_forgets_fitted_means_but_keeps_given_ones(rng):
-    k, v = data(rng, 8)
-    c = KVCache(2, HKV, D, 8, "turbo3", "turbo3")
+    k, v = data(rng, 16)
+    c = KVCache(2, HKV, D, 16, "turbo3", "turbo3")
     c.append(0, k, v)
     c.reset()
     assert not c.transform.ready[0] and c.length(0) == 0
     mean = np.ones((2, HKV, D), np.float32)
-    c = KVCache(2, HKV, D, 8, "turbo3", "turbo3", key_mean=mean)
-    c.append(0, k, v)
+    c = KVCache(2, HKV, D, 16, "turbo3", "turbo3", key_mean=mean)   # the scale is still fitted
+    c.append(0, k, v, q=np.repeat(k, 3, axis=1))
+    assert (c.transform.mean == 1).all() and (c.transform.scale[0] != 1).any()
     c.reset()
-    assert c.transform.ready.all() and (c.transform.mean == 1).all()
+    assert not c.transform.ready.any() and (c.transform.mean == 1).all()
+    assert (c.transform.scale == 1).all()
+    c = KVCache(2, HKV, D, 16, "turbo3", "turbo3", key_mean=mean, key_scale=False)
+    assert c.transform.ready.all() and not c.spec.scaled
 
 
 def test_vulkan_refuses_sinks_and_auto_runs_them_on_numpy(monkeypatch, capsys):

@@ -28,6 +28,8 @@ import json
 import time
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import numpy as np
 
 import nexvk
@@ -106,7 +108,11 @@ class ProbeCache:
     """KVCache's interface (append, attention, length, reset) with fake quantization."""
 
     def __init__(self, spec, n_layers, hkv, d, capacity, seed=0, calib=None):
-        self.spec, self.L, self.hkv, self.d, self.cap = spec, n_layers, hkv, d, capacity
+        self.probe, self.L, self.hkv, self.d, self.cap = spec, n_layers, hkv, d, capacity
+        # what perplexity() reads of a KVCache: its spec and bits
+        self.spec = SimpleNamespace(k_types=("probe",), v_types=("probe",),
+                                    describe=lambda: str(spec))
+        self.bits_per_value = bits(spec, n_layers, d, capacity)
         per = parse_layers(spec["layers"], n_layers)
         self.fmts = [tuple(make(f, d, seed) for f in per.get(i, (spec["k"], spec["v"])))
                      for i in range(n_layers)]
@@ -128,7 +134,7 @@ class ProbeCache:
         return self._len[layer]
 
     def _transform(self, layer, k, pos):
-        spec = self.spec
+        spec = self.probe
         c = spec["centre"]
         if self.mean[layer] is None:
             m = np.zeros((self.hkv, self.d), np.float32)
@@ -154,7 +160,7 @@ class ProbeCache:
     def append(self, layer, k, v):
         n, T = self._len[layer], len(k)
         self._len[layer] = n + T
-        if self.spec["scale"] == "first" and self.scale[layer] is None and n + T > self.sinks:
+        if self.probe["scale"] == "first" and self.scale[layer] is None and n + T > self.sinks:
             self.pending[layer] = (n, k.copy(), v.copy())  # encoded when the queries come
             return
         self._store(layer, n, k, v)
@@ -178,7 +184,7 @@ class ProbeCache:
         if ready:
             m, s = self.mean[layer], self.scale[layer]
             kt = (k - m) * s
-            kq = self._fq(kfmt, kt, self.spec["knorm"])
+            kq = self._fq(kfmt, kt, self.probe["knorm"])
             sink = pos < self.sinks
             kq[sink] = self._sink(kt[sink])
             self.K[layer, n:n + T] = kq / s + m
@@ -190,7 +196,7 @@ class ProbeCache:
             for i in range(T):
                 self.raw_sink_k[layer].append((n + i, k[i].copy()))
             self.K[layer, n:n + T] = self._sink(k)
-        vq = self._fq(vfmt, v, self.spec["vnorm"])
+        vq = self._fq(vfmt, v, self.probe["vnorm"])
         sink = pos < self.sinks
         vq[sink] = self._sink(v[sink])
         self.V[layer, n:n + T] = vq
@@ -198,7 +204,7 @@ class ProbeCache:
     def _sink(self, x):
         if not len(x):
             return x
-        return self._fq(make(self.spec["sinkfmt"], self.d), x, "1")
+        return self._fq(make(self.probe["sinkfmt"], self.d), x, "1")
 
     @staticmethod
     def _fq(fmt, x, norm_mode):

@@ -242,7 +242,7 @@ class Model:
             v[:] = qkv[:, (nh + nkv) * hd:].reshape(T, nkv, hd)
             rope(q, cos, sin, cfg.rope_dims)
             rope(k, cos, sin, cfg.rope_dims)
-            self.cache.append(layer, k, v)
+            self.cache.append(layer, k, v, q=q)  # q: the cache fits its key scale on it
             o = self.cache.attention(layer, q, sparse_v=self.sparse_v)  # (T, nh, hd)
             att[:] = o.reshape(T, nh * hd)
             linear(att, w.wo[layer], xb)

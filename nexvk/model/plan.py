@@ -43,15 +43,18 @@ def _tokens(cfg, ctx):
 
 def kv_bytes(cfg, ctx, k_type, v_type, cache_opts=None):
     """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less);
-    cache_opts: KVCache's plain, sinks, layer_types (and key_scale, which adds a table)."""
-    from nexvk.quant.cachespec import CacheSpec
-    opts = cache_opts or {}
-    spec = CacheSpec.build(cfg.n_layers, k_type, v_type, opts.get("layer_types"),
-                           opts.get("sinks"), opts.get("plain", False))
-    scaled = opts.get("key_scale") is not None
-    return float(sum(h * spec.layer_bytes(i, cfg.head_dim, cfg.head_dim_v, int(t),
-                                          spec.transformed(i) * (1 + scaled))
+    cache_opts: KVCache's plain, sinks, layer_types, key_scale."""
+    spec = _spec(cfg, k_type, v_type, cache_opts or {})
+    return float(sum(h * spec.layer_bytes(i, cfg.head_dim, cfg.head_dim_v, int(t))
                      for i, (h, t) in enumerate(zip(cfg.n_kv_heads, _tokens(cfg, ctx)))))
+
+
+def _spec(cfg, k_type, v_type, opts):
+    from nexvk.quant.cachespec import CacheSpec
+    scale = opts.get("key_scale")
+    return CacheSpec.build(cfg.n_layers, k_type, v_type, opts.get("layer_types"),
+                           opts.get("sinks"), opts.get("plain", False),
+                           None if scale is None else scale is not False)
 
 
 @dataclass
@@ -105,14 +108,12 @@ class Plan:
 def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0, cache_opts=None):
     """A Plan for the GGUF at `path` (metadata and tensor table only; nothing dequantized);
     cache_opts as for kv_bytes (the f16 and q8_0 rows are always the plain formats)."""
-    from nexvk.quant.cachespec import CacheSpec
     if ctx <= 0:
         raise ValueError(f"context must be positive, got {ctx}")
     g = open_gguf(path)
     cfg = Config.from_gguf(g)
     opts = cache_opts or {}
-    label = CacheSpec.build(cfg.n_layers, k_type, v_type, opts.get("layer_types"),
-                            opts.get("sinks"), opts.get("plain", False)).label
+    label = _spec(cfg, k_type, v_type, opts).label
     kv = {label: kv_bytes(cfg, ctx, k_type, v_type, opts)}
     for k, v in (("f16", "f16"), ("q8_0", "q8_0")):
         kv.setdefault(f"{k}/{v}", kv_bytes(cfg, ctx, k, v))

@@ -6,7 +6,8 @@
   layer's compute domain (rotated, after the key transform) instead of codes. They draw a
   large share of the attention weight and their error costs the most.
 - Key transform (nexvk.quant.transform): on every layer whose keys are a turbo format,
-  keys are centred per KV head before the rotation.
+  keys are centred per KV head before the rotation and (scaled=True) their channels
+  weighted by how much the queries read them.
 
 "Hardened" (the default) turns sinks and the key transform on for caches that hold a turbo
 format; `plain=True` gives the plain TurboQuant algorithm (codes identical to the codec's).
@@ -76,10 +77,11 @@ class CacheSpec:
     v_types: tuple
     sinks: int             # first positions of every layer kept as float16
     plain: bool
+    scaled: bool           # transformed layers also hold a channel scale table
 
     @classmethod
     def build(cls, n_layers, k_type="turbo3", v_type="turbo3", layer_types=None, sinks=None,
-              plain=False):
+              plain=False, scaled=None):
         for f in (k_type, v_type):
             if f not in REGISTRY:
                 raise ValueError(f"unknown KV format {f!r}; supported: {', '.join(REGISTRY)}")
@@ -94,7 +96,10 @@ class CacheSpec:
         if plain and sinks:
             raise ValueError("plain=True is the plain algorithm: it keeps no sink tokens "
                              f"(got sinks={sinks})")
-        return cls(k_type, v_type, k_types, v_types, int(sinks), bool(plain))
+        if plain and scaled:
+            raise ValueError("plain=True is the plain algorithm: it has no key scale")
+        scaled = not plain if scaled is None else bool(scaled)
+        return cls(k_type, v_type, k_types, v_types, int(sinks), bool(plain), scaled)
 
     @property
     def n_layers(self):
@@ -104,17 +109,18 @@ class CacheSpec:
         """Whether the layer's keys go through the key transform (hardened turbo keys)."""
         return not self.plain and is_turbo(self.k_types[layer])
 
-    def layer_bytes(self, layer, head_dim, head_dim_v, tokens, transform_vectors=None):
+    def transform_vectors(self, layer):
+        """float16 vectors of head_dim the key transform stores per KV head of the layer."""
+        return int(self.transformed(layer)) * (1 + int(self.scaled))
+
+    def layer_bytes(self, layer, head_dim, head_dim_v, tokens):
         """Bytes one KV head of `layer` holds for `tokens` positions: codes and scales of the
         positions after the sinks, float16 sink vectors, and the key transform's float16
-        tables (transform_vectors per head: 1 for the mean, 2 with a scale; default 1 on
-        transformed layers)."""
+        mean (and scale)."""
         kf, vf = make(self.k_types[layer], head_dim), make(self.v_types[layer], head_dim_v)
         s = min(self.sinks, tokens)
-        if transform_vectors is None:
-            transform_vectors = int(self.transformed(layer))
         return ((tokens - s) * (kf.bytes_per_vector() + vf.bytes_per_vector())
-                + 2 * s * (head_dim + head_dim_v) + 2 * head_dim * transform_vectors)
+                + 2 * s * (head_dim + head_dim_v) + 2 * head_dim * self.transform_vectors(layer))
 
     @property
     def label(self):
@@ -129,7 +135,8 @@ class CacheSpec:
         if not self.plain:
             n_t = sum(self.transformed(i) for i in range(self.n_layers))
             if n_t:
-                parts.append(f"keys centred on {n_t}/{self.n_layers} layers")
+                what = "centred and scaled" if self.scaled else "centred"
+                parts.append(f"keys {what} on {n_t}/{self.n_layers} layers")
             if self.sinks:
                 parts.append(f"first {self.sinks} position{'s' * (self.sinks > 1)} in f16")
         return ", ".join(parts)

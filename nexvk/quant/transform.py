@@ -14,20 +14,24 @@ attention's query rotation (q / s), with no extra pass over the cache.
 import numpy as np
 
 
+SCALE_MIN_ROWS = 8      # fewer keys than this in the fitting append: no channel scale
+
+
 class KeyTransform:
-    """mean (L, HKV, d) and scale (L, HKV, d) float16 tables, plus which layers hold them.
+    """mean (L, HKV, d) and scale (L, HKV, d) float16 tables, plus which layers use them.
 
     `active[layer]`: the layer's keys go through the transform (False: stored as they are).
-    `ready[layer]`: its mean is fixed for the current sequence (from `fit`, or preset).
-    Fixed tables (from a calibration) survive `reset`; fitted means do not.
+    `ready[layer]`: its tables are fixed for the current sequence. A table given here (from
+    a calibration) is fixed for good; otherwise `fit` sets it from a sequence's first keys
+    (and queries, for the scale) and `reset` forgets it. scaled=False: no channel scale.
     """
 
-    def __init__(self, n_layers, n_kv_heads, head_dim, active, mean=None, scale=None):
+    def __init__(self, n_layers, n_kv_heads, head_dim, active, mean=None, scale=None,
+                 scaled=True):
         shape = (n_layers, n_kv_heads, head_dim)
         self.active = np.array(active, bool).reshape(n_layers)
         self.mean = np.zeros(shape, np.float16)
         self.scale = np.ones(shape, np.float16)
-        self.fixed_mean = mean is not None
         if mean is not None:
             self.mean[:] = _check_table(mean, shape, "mean")
         if scale is not None:
@@ -35,22 +39,43 @@ class KeyTransform:
             if (s <= 0).any():
                 raise ValueError("key scale must be positive in every channel")
             self.scale[:] = s
-        self.scaled = scale is not None
+        self.scaled = bool(scaled) or scale is not None
+        self.fit_mean = mean is None
+        self.fit_scale = self.scaled and scale is None
         self.ready = np.zeros(n_layers, bool)
         self.reset()
 
     def reset(self):
-        """A new sequence: fitted means are forgotten, preset tables stay."""
-        self.ready[:] = self.fixed_mean | ~self.active
-        if not self.fixed_mean:
+        """A new sequence: fitted tables are forgotten, given ones stay."""
+        self.ready[:] = ~self.active | (not self.fit_mean and not self.fit_scale)
+        if self.fit_mean:
             self.mean[:] = 0
+        if self.fit_scale:
+            self.scale[:] = 1
 
-    def fit(self, layer, k):
-        """Fix layer's mean from keys k (T, HKV, d), T >= 1: their mean, rounded to f16."""
-        m = np.mean(k, axis=0, dtype=np.float64)
+    def fit(self, layer, k, q=None):
+        """Fix the layer's tables from its first keys k (T, HKV, d), T >= 1: the mean of k;
+        with queries q (T, H, d) of the same positions and T >= SCALE_MIN_ROWS, the channel
+        scale s = (Q / K) ** (1/4), Q and K the mean squares of the (group's) queries and of
+        the centred keys per channel, at geometric mean 1 per head. That s minimizes the
+        score error sum_i Q_i err_i^2 / s_i^2 when the rotation spreads the stored error
+        evenly (err_i^2 ~ sum_j s_j^2 K_j / d). Both rounded to float16."""
+        m = np.mean(k, axis=0, dtype=np.float64) if self.fit_mean else self.mean[layer]
         if np.abs(m).max() > 65504:
             raise ValueError(f"keys have a mean up to {np.abs(m).max():.4g}, beyond float16")
-        self.mean[layer] = m.astype(np.float16)
+        s = self.scale[layer]
+        if self.fit_scale:
+            s = np.ones_like(m)
+            if q is not None and len(k) >= SCALE_MIN_ROWS:
+                T, H, d = q.shape
+                hkv = k.shape[1]
+                Q = np.mean(q.reshape(T, hkv, H // hkv, d) ** 2, axis=(0, 2), dtype=np.float64)
+                K = np.mean((k - m) ** 2, axis=0, dtype=np.float64)
+                K = np.maximum(K, 1e-6 * K.mean(axis=-1, keepdims=True) + 1e-30)
+                s = (np.maximum(Q, 1e-30) / K) ** 0.25
+                s = np.clip(s / np.exp(np.log(s).mean(axis=-1, keepdims=True)), 2.0 ** -12, 2.0 ** 12)
+        self.mean[layer] = np.asarray(m).astype(np.float16)
+        self.scale[layer] = np.asarray(s).astype(np.float16)
         self.ready[layer] = True
 
     def keys(self, layer, k):
@@ -68,10 +93,6 @@ class KeyTransform:
         hkv = self.scale.shape[1]
         s = self.scale[layer].astype(q.dtype)[None, :, None, :]       # (1, HKV, 1, d)
         return (q.reshape(T, hkv, H // hkv, d) / s).reshape(T, H, d)
-
-    def vectors_per_head(self, layer):
-        """f16 vectors of d stored per KV head of the layer: mean, and scale when used."""
-        return int(self.active[layer]) * (1 + int(self.scaled))
 
 
 def _check_table(x, shape, what):

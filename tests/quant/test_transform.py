@@ -41,11 +41,11 @@ def test_key_transform_fit_reset_and_inactive_layers():
     assert list(t.ready) == [False, True]
     t.fit(0, k)
     np.testing.assert_array_equal(t.mean[0], k.mean(0).astype(np.float16))
-    assert t.keys(1, k) is k and t.queries(0, k) is k     # inactive layer; no scale
-    assert t.vectors_per_head(0) == 1 and t.vectors_per_head(1) == 0
+    assert t.keys(1, k) is k                               # inactive layer
+    assert (t.scale[0] == 1).all()                         # no queries: no scale
     t.reset()
     assert not t.ready[0] and not t.mean.any()
-    fixed = KeyTransform(2, 2, 16, [True, True], mean=np.ones((2, 2, 16)))
+    fixed = KeyTransform(2, 2, 16, [True, True], mean=np.ones((2, 2, 16)), scaled=False)
     fixed.reset()
     assert fixed.ready.all() and (fixed.mean == 1).all()
     for bad, match in [(dict(mean=np.ones((2, 2, 8))), "shape"),
@@ -78,9 +78,33 @@ def test_spec_defaults_and_bytes():
         CacheSpec.build(3, "turbo3", "turbo3", sinks=2, plain=True)
     with pytest.raises(ValueError, match="sinks"):
         CacheSpec.build(3, "turbo3", "turbo3", sinks=-1)
-    # turbo3 K (26 B) + q8_0 V (68 B) per position, 1 f16 sink (128 + 128 B), f16 mean (128 B)
-    assert hard.layer_bytes(0, 64, 64, 100) == 99 * (26 + 68) + 256 + 128
+    # turbo3 K (26 B) + q8_0 V (68 B) per position, 1 f16 sink (128 + 128 B), f16 mean and
+    # scale (128 B each)
+    assert hard.layer_bytes(0, 64, 64, 100) == 99 * (26 + 68) + 256 + 256
+    unscaled = CacheSpec.build(3, "turbo3", "q8_0", scaled=False)
+    assert unscaled.layer_bytes(0, 64, 64, 100) == 99 * (26 + 68) + 256 + 128
     mixed = CacheSpec.build(2, "turbo3", "turbo3", "1:q8_0/f16", sinks=4)
     assert not mixed.transformed(1)
     assert mixed.layer_bytes(1, 64, 64, 10) == 6 * (68 + 128) + 4 * 256
-    assert mixed.layer_bytes(0, 64, 64, 3) == 3 * 256 + 128             # all sinks
+    assert mixed.layer_bytes(0, 64, 64, 3) == 3 * 256 + 256             # all sinks
+
+
+def test_scale_is_fitted_from_queries_and_keeps_attention_exact():
+    """A channel that queries ignore but keys fill gets a small scale (it is what the
+    rotation would otherwise spread over every coordinate); attention is unchanged."""
+    rng = np.random.default_rng(2)
+    T, hkv, H, d = 64, 1, 3, 16
+    k = rng.standard_normal((T, hkv, d))
+    k[..., 0] *= 30                                        # a loud key channel ...
+    q = rng.standard_normal((T, H, d))
+    q[..., 0] *= 0.01                                      # ... that queries barely read
+    t = KeyTransform(1, hkv, d, [True])
+    t.fit(0, k[:7], q[:7])                                 # too few rows: no scale
+    assert (t.scale == 1).all()
+    t.reset()
+    t.fit(0, k, q)
+    s = t.scale[0, 0].astype(np.float64)
+    assert s[0] < 0.1 * np.median(s) and abs(np.log(s).mean()) < 1e-2
+    v = rng.standard_normal((T, hkv, d))
+    np.testing.assert_allclose(softmax_attention(t.queries(0, q), t.keys(0, k), v),
+                               softmax_attention(q, k, v), rtol=0, atol=1e-9)

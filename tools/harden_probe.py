@@ -11,7 +11,7 @@ rows, so each lever can be switched on alone. Configurations are spec strings:
           | all (the whole first append) | calib (mean from the calibration text)
   scale   none | calib (s_i = (Q_i/K_i)^(1/4) from the calibration text, every layer)
           | calib:L,L,.. (only those layers) | first (from the first append's keys and the
-          queries of the same rows: its encoding waits for the attention call)
+          queries of the same rows, which the model passes to append)
   calib   wiki | code: the calibration text (far wikitext-2 windows, or nexvk's sources)
   sinkfmt f16 | q8_0: how the first `sinks` positions are stored
   knorm, vnorm  factor on the stored turbo norm (1 = norm-preserving, "mse" = gamma * c)
@@ -128,7 +128,6 @@ class ProbeCache:
         self.mean = [None] * self.L
         self.scale = [None] * self.L
         self.raw_sink_k = [[] for _ in range(self.L)]
-        self.pending = [None] * self.L
 
     def length(self, layer):
         return self._len[layer]
@@ -157,12 +156,11 @@ class ProbeCache:
             self.scale[layer] = s.astype(np.float32)
         return True
 
-    def append(self, layer, k, v):
+    def append(self, layer, k, v, q=None):
         n, T = self._len[layer], len(k)
         self._len[layer] = n + T
         if self.probe["scale"] == "first" and self.scale[layer] is None and n + T > self.sinks:
-            self.pending[layer] = (n, k.copy(), v.copy())  # encoded when the queries come
-            return
+            self._fit_scale(layer, n, k, q)
         self._store(layer, n, k, v)
 
     def _fit_scale(self, layer, n, k, q):
@@ -215,11 +213,6 @@ class ProbeCache:
     def attention(self, layer, q, scale=None, sparse_v=None):
         T, H, d = q.shape
         L = self._len[layer]
-        if self.pending[layer] is not None:
-            n, k, v = self.pending[layer]
-            self.pending[layer] = None
-            self._fit_scale(layer, n, k, q[-len(k):])
-            self._store(layer, n, k, v)
         G = H // self.hkv
         k, v = self.K[layer, :L], self.V[layer, :L]
         qg = q.reshape(T, self.hkv, G, d)
@@ -239,7 +232,7 @@ def calibrate(model, text, windows=CALIB_WINDOWS, ctx=512, n_first=None):
     ks, qs = [[] for _ in range(L)], [[] for _ in range(L)]
     m = model.with_cache("f16", "f16")
     orig_append, orig_attn = m.cache.append, m.cache.attention
-    m.cache.append = lambda layer, k, v: (ks[layer].append(k[1:].copy()), orig_append(layer, k, v))[1]
+    m.cache.append = lambda layer, k, v, **kw: (ks[layer].append(k[1:].copy()), orig_append(layer, k, v))[1]
     m.cache.attention = lambda layer, q, **kw: (qs[layer].append(q[1:].copy()), orig_attn(layer, q, **kw))[1]
     ids = np.asarray(model.tokenizer.encode(text, bos=False))
     for w in windows:
@@ -349,9 +342,9 @@ def decode_perplexity(model, text, ctx, chunks, first, base):
         win = ids[i * ctx:(i + 1) * ctx].copy()
         win[0] = model.tokenizer.bos_id
         m.reset()
-        logits = [m.forward(win[:first], 0)]
+        logits = [m.forward(win[:first], 0).copy()]  # forward returns a view of its state
         for t in range(first, ctx):
-            logits.append(m.forward(win[t:t + 1], t))
+            logits.append(m.forward(win[t:t + 1], t).copy())
         lp = _log_softmax(np.concatenate(logits)[half:ctx - 1])
         lr = _log_softmax(base[i])
         kl.append(np.sum(np.exp(lr) * (lr - lp), axis=1))

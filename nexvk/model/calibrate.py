@@ -1,12 +1,10 @@
 """`nexvk calibrate`: a short measured calibration that the hardened cache then uses by name.
 
-1. Key means: an f16 run over the calibration windows sums every layer's post-RoPE keys
-   (sink positions left out); their mean per KV head and channel replaces the statistics a
-   cache would otherwise take from each prompt's first tokens.
-2. KLD per layer (as KVTuner does): for each layer and each of K and V, the KLD against an f16
-   cache when only that tensor is stored in the base turbo format (hardened, with the means
-   above) and everything else stays f16.
-3. Formats for a target bit rate: every tensor starts at the cheapest candidate format; the
+1. KLD per layer (as KVTuner does): for each layer and each of K and V, the KLD against an f16
+   cache when only that tensor is stored in the base turbo format (hardened as it will run:
+   key mean and scale from each window's first append, f16 sinks) and everything else
+   stays f16.
+2. Formats for a target bit rate: every tensor starts at the cheapest candidate format; the
    upgrade with the largest predicted KLD drop per added byte is taken until the next one
    would pass the budget. A tensor's predicted KLD in format f is its measured KLD times
    nmse(f) / nmse(base) (the formats' relative error on Gaussian vectors).
@@ -44,45 +42,9 @@ def load_preset(model_path, name):
         p = json.loads(path.read_text())
         if p.get("version") != PRESET_VERSION:
             raise ValueError(f"version {p.get('version')!r}, expected {PRESET_VERSION}")
-        opts = {"layer_types": p["layer_types"], "sinks": int(p["sinks"])}
-        if p.get("key_mean") is not None:
-            opts["key_mean"] = np.asarray(p["key_mean"], np.float32)
-        return p["k_type"], p["v_type"], opts
+        return p["k_type"], p["v_type"], {"layer_types": p["layer_types"], "sinks": int(p["sinks"])}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"preset {path} is not a valid nexvk preset: {e}") from None
-
-
-class _KeyMeans:
-    """Wraps a model's cache: sums every layer's keys at positions >= skip as they arrive."""
-
-    def __init__(self, cache, skip):
-        self.cache, self.skip = cache, skip
-        self.sum = np.zeros((cache.n_layers, cache.n_kv_heads, cache.head_dim), np.float64)
-        self.count = np.zeros(cache.n_layers, np.int64)
-
-    def append(self, layer, k, v):
-        s = max(0, self.skip - self.cache.length(layer))
-        self.sum[layer] += k[s:].sum(axis=0, dtype=np.float64)
-        self.count[layer] += max(0, len(k) - s)
-        self.cache.append(layer, k, v)
-
-    def __getattr__(self, name):
-        return getattr(self.cache, name)
-
-    def mean(self):
-        if not self.count.all():
-            raise ValueError("the calibration windows hold no token after the sinks")
-        return (self.sum / self.count[:, None, None]).astype(np.float16).astype(np.float32)
-
-
-def key_means(model, windows, skip):
-    """(L, HKV, d) mean post-RoPE keys over the token windows (sink positions skipped)."""
-    m = model.with_cache("f16", "f16", cache_opts={})
-    rec = m.cache = _KeyMeans(m.cache, skip)
-    for w in windows:
-        m.reset()
-        m.forward(w, 0, last_only=True)
-    return rec.mean()
 
 
 def _enough_text(tok, text, n_tokens):
@@ -130,18 +92,16 @@ def allocate(kld, costs, errs, budget):
 
 def calibrate(model, text, bits, ctx=512, chunks=1, base=("turbo3", "turbo3"),
               candidates=CANDIDATES, sinks=None, progress=True):
-    """Measure (key means, KLD per layer) on `text` and choose formats for `bits` per value
-    at `ctx` tokens. Returns the preset as a dict (see save_preset)."""
-    from nexvk.model.eval import perplexity, windows_of
+    """Measure the KLD per layer on `text` and choose formats for `bits` per value at `ctx`
+    tokens. Returns the preset as a dict (see save_preset)."""
+    from nexvk.model.eval import perplexity
     cfg = model.cfg
     L = cfg.n_layers
     spec = CacheSpec.build(L, *base, sinks=sinks)
     text = _enough_text(model.tokenizer, text, ctx * chunks)  # tokenized once per run below
-    wins = windows_of(model.tokenizer, text, ctx, chunks)
-    means = key_means(model, wins, spec.sinks)
     f16_logits = {}
     kw = dict(ctx=ctx, chunks=chunks, progress=False, kld_base=f16_logits)
-    perplexity(model, text, **kw)
+    windows = perplexity(model, text, **kw)["n_chunks"]
     kld = np.zeros((2, L))
     steps = [(t, layer) for layer in range(L) for t in (0, 1)]
     if progress:
@@ -149,7 +109,7 @@ def calibrate(model, text, bits, ctx=512, chunks=1, base=("turbo3", "turbo3"),
         steps = tqdm(steps, desc="KLD per layer", unit="run", file=sys.stderr)
     for t, layer in steps:
         pair = (base[0], "f16") if t == 0 else ("f16", base[1])
-        opts = dict(layer_types={layer: pair}, key_mean=means, sinks=spec.sinks)
+        opts = dict(layer_types={layer: pair}, sinks=spec.sinks)
         r = perplexity(model, text, k_type="f16", v_type="f16", kld=True, cache_opts=opts, **kw)
         kld[t, layer] = r["kld_mean"]
 
@@ -174,8 +134,7 @@ def calibrate(model, text, bits, ctx=512, chunks=1, base=("turbo3", "turbo3"),
             "layer_types": layer_types, "sinks": spec.sinks,
             "bits_per_value": 8 * total / values, "target_bits": bits, "ctx": ctx,
             "predicted_kld": predicted, "kld_per_layer": {"k": kld[0].tolist(), "v": kld[1].tolist()},
-            "calibration": {"windows": len(wins), "ctx": ctx},
-            "key_mean": means.tolist()}
+            "calibration": {"windows": windows, "ctx": ctx}}
 
 
 def save_preset(model_path, name, preset):

@@ -20,7 +20,7 @@ def __getattr__(name):
         from nexvk.cache import KVCache
         return KVCache
     if name == "Model":
-        from nexvk.model.llama import Model
+        from nexvk.model.model import Model
         return Model
     if name == "perplexity":
         from nexvk.model.eval import perplexity

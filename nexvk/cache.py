@@ -3,16 +3,20 @@
 All memory for `capacity` tokens is reserved at construction; append() and attention()
 allocate nothing afterwards. The numpy backend is the reference; the vulkan backend keeps
 the cache on the device (only new rows go up, only attention outputs come back) and packs
-layers into arenas no larger than the device's storage-buffer limit.
+layers into arenas no larger than the device's storage-buffer limit. One lock serializes the
+public methods, so a cache shared by threads never loses or mixes up tokens (calls then run
+one at a time, not in parallel).
 """
 import itertools
 import sys
+import threading
 import weakref
 from types import SimpleNamespace
 
 import numpy as np
 
 from nexvk.kernels import attention as attn_kernel
+from nexvk.kernels import dyn as dyn_words
 from nexvk.kernels import layout
 from nexvk.quant import check_vectors
 from nexvk.quant.cachespec import CacheSpec
@@ -32,31 +36,35 @@ class KVCache:
     n_heads: query heads the attention calls will use (default: sized for up to 8x
     n_kv_heads); giving it lets the vulkan backend build every pipeline at construction.
     max_batch: most rows per device dispatch; longer appends and prefills are chunked.
+    window: a sliding window in tokens, for every layer or a list per layer (0/None: the whole
+    context). A query at position p then sees keys p-window+1..p (llama.cpp's standard SWA),
+    and the layer keeps ring_slots(capacity, window, max_batch) slots: at most max_batch rows
+    per append and attention call on it.
 
     Turbo formats are hardened unless plain=True (see nexvk.quant.cachespec):
-    sinks: the first positions of every layer kept as float16 (default 1 with a turbo
-      format, else 0);
+    sinks: the first positions of every layer without a window kept as float16 (default 1
+      with a turbo format, else 0; a sliding-window layer keeps none);
     layer_types: other K/V formats for some layers, "0-1:q8_0/q8_0" or {0: ("q8_0", "q8_0")};
     key_mean: (n_layers, n_kv_heads, head_dim) key means, e.g. from `nexvk calibrate`.
-      Without it each layer's keys are centred on the mean of the non-sink keys of its first
-      append in a sequence (the whole prompt when a model prefills it; one token when a
-      sequence is decoded token by token); sink rows that came earlier are re-encoded then.
+      Without it each layer's keys are centred on the mean of the non-sink keys of the append
+      that holds its first non-sink position (the whole prompt when a model prefills it; one
+      token when a sequence is decoded token by token); sink rows that came earlier are
+      re-encoded then.
     key_scale: (n_layers, n_kv_heads, head_dim) positive channel scales (keys are stored
       times the scale, queries divided by it), or False for none. Default: fitted with the
       mean, from the keys and the queries append() is given (q=...), when that append holds
       at least SCALE_MIN_ROWS non-sink rows; otherwise 1.
-    The key transform is applied here, on the host, for both backends; the Vulkan store
-    does not keep sinks yet: there sinks must be 0 (with "auto" a cache with sinks runs on
-    numpy, with a message).
     """
 
     def __init__(self, n_layers, n_kv_heads, head_dim, capacity, k_type="turbo3",
                  v_type="turbo3", backend="numpy", device=None, seed=0, n_heads=None,
-                 max_batch=256, *, plain=False, sinks=None, layer_types=None, key_mean=None,
-                 key_scale=None):
+                 max_batch=256, window=None, *, plain=False, sinks=None, layer_types=None,
+                 key_mean=None, key_scale=None):
         for name, val in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
-                          ("capacity", capacity), ("max_batch", max_batch)):
-            if not isinstance(val, (int, np.integer)) or val < 1:
+                          ("head_dim", head_dim), ("capacity", capacity),
+                          ("max_batch", max_batch), ("n_heads", n_heads)):
+            # NOTE: bool and float are refused: a float's bits once reached a shader constant
+            if (val is not None or name != "n_heads") and not (_is_int(val) and val >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {val!r}")
         self.spec = spec = CacheSpec.build(int(n_layers), k_type, v_type, layer_types, sinks,
                                            plain, None if key_scale is None else
@@ -68,7 +76,12 @@ class KVCache:
         if n_heads is not None and (n_heads < n_kv_heads or n_heads % n_kv_heads):
             raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}")
         self.max_heads = int(n_heads or 8 * n_kv_heads)
-        self.sinks = min(spec.sinks, self.capacity)
+        self.max_batch = int(max_batch)
+        self.windows = _windows(window, self.n_layers, self.capacity)
+        self.slots = [ring_slots(self.capacity, w, self.max_batch) for w in self.windows]
+        # sinks per layer: none on a ring (sliding-window) layer
+        self.layer_sinks = [0 if w else min(spec.sinks, self.capacity) for w in self.windows]
+        self.sinks = max(self.layer_sinks)
         self.transform = KeyTransform(self.n_layers, self.n_kv_heads, self.head_dim,
                                       [spec.transformed(i) for i in range(self.n_layers)],
                                       key_mean, None if key_scale is False else key_scale,
@@ -77,6 +90,7 @@ class KVCache:
         self._raw_sinks = np.zeros((self.n_layers, self.sinks, self.n_kv_heads, self.head_dim),
                                    np.float32)
         self._len = [0] * self.n_layers
+        self._lock = threading.Lock()
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
         self.backend = self._resolve_backend(backend, device)
         # the stores get the geometry, not the cache, so a dropped cache frees at once
@@ -86,8 +100,8 @@ class KVCache:
         geo = SimpleNamespace(n_layers=L, n_kv_heads=self.n_kv_heads,
                               head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmts[0],
                               vfmt=self.vfmts[0], max_heads=self.max_heads, kfmts=self.kfmts,
-                              vfmts=self.vfmts, caps=[self.capacity] * L, windows=[0] * L,
-                              sinks=self.sinks)
+                              vfmts=self.vfmts, windows=self.windows, slots=self.slots,
+                              sinks=self.layer_sinks)
         if self.backend == "numpy":
             self._impl = _NumpyStore(geo)
         else:
@@ -110,11 +124,11 @@ class KVCache:
 
     @property
     def nbytes(self):
-        """Bytes of K and V for the full capacity: codes, scales, float16 sinks and the key
+        """Bytes of K and V: codes and scales of every slot, float16 sinks and the key
         transform's tables."""
-        return self.n_kv_heads * sum(self.spec.layer_bytes(i, self.head_dim, self.head_dim,
-                                                           self.capacity)
-                                     for i in range(self.n_layers))
+        return self.n_kv_heads * sum(
+            self.spec.layer_bytes(i, self.head_dim, self.head_dim, n, self.layer_sinks[i])
+            for i, n in enumerate(self.slots))
 
     @property
     def bits_per_value(self):
@@ -124,11 +138,23 @@ class KVCache:
 
     def length(self, layer):
         self._check_layer(layer)
-        return self._len[layer]
+        with self._lock:
+            return self._len[layer]
 
     def reset(self):
-        self._len = [0] * self.n_layers
-        self.transform.reset()
+        with self._lock:
+            self._len = [0] * self.n_layers
+            self.transform.reset()
+
+    def truncate(self, n):
+        """Forget every token at position n or later in every layer (rolls back a step
+        that failed partway; the codes stay but are never read again).
+        NOTE: on a ring layer the failed step's <= max_batch new rows may have overwritten
+        slots of positions more than a window before n, which no later query reads."""
+        if not (_is_int(n) and n >= 0):
+            raise ValueError(f"truncate needs a position >= 0, got {n!r}")
+        with self._lock:
+            self._len = [min(length, int(n)) for length in self._len]
 
     def append(self, layer, k, v, q=None):
         """Encode k, v (T, n_kv_heads, head_dim) after the tokens already in `layer`.
@@ -142,10 +168,8 @@ class KVCache:
                 raise ValueError(f"{name} must have shape (T, {shape[0]}, {shape[1]}), got {got}")
         if k.shape[0] != v.shape[0]:
             raise ValueError(f"k and v have different token counts: {k.shape[0]} vs {v.shape[0]}")
-        n, T = self._len[layer], k.shape[0]
-        if n + T > self.capacity:
-            raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} tokens; "
-                             f"cannot append {T} more")
+        T = k.shape[0]
+        self._check_ring(layer, T, "append")
         kf = check_vectors(k, self.head_dim, "k").reshape(k.shape)
         vf = check_vectors(v, self.head_dim, "v").reshape(v.shape)
         if q is not None:
@@ -155,34 +179,42 @@ class KVCache:
                 raise ValueError(f"q must have shape ({T}, n_heads, {self.head_dim}) with "
                                  f"n_heads a multiple of {self.n_kv_heads}, got {got}")
             q = check_vectors(q, self.head_dim, "q").reshape(q.shape)
-        s = max(0, min(self.sinks - n, T))  # how many of these rows are sinks
-        t = self.transform
-        fit = t.active[layer] and not t.ready[layer] and s < T
-        rows = [(n, kf, vf)]
-        if fit and n:  # the sinks stored before the mean was known are re-encoded with it
-            rows.insert(0, (0, self._raw_sinks[layer, :n], None))
-        saved = t.mean[layer].copy(), t.scale[layer].copy()
-        try:  # fit on this append's non-sink keys (and queries); check every row first
-            if fit:
-                t.fit(layer, kf[s:], None if q is None else q[s:])
-            rows = [(pos, t.keys(layer, kr), vr) for pos, kr, vr in rows]
+        with self._lock:
+            n = self._len[layer]
+            if n + T > self.capacity:
+                raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} "
+                                 f"tokens; cannot append {T} more")
+            S = self.layer_sinks[layer]
+            s = max(0, min(S - n, T))  # how many of these rows are sinks
+            t = self.transform
+            # fit on the append that holds the first non-sink position
+            fit = t.active[layer] and not t.ready[layer] and n <= S < n + T
+            rows = [(n, kf, vf)]
+            if fit and n:  # the sinks stored before the mean was known are re-encoded with it
+                rows.insert(0, (0, self._raw_sinks[layer, :n], None))
+            saved = t.mean[layer].copy(), t.scale[layer].copy()
+            try:  # fit on this append's non-sink keys (and queries); check every row first
+                if fit:
+                    t.fit(layer, kf[s:], None if q is None else q[s:])
+                rows = [(pos, t.keys(layer, kr), vr) for pos, kr, vr in rows]
+                for pos, kt, vr in rows:
+                    self._check_storable(layer, pos, kt, vr)
+            except ValueError:
+                if fit:
+                    (t.mean[layer], t.scale[layer]), t.ready[layer] = saved, False
+                raise
+            d = self.head_dim
             for pos, kt, vr in rows:
-                self._check_storable(layer, pos, kt, vr)
-        except ValueError:
-            if fit:
-                (t.mean[layer], t.scale[layer]), t.ready[layer] = saved, False
-            raise
-        d = self.head_dim
-        for pos, kt, vr in rows:
-            self._impl.append(layer, pos, kt.reshape(-1, d), None if vr is None else vr.reshape(-1, d))
-        self._raw_sinks[layer, n:n + s] = kf[:s]
-        self._len[layer] = n + T
+                self._impl.append(layer, pos, kt.reshape(-1, d),
+                                  None if vr is None else vr.reshape(-1, d))
+            self._raw_sinks[layer, n:n + s] = kf[:s]
+            self._len[layer] = n + T
 
     def _check_storable(self, layer, pos, k, v):
         """ValueError (naming the problem) when rows at positions pos.. cannot be stored:
         sinks are float16 vectors in the compute domain (norm at most 65504), the rest
         must fit their format."""
-        s = max(0, min(self.sinks - pos, len(k)))
+        s = max(0, min(self.layer_sinks[layer] - pos, len(k)))
         for name, x, fmt in (("k", k, self.kfmts[layer]), ("v", v, self.vfmts[layer])):
             if x is None:
                 continue
@@ -191,7 +223,7 @@ class KVCache:
                                                dtype=np.float64).max()))
                 if norm > 65504:
                     raise ValueError(f"{name} has vector norms up to {norm:.4g} in the first "
-                                     f"{self.sinks} positions, which are stored as float16 "
+                                     f"{s} positions, which are stored as float16 "
                                      "vectors (at most 65504)")
             if s < len(x):
                 fmt.check_range(x[s:].reshape(-1, self.head_dim), name)
@@ -207,19 +239,53 @@ class KVCache:
         T, H, _ = q.shape
         if H % self.n_kv_heads:
             raise ValueError(f"q has {H} heads, not a multiple of n_kv_heads={self.n_kv_heads}")
-        n = self._len[layer]
-        if T == 0 or T > n:
-            raise ValueError(f"q has {T} positions but layer {layer} holds {n} tokens "
-                             "(queries are the last T cached positions)")
-        qf = self.transform.queries(layer, check_vectors(q, d, "q").reshape(T, H, d))
-        scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
-        thr = float(sparse_v or 0.0)
-        if not 0.0 <= thr < 1.0:
-            raise ValueError(f"sparse_v must be a weight threshold in [0, 1), got {sparse_v}")
-        out, skipped, total = self._impl.attention(layer, qf, n - T, scale, thr)
-        self.stats = {"skipped": skipped, "total": total,
-                      "skip_rate": skipped / total if total else 0.0}
+        self._check_ring(layer, T, "attend with")
+        qf = check_vectors(q, d, "q").reshape(T, H, d)
+        if scale is None:
+            scale = 1.0 / np.sqrt(d)
+        elif not (_is_real(scale) and 0 < scale < np.inf):
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        thr = check_sparse_v(sparse_v)
+        with self._lock:
+            n = self._len[layer]
+            if T == 0 or T > n:
+                raise ValueError(f"q has {T} positions but layer {layer} holds {n} tokens "
+                                 "(queries are the last T cached positions)")
+            qf = self.transform.queries(layer, qf)
+            out, skipped, total = self._impl.attention(layer, qf, n - T, float(scale), thr)
+            self.stats = {"skipped": skipped, "total": total,
+                          "skip_rate": skipped / total if total else 0.0}
         return out
+
+    def advance(self, pos, T):
+        """Count T tokens at positions pos.. as written into every layer by a device step
+        recorded with record_append (which does not pass through append()); the same checks
+        as append(), made before the step runs."""
+        if self.backend != "vulkan":
+            raise ValueError("advance() is for steps recorded on the vulkan backend")
+        for layer, n in enumerate(self._len):
+            if n != pos:
+                raise ValueError(f"a step at position {pos}, but layer {layer} holds {n} tokens")
+            if n + T > self.capacity:
+                raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} "
+                                 f"tokens; cannot append {T} more")
+            self._check_ring(layer, T, "append")
+        self._len = [pos + T] * self.n_layers
+
+    @property
+    def store(self):
+        """The device store, for recording cache writes and attention into a caller's graph
+        (record_append, record_attention, and its dyn and stats buffers)."""
+        if self.backend != "vulkan":
+            raise ValueError("only the vulkan backend has a device store")
+        return self._impl
+
+    def _check_ring(self, layer, T, what):
+        """A ring layer holds window + max_batch - 1 keys: enough for T <= max_batch queries."""
+        if self.slots[layer] < self.capacity and T > self.max_batch:
+            raise ValueError(f"layer {layer} keeps a {self.windows[layer]}-token window in "
+                             f"{self.slots[layer]} slots, so it takes at most max_batch="
+                             f"{self.max_batch} rows per call; cannot {what} {T}")
 
     def _check_layer(self, layer):
         if not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
@@ -230,41 +296,38 @@ class KVCache:
                 f"x {self.head_dim}, {self.spec.describe()}, {self.backend})")
 
 
-def attend(qc, kc, vc, pos0, scale, thr):
-    """Causal softmax attention in the compute domains, as kernels.attention.ref computes it:
-    qc (T, HKV, G, d) rotated queries, kc/vc (L, HKV, d) rows; weights below thr dropped.
-    Returns (acc (T, HKV, G, d) float32 in the value domain, skipped pairs, total pairs)."""
-    T, hkv, G, d = qc.shape
-    L = pos0 + T
-    s = np.einsum("tgrd,lgd->tgrl", qc, kc) * np.float32(scale)       # (T, HKV, G, L)
-    visible = np.arange(L)[None, :] <= (pos0 + np.arange(T))[:, None]  # (T, L)
-    s = np.where(visible[:, None, None, :], s, -np.inf)
-    p = np.exp(s - s.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
-    skipped = 0
-    if thr > 0:
-        drop = (p < thr) & visible[:, None, None, :]
-        skipped = int(drop.sum())
-        p[drop] = 0
-    total = int(visible.sum()) * hkv * G
-    return np.einsum("tgrl,lgd->tgrd", p.astype(np.float32), vc), skipped, total
+def check_sparse_v(sparse_v):
+    """The sparse-V threshold as a float in [0, 1) (None = 0 = off); ValueError otherwise."""
+    if sparse_v is None:
+        return 0.0
+    if not (_is_real(sparse_v) and 0.0 <= sparse_v < 1.0):
+        raise ValueError(f"sparse_v must be a weight threshold in [0, 1), got {sparse_v!r}")
+    return float(sparse_v)
+
+
+def _is_int(x):
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_real(x):
+    return _is_int(x) or isinstance(x, (float, np.floating))
 
 
 class _NumpyStore:
-    """Host arrays per layer: codes (capacity - sinks, HKV, W) uint32 and scales
-    (capacity - sinks, HKV, S) float16 for each of K and V in the layer's formats, and the
-    sink rows (sinks, HKV, d) float16 in each format's compute domain."""
+    """Host arrays per layer: codes (slots - sinks, HKV, W) uint32 and scales
+    (slots - sinks, HKV, S) float16 for each of K and V in the layer's formats, where position
+    p >= sinks lives in slot (p - sinks) % (slots - sinks) (a ring on sliding-window layers),
+    and the sink rows (sinks, HKV, d) float16 in each format's compute domain."""
 
     def __init__(self, c):
         self.c = c
-        rows, sinks = c.capacity - c.sinks, (c.sinks, c.n_kv_heads, c.head_dim)
         self.k, self.v, self.sink_k, self.sink_v = [], [], [], []
-        for kfmt, vfmt in zip(c.kfmts, c.vfmts):
+        for kfmt, vfmt, n, S in zip(c.kfmts, c.vfmts, c.slots, c.sinks):
             for store, fmt in ((self.k, kfmt), (self.v, vfmt)):
-                store.append((np.zeros((rows, c.n_kv_heads, fmt.words), np.uint32),
-                              np.zeros((rows, c.n_kv_heads, fmt.n_scales), np.float16)))
-            self.sink_k.append(np.zeros(sinks, np.float16))
-            self.sink_v.append(np.zeros(sinks, np.float16))
+                store.append((np.zeros((n - S, c.n_kv_heads, fmt.words), np.uint32),
+                              np.zeros((n - S, c.n_kv_heads, fmt.n_scales), np.float16)))
+            self.sink_k.append(np.zeros((S, c.n_kv_heads, c.head_dim), np.float16))
+            self.sink_v.append(np.zeros((S, c.n_kv_heads, c.head_dim), np.float16))
 
     @property
     def arrays(self):
@@ -275,7 +338,8 @@ class _NumpyStore:
         c = self.c
         hkv = c.n_kv_heads
         T = len(kf) // hkv
-        s = max(0, min(c.sinks - n, T))
+        S = c.sinks[layer]
+        s = max(0, min(S - n, T))
         parts = []  # encode everything before writing anything
         for x, fmt, sink, (codes, scales) in ((kf, c.kfmts[layer], self.sink_k[layer],
                                                self.k[layer]),
@@ -289,26 +353,37 @@ class _NumpyStore:
         for sink, srows, codes, scales, enc in parts:
             sink[n:n + s] = srows
             if enc is not None:
-                r = n + s - c.sinks
-                codes[r:r + T - s] = enc[0].reshape(T - s, hkv, -1)
-                scales[r:r + T - s] = enc[1].reshape(T - s, hkv, -1)
+                rows = (np.arange(n + s, n + T) - S) % len(codes)  # slots of positions n+s..
+                codes[rows] = enc[0].reshape(T - s, hkv, -1)
+                scales[rows] = enc[1].reshape(T - s, hkv, -1)
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c
-        T, H, d = q.shape
-        L = pos0 + T
-        s = min(c.sinks, L)
-        hkv = c.n_kv_heads
-        kfmt, vfmt = c.kfmts[layer], c.vfmts[layer]
-        rows = []
-        for fmt, sink, (codes, scales) in ((kfmt, self.sink_k[layer], self.k[layer]),
-                                           (vfmt, self.sink_v[layer], self.v[layer])):
-            m = L - s
-            dec = fmt.decode_compute(codes[:m].reshape(m * hkv, -1), scales[:m].reshape(m * hkv, -1))
-            rows.append(np.concatenate([sink[:s].astype(np.float32), dec.reshape(m, hkv, d)]))
-        qc = kfmt.to_compute(q).reshape(T, hkv, H // hkv, d)
-        acc, skipped, total = attend(qc, rows[0], rows[1], pos0, scale, thr)
-        return vfmt.from_compute(acc.reshape(T, H, d)), skipped, total
+        (kc, ks), (vc, vs) = self.k[layer], self.v[layer]
+        return attn_kernel.ref(c.kfmts[layer], c.vfmts[layer], kc, ks, vc, vs, q, pos0, scale,
+                               thr, window=c.windows[layer], sink_k=self.sink_k[layer],
+                               sink_v=self.sink_v[layer])
+
+
+def ring_slots(capacity, window, max_batch):
+    """Slots a layer keeps: its capacity, or with a window the keys that max_batch queries
+    appended together can see (window + max_batch - 1), when that is fewer."""
+    return capacity if not window else min(capacity, window + max_batch - 1)
+
+
+def _windows(window, n_layers, capacity):
+    """Per-layer windows from an int or a list (0/None: none); a window as long as the
+    capacity masks nothing, so it is stored as 0."""
+    ws = window if isinstance(window, (list, tuple)) else [window] * n_layers
+    if len(ws) != n_layers:
+        raise ValueError(f"window has {len(ws)} entries for {n_layers} layers")
+    out = []
+    for w in ws:
+        w = 0 if w is None else w
+        if not isinstance(w, (int, np.integer)) or w < 0:
+            raise ValueError(f"window must be a non-negative integer or None, got {w!r}")
+        out.append(int(w) if w < capacity else 0)
+    return out
 
 
 class _VulkanStore:
@@ -334,7 +409,7 @@ class _VulkanStore:
         # layers -> arenas of at most the storage-buffer limit; per layer, contiguous:
         # [K codes, K scales, V codes, V scales] for its slots
         sizes = []
-        for kf, vf, cap in zip(c.kfmts, c.vfmts, c.caps):
+        for kf, vf, cap in zip(c.kfmts, c.vfmts, c.slots):
             kw = layout.region_words(kf, cap * hkv)
             sizes.append((kw, kw + layout.region_words(vf, cap * hkv)))
         limit = dev.max_buffer_bytes // 4
@@ -350,7 +425,7 @@ class _VulkanStore:
             arena_words[-1] += w
         arenas = [pool.get(f"{self.tag}arena{a}", n) for a, n in enumerate(arena_words)]
         self.regions = []  # per layer: (arena, (k_base, k_sbase), (v_base, v_sbase))
-        for (a, base), (kw, _), kf, vf, cap in zip(placed, sizes, c.kfmts, c.vfmts, c.caps):
+        for (a, base), (kw, _), kf, vf, cap in zip(placed, sizes, c.kfmts, c.vfmts, c.slots):
             self.regions.append((arenas[a], (base, base + cap * hkv * kf.words),
                                  (base + kw, base + kw + cap * hkv * vf.words)))
         # format tables: layer l's K table at tabs[l][0], its V table at tabs[l][1]
@@ -362,17 +437,18 @@ class _VulkanStore:
             self.tab.host[ko:ko + per], self.tab.host[vo:vo + per] = layout.table(kf), layout.table(vf)
             self.tabs.append((ko, vo))
         self.stats = pool.get(self.tag + "stats", 2, np.uint32, kind="device")
-        self.dyn = pool.get(self.tag + "dyn", 4, np.uint32, kind="device")
+        # the per-call words (nexvk/kernels/dyn.py), with room for a model step's token ids
+        self.dyn = pool.get(self.tag + "dyn", dyn_words.size(max_batch), np.uint32, kind="device")
         # scratch (scores, per-split partials) sized for the largest group and `chunk` queries
         H, g_max = c.max_heads, c.max_heads // hkv
-        stride = max(c.caps)
+        stride = max(c.slots)
         one = attn_kernel.Plan(d, hkv, g_max, max(self._keys(i) for i in range(c.n_layers)), 1)
+        one.check_shared_memory(dev.info["limits"]["max_compute_shared_memory_size"], dev.name)
         per_query = 4 * (H * stride + one.part_floats)
-        if per_query > dev.max_buffer_bytes or one.groups > dev.max_groups:
+        if per_query > dev.max_buffer_bytes:
             raise ValueError(f"attention over {H} heads x {stride} tokens exceeds {dev.name}'s "
-                             "buffer or dispatch limits; lower the capacity")
-        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query,
-                                dev.max_groups // one.groups))
+                             "storage-buffer limit; lower the capacity")
+        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query))
         self.scr = pool.get(self.tag + "scores", self.chunk * H * stride, np.float32)
         self.part = pool.get(self.tag + "partials", self.chunk * one.part_floats, np.float32)
         self.io = {}  # staging of the host-array calls, for 1 row and for `chunk` rows
@@ -392,24 +468,26 @@ class _VulkanStore:
 
     def _keys(self, layer):
         """Most keys one query of `layer` sees."""
-        return self.c.windows[layer] or self.c.caps[layer]
+        return self.c.windows[layer] or self.c.slots[layer]
 
     # ---- recording into any graph ---------------------------------------------------------
-    def record_append(self, g, layer, k, v, rows):
-        """Quantize dyn[0] tokens of k, v (device buffers (rows, hkv, d) float32) into
-        `layer` at positions dyn[1].. ."""
+    def record_append(self, g, layer, k, v, rows, k_off=0, v_off=0):
+        """Quantize dyn[0] tokens of k, v (device buffers holding (rows, hkv, d) float32 at
+        float offsets k_off, v_off) into `layer` at positions dyn[1].. ."""
         c, dev = self.c, self.dev
         arena, kreg, vreg = self.regions[layer]
         ktab, vtab = self.tabs[layer]
         n = rows * c.n_kv_heads
-        for x, fmt, reg, tabo in ((k, c.kfmts[layer], kreg, ktab), (v, c.vfmts[layer], vreg, vtab)):
+        for x, off, fmt, reg, tabo in ((k, k_off, c.kfmts[layer], kreg, ktab),
+                                       (v, v_off, c.vfmts[layer], vreg, vtab)):
             pipe = dev.pipeline("quantize", [x, arena, self.tab, self.dyn], n,
                                 [layout.WG, c.head_dim, *layout.spec(fmt)])
-            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.caps[layer]))
+            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.slots[layer], off))
 
-    def record_attention(self, g, layer, q, o, rows, n_heads):
-        """Causal attention of dyn[0] queries (q: device buffer (rows, n_heads, d)) at
-        positions dyn[1].. over `layer`, into o; in dispatches of `chunk` queries."""
+    def record_attention(self, g, layer, q, o, rows, n_heads, q_off=0, o_off=0):
+        """Causal attention of dyn[0] queries (q: device buffer holding (rows, n_heads, d) at
+        float offset q_off) at positions dyn[1].. over `layer`, into o at o_off; in
+        dispatches of `chunk` queries."""
         c = self.c
         group = n_heads // c.n_kv_heads
         arena, kreg, vreg = self.regions[layer]
@@ -418,8 +496,8 @@ class _VulkanStore:
         for q0 in range(0, rows, self.chunk):
             plan = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group, self._keys(layer),
                                     min(self.chunk, rows - q0))
-            push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.caps[layer], q0,
-                             c.windows[layer])
+            push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.slots[layer], q0,
+                             c.windows[layer], q_off, o_off)
             for name, n in (("attn_scores", plan.groups), ("attn_values", plan.groups),
                             ("attn_reduce", plan.reduce_groups)):
                 g.dispatch(self.dev.pipeline(name, bufs, n, spec), push)
@@ -479,8 +557,8 @@ class _VulkanStore:
                 out[s:s + m] = io["o"].host[: m * H * d].reshape(m, H, d)
                 skipped += int(self.stats.host[0])
                 total += int(self.stats.host[1])
-        if thr <= 0:
-            total = pos0 * T * H + T * (T + 1) // 2 * H
+        if thr <= 0:  # the counters run only with sparse V
+            total = H * attn_kernel.visible_keys(pos0, T, c.windows[layer])
         return out, skipped, total
 
 

@@ -1,5 +1,6 @@
 """Command line: `nexvk <subcommand>`; every subcommand is a thin shell over the Python API."""
 import argparse
+import os
 import sys
 
 
@@ -45,11 +46,27 @@ def main(argv=None):
     _add_model_commands(sub)
     _add_tools(sub)
     args = parser.parse_args(argv)
+    rc = 2
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
     except KeyboardInterrupt:
         rc = 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"nexvk {args.command}: error: {e}", file=sys.stderr)
-        rc = 2
+    except BrokenPipeError:  # e.g. `nexvk run ... | head -c 5`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        _error(args.command, "stopped: standard output was closed (broken pipe)")
+        rc = 141  # 128 + SIGPIPE, what a shell reports for a program killed by a closed pipe
+    except MemoryError as e:
+        _error(args.command, f"error: out of memory ({e or 'an allocation failed'}); lower the "
+               "context (-c) or choose a smaller cache format (-ctk/-ctv)")
+    except (ValueError, OSError, RuntimeError) as e:  # OSError includes FileNotFoundError
+        _error(args.command, f"error: {e}")
     sys.exit(rc or 0)
+
+
+def _error(command, message):
+    """One line on stderr (messages that carry a tool's output are joined onto it)."""
+    try:
+        print(f"nexvk {command}: " + " ".join(str(message).split()), file=sys.stderr)
+    except OSError:  # stderr closed as well: nothing left to tell
+        pass

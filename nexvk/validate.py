@@ -9,6 +9,10 @@ checks NaN/Inf first, then the case's error against its tolerance:
 - dequantize: max relative error of the decoded floats <= 1e-5, sentinel rows untouched;
 - attention:  max relative error <= 1e-4 against numpy attention over the very codes the
               device produced (so quantization ties cannot blur the attention check).
+- the token-step kernels (mul_mv, mul_mm, get_rows for every GGML weight type; rms_norm,
+  rope, glu, add): NaN/Inf first, then every word outside the outputs (spare tokens the
+  dispatch was sized for, sentinel words after) untouched, then NMSE against the numpy twin
+  within a bound derived per op from fp32 rounding (WEIGHT_BOUNDS).
 tests/test_validate.py runs the quick grid; CI runs `nexvk validate --quick` on lavapipe.
 """
 import json
@@ -82,7 +86,7 @@ def cases(quick=False):
         for data in ("large", "small"):
             out.append(Case("attention", dict(kfmt="turbo3", vfmt="turbo3", d=128, gqa=4,
                                               mode="decode", ctx=500, T=1, sparse=1e-6, data=data)))
-    return out
+    return out + step_cases(quick)
 
 
 def _data(n, d, kind, seed):
@@ -221,6 +225,138 @@ def _attention(dev, p, seed):
 _RUNNERS = {"quantize": _quantize, "dequantize": _dequantize, "attention": _attention}
 
 
+# ---- the token-step kernels (nexvk/kernels): weights in their GGML formats --------------------
+U2 = 2.0 ** -48                  # (fp32 unit roundoff)^2
+WEIGHT_BOUNDS = {                # NMSE bounds: 64x the rounding of what each op sums
+    "mul_mv": lambda p: 64 * p["k"] * U2,          # a K-term fp32 dot per output
+    "mul_mm": lambda p: 64 * p["k"] * U2,
+    "get_rows": lambda p: 64 * U2,                 # d*q+m against gguf's own rounding
+    "rms_norm": lambda p: 64 * p["group"] * U2,    # the group's sum of squares
+    "rope": lambda p: 16 * U2,                     # two products and a sum
+    "glu": lambda p: 1e-10,                        # exp: Vulkan allows 3+2|x| ulp
+    "add": lambda p: 0.0,                          # one exact-rounded add
+}
+SPARE = 3                        # tokens a dispatch is sized for beyond T: their rows must stay
+
+
+def step_cases(quick=False):
+    """Every weight type through the products and the lookup, odd sizes (37 rows, T off the
+    tiles), the accumulate and last-row modes; the small ops at the sizes models use."""
+    from nexvk.kernels.ggml_types import TYPES
+    out = []
+    in_models = ("q4_1", "q8_0", "q5_0", "q4_k", "q6_k")   # SmolLM2 Q4_1 and Gemma-3 Q4_K_M
+    for t, wt in TYPES.items():
+        if quick and t not in in_models:
+            continue
+        ks = [512] if wt.block == 256 else [160] if quick else [96, 640]
+        ks += [] if quick else [2048 if wt.block == 256 else 1536]
+        for k in ks:
+            for mode in ("plain", "acc", "last"):
+                out.append(Case("mul_mv", dict(fmt=t, rows=37, k=k, mode=mode)))
+            if not quick or t in ("q4_1", "q8_0"):
+                for mode in ("plain", "acc"):
+                    out.append(Case("mul_mm", dict(fmt=t, rows=37, k=k, T=11, mode=mode)))
+            out.append(Case("get_rows", dict(fmt=t, rows=37, k=k, T=5)))
+    for n, group in [(576, 576), (1024, 256), (100, 20)]:
+        out.append(Case("rms_norm", dict(fmt="f32", n=n, group=group, T=7)))
+    for heads, hd, rot, neox in [(9, 64, 64, 0), (4, 256, 256, 1), (3, 128, 64, 0)]:
+        out.append(Case("rope", dict(fmt="f32", heads=heads, head_dim=hd, rot=rot, neox=neox, T=7)))
+    for act in ("silu", "gelu"):
+        out.append(Case("glu", dict(fmt="f32", act=act, n=1536, T=5)))
+    out.append(Case("add", dict(fmt="f32", n=577, T=5)))
+    return out
+
+
+def _step_inputs(kernel, p, rng, s):
+    """Buffers, dispatches and the expected outputs of one step-kernel case. Returns
+    (dispatches, out buffer, words of out, slice of out that the kernel writes, expected)."""
+    from nexvk.kernels import add, get_rows, glu, mul_mm, mul_mv, rms_norm, rope
+    from nexvk.kernels import ggml_types as gt
+    from nexvk.kernels.weights import DeviceWeight
+    T = p.get("T", 1)
+    tmax = T + SPARE
+    dev = s.dev
+    if kernel in ("mul_mv", "mul_mm", "get_rows"):
+        rows, k = p["rows"], p["k"]
+        raw = gt.random_bytes(p["fmt"], rows, k, seed=int(rng.integers(1 << 30)))
+        w = gt.dequantize(p["fmt"], raw, rows, k)
+        dw = DeviceWeight.from_bytes(dev, s.tag + "w", p["fmt"], raw, rows, k)
+        x = rng.standard_normal((tmax, k)).astype(np.float32)
+    if kernel == "mul_mv":
+        acc, last = p["mode"] == "acc", p["mode"] == "last"
+        y0 = rng.standard_normal(rows).astype(np.float32) if acc else None
+        want = mul_mv.ref(w, x[:T], y0, last_row=T - 1 if last else None)
+        out = s.buf("y", y0, size=rows + 16)
+        d = s.dyn(T)
+        return mul_mv.dispatches(dev, dw, s.buf("x", x), out, d, acc=acc, last=last), out, slice(0, rows), want
+    if kernel == "mul_mm":
+        y0 = rng.standard_normal((T, rows)).astype(np.float32) if p["mode"] == "acc" else None
+        out = s.buf("y", y0, size=tmax * rows + 16)
+        d = s.dyn(T)
+        return (mul_mm.dispatches(dev, dw, s.buf("x", x), out, d, tmax, acc=y0 is not None), out,
+                slice(0, T * rows), mul_mm.ref(w, x[:T], y0).reshape(-1))
+    if kernel == "get_rows":
+        ids = rng.integers(0, rows, T)
+        ids[0] = rows - 1
+        out = s.buf("out", size=tmax * k + 16)
+        return (get_rows.dispatches(dev, dw, out, s.dyn(T, ids=ids), tmax, scale=1.5), out,
+                slice(0, T * k), get_rows.ref(w, ids, 1.5).reshape(-1))
+    if kernel == "rms_norm":
+        n, g = p["n"], p["group"]
+        x = (rng.standard_normal((tmax, n)) * 3).astype(np.float32)
+        wt = rng.standard_normal(g).astype(np.float32)
+        out = s.buf("y", size=tmax * n + 16)
+        return (rms_norm.dispatches(dev, s.buf("x", x), s.buf("w", wt), out, s.dyn(T), n, tmax,
+                                    1e-6, g), out, slice(0, T * n),
+                rms_norm.ref(x[:T], wt, 1e-6, g).reshape(-1))
+    if kernel == "rope":
+        h, hd, rot = p["heads"], p["head_dim"], p["rot"]
+        tab = rope.table(1e4, rot, 300)
+        x = rng.standard_normal((T, h * hd)).astype(np.float32)
+        out = s.buf("x", x, size=tmax * h * hd + 16)             # in place; spare rows: sentinel
+        return (rope.dispatches(dev, out, s.buf("tab", tab), s.dyn(T, 290), h, hd, rot, 300, tmax,
+                                neox=bool(p["neox"])), out, slice(0, x.size),
+                rope.ref(x, tab, 290, h, hd, rot, bool(p["neox"])).reshape(-1))
+    if kernel == "glu":
+        n = p["n"]
+        x = (rng.standard_normal((tmax, 2 * n)) * 4).astype(np.float32)
+        out = s.buf("out", size=tmax * n + 16)
+        return (glu.dispatches(dev, s.buf("x", x), out, s.dyn(T), n, tmax, p["act"]), out,
+                slice(0, T * n), glu.ref(x[:T, :n], x[:T, n:], p["act"]).reshape(-1))
+    n = p["n"]                                                   # add
+    x, y = rng.standard_normal((2, T, n)).astype(np.float32)
+    out = s.buf("x", x, size=tmax * n + 16)
+    return (add.dispatches(dev, out, s.buf("y", np.tile(y, (tmax // T + 1, 1))), s.dyn(T), n, tmax),
+            out, slice(0, x.size), add.ref(x, y).reshape(-1))
+
+
+def _step_kernel(kernel):
+    def run(dev, p, seed):
+        from nexvk.kernels.oneshot import Scratch
+        rng = np.random.default_rng(seed)
+        tol = WEIGHT_BOUNDS[kernel](p)
+        with Scratch(dev, f"validate/{kernel}") as s:
+            dispatches, out, valid, want = _step_inputs(kernel, p, rng, s)
+            words = out.host.view(np.uint32)
+            keep = np.ones(words.size, bool)
+            keep[valid] = False
+            words[keep] = SENTINEL                             # everything the kernel must not write
+            got = s.run(dispatches, [out])[0]
+        got_words = got.view(np.uint32)
+        vals = got[valid]
+        if not np.isfinite(vals).all():
+            return float("inf"), tol, False, "NaN/Inf in output"
+        if not np.all(got_words[keep] == SENTINEL):
+            return float("inf"), tol, False, f"{int((got_words[keep] != SENTINEL).sum())} words written outside the output"
+        err = float(((vals - want) ** 2).sum() / max(float((want ** 2).sum()), 1e-30))
+        return err, tol, err <= tol, ""
+    return run
+
+
+for _k in WEIGHT_BOUNDS:
+    _RUNNERS[_k] = _step_kernel(_k)
+
+
 def run_case(dev, case, seed=0):
     t = time.perf_counter()
     try:
@@ -257,8 +393,11 @@ def validate(device=None, quick=False, pattern=None, progress=True, layer_log=No
     """Run the grid; returns the report dict (see --json)."""
     from nexvk.device import layers
     from nexvk.device.manager import get_device
-    dev = get_device(device)
     todo = [c for c in cases(quick) if not pattern or pattern in c.name]
+    if not todo:  # checked before the device opens: a typo must not pass as "0 failed"
+        raise ValueError(f"--filter {pattern!r} matches no case of the {'quick' if quick else 'full'}"
+                         " grid; names look like 'attention kfmt=turbo3,vfmt=turbo3,d=128,...'")
+    dev = get_device(device)
     it = todo
     if progress:
         from tqdm import tqdm

@@ -3,10 +3,11 @@
 // once when V is a turbo format. One workgroup per (query of the dispatch, KV head).
 // Twin: nexvk/kernels/attention.py (ref).
 #extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
 #include "include/attn_head.glsl"
 
 void main() {
-    uint id = gl_WorkGroupID.x;
+    uint id = GROUP_ID;
     uint g = id % pc.hkv;
     uint qi = id / pc.hkv;
     if (pc.q0 + qi >= dyn[0]) return;
@@ -27,5 +28,5 @@ void main() {
         for (uint p = t; p < G * D; p += WG) sh_x[p] *= tab[pc.vtab + TAB_SIGNS + p % D];
         barrier();
     }
-    for (uint p = t; p < G * D; p += WG) o[orow0 * D + p] = sh_x[p];
+    for (uint p = t; p < G * D; p += WG) o[pc.o_off + orow0 * D + p] = sh_x[p];
 }

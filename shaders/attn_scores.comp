@@ -39,7 +39,7 @@ void main() {
 
     bool krot = KFMT == FMT_TURBO;
     for (uint p = t; p < G * D; p += WG)
-        sh_x[p] = q[qrow0 * D + p] * (krot ? tab[pc.ktab + TAB_SIGNS + p % D] : 1.0);
+        sh_x[p] = q[pc.q_off + qrow0 * D + p] * (krot ? tab[pc.ktab + TAB_SIGNS + p % D] : 1.0);
     barrier();
     if (krot) wht_rows(G, tab[pc.ktab + TAB_INV_SQRT_D]);
 

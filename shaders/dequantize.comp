@@ -2,6 +2,7 @@
 // Decode vectors of a KV format back to float32 rows. One workgroup per row.
 // Twin: nexvk/quant/formats.py (decode_rows).
 #extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
@@ -26,7 +27,7 @@ shared float sh_x[D];
 #include "include/wht.glsl"
 
 void main() {
-    uint row = gl_WorkGroupID.x;
+    uint row = GROUP_ID;
     if (row >= dyn[0]) return;
     uint t = gl_LocalInvocationID.x;
     uint v = dyn[1] + row;

@@ -2,6 +2,7 @@
 // Encode rows of D floats into a KV format, written in place into a cache (or codec) buffer.
 // One workgroup per row. Twin: nexvk/quant/formats.py (encode_rows).
 #extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
@@ -22,6 +23,7 @@ layout(push_constant) uniform Push {
     uint tabo;      // offset of this format's table in tab[]
     uint vpt;       // vectors per token (KV heads; 1 for the codec)
     uint cap;       // slots in the region (0xFFFFFFFF: no wrap)
+    uint x_off;     // float offset of row 0 in x
 } pc;
 
 shared float sh_x[D];
@@ -54,12 +56,12 @@ float reduce_sum(float v) {
 }
 
 void main() {
-    uint row = gl_WorkGroupID.x;
+    uint row = GROUP_ID;
     if (row >= dyn[0] * pc.vpt) return;
     uint t = gl_LocalInvocationID.x;
     uint v = ((dyn[1] + row / pc.vpt) % pc.cap) * pc.vpt + row % pc.vpt;
     uint W = fmt_words(FMT, BITS, D);
-    for (uint i = t; i < D; i += WG) sh_x[i] = x[row * D + i];
+    for (uint i = t; i < D; i += WG) sh_x[i] = x[pc.x_off + row * D + i];
     barrier();
 
     if (FMT == FMT_F16) {

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Compile shaders/*.comp into nexvk/spv/<variant>.spv (shipped as package data).
 
-Variants are a table: name -> (source, defines). Formats, head_dim and group size are
-specialization constants, so one module serves every format. A compile that exits non-zero
+Variants are a table: name -> (source, defines). KV formats, head_dim, group size, matrix
+shapes and tuning are specialization constants, so one module serves them all; a GGML weight
+type is a define (one dequant function each), so products are <op>_<type>. A compile that exits non-zero
 or prints a warning fails the build; every module must pass spirv-val; files are rewritten
 only when their bytes change. `--check` compiles to a temporary folder and exits 1 if any
 shipped module is stale (used by the tests).
@@ -17,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from nexvk.device.spirv import TARGET_ENV as TARGET, spirv_val  # noqa: E402
+from nexvk.kernels.ggml_types import TYPES  # noqa: E402
 SRC = ROOT / "shaders"
 OUT = ROOT / "nexvk" / "spv"
 
@@ -26,7 +28,16 @@ VARIANTS = {
     "attn_scores": ("attn_scores.comp", {}),
     "attn_values": ("attn_values.comp", {}),
     "attn_reduce": ("attn_reduce.comp", {}),
+    "rms_norm": ("rms_norm.comp", {}),
+    "rope": ("rope.comp", {}),
+    "glu": ("glu.comp", {}),
+    "add": ("add.comp", {}),
+    "copy_words": ("copy_words.comp", {}),
 }
+# the products and the embedding lookup: one variant per GGML weight type
+for _op in ("mul_mv", "mul_mm", "get_rows"):
+    for _t in TYPES:
+        VARIANTS[f"{_op}_{_t}"] = (f"{_op}.comp", {f"TYPE_{_t.upper()}": 1})
 
 
 def compile_variant(name, dest_dir):

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Perplexity and KLD of cache configurations on the default model, as in README.md.
+"""Perplexity and KLD of cache configurations on a model (default SmolLM2), as in README.md.
 
     python tools/quality_table.py --chunks 4 --backend numpy
     python tools/quality_table.py --chunks 16 --configs f16/f16,turbo3/turbo3,turbo3/turbo3+plain
+    python tools/quality_table.py --model gemma.gguf --chunks 2 --bos-insert   # Gemma-3 rows
 
 A configuration is K/V, optionally followed by +option terms for KVCache: `+plain`,
 `+sinks=N`, `+layer_types=0-3:turbo4/turbo3` (commas inside it written as ';'),
@@ -56,8 +57,12 @@ def main():
     ap.add_argument("--configs", default=None,
                     help="comma-separated configurations, e.g. f16/f16,turbo3/turbo3+plain "
                          "(default: the README's)")
+    ap.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M)")
+    ap.add_argument("--bos-insert", action="store_true",
+                    help="windows of BOS + the next 511 tokens (no token overwritten) instead "
+                         "of llama.cpp's first-token-replaced windows")
     args = ap.parse_args()
-    path = resolve_model(None)
+    path = resolve_model(args.model)
     configs = args.configs.split(",") if args.configs else CONFIGS
     text = Path(args.file).read_text(encoding="utf-8")
     model = nexvk.Model.load(path, ctx=512, backend=args.backend)
@@ -70,7 +75,8 @@ def main():
         is_f16 = (kt, vt) == ("f16", "f16") and not opts
         t = time.perf_counter()
         r = nexvk.perplexity(model, text, ctx=512, chunks=args.chunks, k_type=kt, v_type=vt,
-                             kld=not is_f16, kld_base=base, progress=False, cache_opts=opts)
+                             kld=not is_f16, kld_base=base, progress=False, cache_opts=opts,
+                             bos_insert=args.bos_insert)
         kld = (f"{r['kld_mean']:.4f} | {r['kld_p99']:.3f} | {r['top1_agree']:.2f}%"
                if "kld_mean" in r else "- | - | -")
         print(f"| {config} | {r['cache']} | {r['bits_per_value']:.3f} | {r['ppl']:.3f} ± "

@@ -189,14 +189,18 @@ class Device:
 
     def pipeline(self, shader, buffers, groups, spec):
         """A cached Kompute algorithm: shader variant bound to buffers, dispatching `groups`
-        workgroups with specialization constants `spec` (sequence of ints/floats)."""
-        if groups > self.max_groups:
-            raise ValueError(f"{groups} workgroups exceed {self.name}'s limit of {self.max_groups}")
+        workgroups with specialization constants `spec` (sequence of ints/floats). More
+        groups than the device allows in x are spread over y (shaders read GROUP_ID,
+        shaders/include/group_id.glsl, and bounds-check the spare ones)."""
         key = (shader, tuple(b.name for b in buffers), int(groups), tuple(spec))
         pipe = self._pipelines.get(key)
         if pipe is None:
+            gy = -(-int(groups) // self.max_groups)
+            if gy > self.info["limits"]["max_compute_work_group_count"][1]:
+                raise ValueError(f"{groups} workgroups exceed {self.name}'s limits")
             algo = self.mgr.algorithm([b.tensor for b in buffers], spirv.load(shader),
-                                      [int(groups), 1, 1], spirv.words(spec), np.zeros(32, np.uint32))
+                                      [-(-int(groups) // gy), gy, 1], spirv.words(spec),
+                                      np.zeros(32, np.uint32))
             pipe = self._pipelines[key] = Pipeline(key, algo, buffers, spirv.access(shader))
         return pipe
 

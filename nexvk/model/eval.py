@@ -1,9 +1,12 @@
 """Perplexity and KL divergence against an f16 cache, with llama.cpp's perplexity semantics.
 
-The whole text is tokenized once and cut into consecutive windows of `ctx` tokens. Each window
-runs from an empty cache (its first token replaced by BOS when the vocab says to add one, as
-llama.cpp does), and only the second half is scored: the logits at positions ctx/2 .. ctx-2
-predict tokens ctx/2+1 .. ctx-1, so ctx/2 - 1 tokens per window. With kld=True a second cache
+The whole text is tokenized once (with a BOS first when the vocab says to add one) and cut into
+consecutive windows of `ctx` tokens. Each window runs from an empty cache with its first token
+replaced by BOS (when the vocab adds one), as llama.cpp's perplexity does, and only the second
+half is scored: the logits at positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1, so
+ctx/2 - 1 tokens per window. With bos_insert=True each window is instead BOS followed by the
+next ctx-1 tokens of the text, so no token is overwritten (the windows of Gemma-3's reference
+numbers in docs/model.md). With kld=True a second cache
 in f16 (sharing the same weights) runs the same windows and the next-token distributions are
 compared: mean KL(p_f16 || p_fmt), its 99th percentile and top-1 agreement.
 """
@@ -21,25 +24,36 @@ def _log_softmax(logits):
     return z
 
 
-def windows_of(tok, text, ctx, chunks=None, bos=None):
+def windows_of(tok, text, ctx, chunks=None, bos=None, bos_insert=False):
     """The first `chunks` (default: all) consecutive windows of ctx tokens of `text`, each
-    int64 (ctx,), the first token replaced by BOS when the vocab (or `bos`) says to add one."""
+    int64 (ctx,). With a BOS (the vocab's add_bos, or `bos`): llama.cpp's default puts it
+    in place of each window's first token; bos_insert=True puts it before ctx - 1 text
+    tokens instead (llama.cpp with a model that must see BOS, e.g. Gemma)."""
+    add_bos = (tok.add_bos if bos is None else bos) and tok.bos_id is not None
     ids = np.asarray(tok.encode(text, bos=False), dtype=np.int64)
-    n_max = len(ids) // ctx
+    head = np.asarray([tok.bos_id] if add_bos else [], dtype=np.int64)
+    step = ctx - len(head) if bos_insert else ctx  # text tokens per window
+    if add_bos and not bos_insert:
+        ids = np.concatenate([head, ids])
+    n_max = len(ids) // step
     if n_max == 0:
         raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {ctx}")
     n = n_max if chunks is None else min(int(chunks), n_max)
     if n <= 0:
         raise ValueError(f"chunks must be positive, got {chunks}")
-    windows = ids[:n * ctx].reshape(n, ctx).copy()
-    if (tok.add_bos if bos is None else bos) and tok.bos_id is not None:
-        windows[:, 0] = tok.bos_id
-    return list(windows)
+    out = []
+    for i in range(n):
+        window = ids[i * step:(i + 1) * step]
+        window = np.concatenate([head, window]) if bos_insert else window.copy()  # (ctx,)
+        if add_bos:
+            window[0] = tok.bos_id
+        out.append(window)
+    return out
 
 
 def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
                backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
-               kld_base=None, cache_opts=None):
+               kld_base=None, bos_insert=False, cache_opts=None):
     """Perplexity of `text` (see the module docstring); returns a dict:
     ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the configuration in
     words), bits_per_value (all metadata included, at ctx) and, with kld=True,
@@ -50,8 +64,9 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
 
     kld_base: an optional dict that keeps the f16 cache's scored logits per window (like
     llama.cpp's --kl-divergence-base file). Pass the same dict to several calls with the same
-    model, text and ctx to run the f16 cache once per window; an f16/f16 run fills it too."""
-    from nexvk.model.llama import Model
+    model, text and ctx to run the f16 cache once per window; an f16/f16 run fills it too.
+    bos_insert: windows of BOS + ctx-1 text tokens instead of llama.cpp's (module docstring)."""
+    from nexvk.model.model import Model
     if ctx < 4:
         raise ValueError(f"ctx must be at least 4 for perplexity, got {ctx}")
     if isinstance(model_or_path, Model):
@@ -68,10 +83,10 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
     is_f16 = set(spec.k_types + spec.v_types) == {"f16"} and not sparse_v
     ref = None  # the f16 model, made on first need
     if kld_base is not None:
-        key = ("weights", id(model.w), "ctx", ctx, "bos", bos, "text", hash(text))
+        key = ("weights", id(model.w), "ctx", ctx, "bos", bos, bos_insert, "text", hash(text))
         if kld_base.setdefault("key", key) != key:
             raise ValueError("kld_base was filled for another model, text, ctx or bos setting")
-    windows = windows_of(model.tokenizer, text, ctx, chunks, bos)
+    windows = windows_of(model.tokenizer, text, ctx, chunks, bos, bos_insert)
     n = len(windows)
     first = ctx // 2
 

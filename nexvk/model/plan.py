@@ -1,10 +1,14 @@
 """Memory plan for a model at a context length, from metadata and the tensor table only.
 
-No weight is loaded: weights cost what the file stores; the KV cache costs, per layer,
+No weight is loaded. Weights cost what the file stores, and 4 bytes per parameter in the numpy
+model (`nexvk run` dequantizes them to float32 at load), which is what `--memory` is judged
+against; the KV cache costs, per layer,
 n_kv_heads[layer] * tokens[layer] * (head_dim * bits_k + head_dim_v * bits_v) / 8, where bits
 per value come from the codec (norms and scales included) and tokens[layer] is the context, or
-min(context, window) on a sliding-window layer; a hardened cache adds its float16 sinks and key
-means (CacheSpec.layer_bytes). The chosen K/V formats are shown next to f16 and q8_0, and the
+on a sliding-window layer the ring the cache keeps: min(context, window + batch - 1) slots, as
+the batch of tokens a forward call appends is written before it attends (llama.cpp keeps the
+same window + ubatch); a hardened cache adds its float16 sinks and key means
+(CacheSpec.layer_bytes). The chosen K/V formats are shown next to f16 and q8_0, and the
 total is checked against a memory size such as "4GiB".
 """
 import re
@@ -12,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nexvk.cache import ring_slots
+from nexvk.model.arch import MAX_BATCH
 from nexvk.model.config import Config
 from nexvk.model.gguf import open_gguf
 
@@ -34,19 +40,26 @@ def fmt_bytes(n):
     return f"{int(n)} B"
 
 
-def _tokens(cfg, ctx):
+def _tokens(cfg, ctx, batch=MAX_BATCH):
+    """Slots per layer: the context, or the ring of a sliding-window layer."""
     tokens = np.full(cfg.n_layers, ctx, dtype=np.int64)
     if cfg.sliding_window:
-        tokens[cfg.swa_layers] = min(ctx, cfg.sliding_window)
+        tokens[cfg.swa_layers] = ring_slots(ctx, cfg.sliding_window, min(batch, ctx))
     return tokens
 
 
-def kv_bytes(cfg, ctx, k_type, v_type, cache_opts=None):
-    """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less);
+def kv_bytes(cfg, ctx, k_type, v_type, batch=MAX_BATCH, cache_opts=None):
+    """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less),
+    exactly what nexvk.KVCache allocates for a model forwarding up to `batch` tokens a call;
     cache_opts: KVCache's plain, sinks, layer_types, key_scale."""
     spec = _spec(cfg, k_type, v_type, cache_opts or {})
-    return float(sum(h * spec.layer_bytes(i, cfg.head_dim, cfg.head_dim_v, int(t))
-                     for i, (h, t) in enumerate(zip(cfg.n_kv_heads, _tokens(cfg, ctx)))))
+    swa = set(cfg.swa_layers) if cfg.sliding_window else set()
+    total = 0
+    for i, (h, t) in enumerate(zip(cfg.n_kv_heads, _tokens(cfg, ctx, batch))):
+        ring = i in swa and t < ctx  # a ring layer keeps no sinks
+        total += h * spec.layer_bytes(i, cfg.head_dim, cfg.head_dim_v, int(t),
+                                      0 if ring else None)
+    return float(total)
 
 
 def _spec(cfg, k_type, v_type, opts):
@@ -72,7 +85,8 @@ class Plan:
 
     @property
     def total(self):
-        return self.weights_bytes + self.kv[self.label]
+        """Bytes `nexvk run` needs on the numpy backend: weights as float32 + KV."""
+        return self.weights_f32_bytes + self.kv[self.label]
 
     @property
     def fits(self):
@@ -87,9 +101,10 @@ class Plan:
                f"context      {self.ctx} tokens (trained: {c.context_length or '?'})"]
         if c.sliding_window:
             n = len(c.swa_layers)
-            used = min(self.ctx, c.sliding_window)
+            used = ring_slots(self.ctx, c.sliding_window, min(MAX_BATCH, self.ctx))
             out.append(f"sliding win  {n} of {c.n_layers} layers use a {c.sliding_window}-token "
-                       f"window: they cache only {used} tokens each")
+                       f"window: they cache only {used} tokens each"
+                       + (f" (window + batch of {MAX_BATCH} - 1)" if used < self.ctx else ""))
         out.append(f"weights      {fmt_bytes(self.weights_bytes)} as stored "
                    f"({fmt_bytes(self.weights_f32_bytes)} as float32 in the numpy backend)")
         ref = self.kv.get("f16/f16")
@@ -98,7 +113,9 @@ class Plan:
             ratio = f"{ref / b:.2f}x smaller than f16" if ref and label != "f16/f16" else ""
             out.append(f"KV {label:<13} {fmt_bytes(b):>11}  ({8 * b / values:.3f} bits/value) "
                        f"{ratio}")
-        out.append(f"total        {fmt_bytes(self.total)} (weights as stored + KV {self.label})")
+        stored = self.weights_bytes + self.kv[self.label]
+        out.append(f"total        {fmt_bytes(self.total)} (weights as float32, as `nexvk run` "
+                   f"holds them, + KV {self.label}; {fmt_bytes(stored)} with weights as stored)")
         if self.memory:
             verdict = "fits" if self.fits else "does NOT fit"
             out.append(f"memory       {fmt_bytes(self.memory)}: {verdict}")
@@ -114,10 +131,13 @@ def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0, cache_opts=None)
     cfg = Config.from_gguf(g)
     opts = cache_opts or {}
     label = _spec(cfg, k_type, v_type, opts).label
-    kv = {label: kv_bytes(cfg, ctx, k_type, v_type, opts)}
-    for k, v in (("f16", "f16"), ("q8_0", "q8_0")):
-        kv.setdefault(f"{k}/{v}", kv_bytes(cfg, ctx, k, v))
-    n_params = sum(int(np.prod(t.shape)) for t in g.tensors.values())
+    kv = {label: kv_bytes(cfg, ctx, k_type, v_type, cache_opts=opts)}
+    for ref in ("f16", "q8_0"):  # comparison rows, where the format can hold this head size
+        try:
+            kv.setdefault(f"{ref}/{ref}", kv_bytes(cfg, ctx, ref, ref))
+        except ValueError:  # e.g. q8_0 at head_dim 16 (blocks of 32)
+            pass
+    n_params = sum(t.n_elements for t in g.tensors.values())
     return Plan(name=cfg.name or g.path.name, cfg=cfg, ctx=ctx, k_type=k_type, v_type=v_type,
                 label=label, weights_bytes=g.tensor_bytes(), weights_f32_bytes=4 * n_params, kv=kv,
                 memory=parse_size(memory) if memory else 0)

@@ -8,12 +8,14 @@ import numpy as np
 
 class Sampler:
     def __init__(self, temperature=0.0, top_k=0, top_p=1.0, seed=0):
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 <= temperature < np.inf:  # also false for NaN
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = all tokens), got {top_k!r}")
         self.temperature = float(temperature)
-        self.top_k = int(top_k or 0)
+        self.top_k = int(top_k)
         self.top_p = float(top_p)
         self.rng = np.random.default_rng(seed)
 

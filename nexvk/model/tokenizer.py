@@ -1,13 +1,18 @@
 """The model's own tokenizer, rebuilt from the GGUF's tokenizer.ggml.* metadata.
 
-GGUF stores a byte-level BPE vocabulary (`tokenizer.ggml.model == "gpt2"`) as the token list,
-the merge list, token types and a pre-tokenizer name (`tokenizer.ggml.pre`). We rebuild the
-same thing as a HuggingFace `tokenizers.Tokenizer`: pre-tokenizer chosen from the name (the
-regexes llama.cpp uses for each), BPE model, byte-level decoder; control and user-defined tokens
-become added tokens so that `<|im_start|>` in text maps to its single id. SentencePiece vocabs
-(`"llama"`) are not supported yet and raise ValueError.
+Two vocabulary kinds, each rebuilt as a HuggingFace `tokenizers.Tokenizer`:
+- byte-level BPE (`tokenizer.ggml.model == "gpt2"`): token list, merge list and a pre-tokenizer
+  name (`tokenizer.ggml.pre`): pre-tokenizer chosen from the name (the regexes llama.cpp uses
+  for each), BPE model, byte-level decoder.
+- SentencePiece (`"llama"`: llama 1/2, gemma): token list, scores and byte-fallback tokens
+  `<0xXX>`, no merge list. llama.cpp's SPM tokenizer repeatedly joins the adjacent pair whose
+  concatenation is the highest-scoring token; a BPE whose merges are every split of every token
+  into two tokens, ranked by the joined token's score, does the same. Spaces become "▁" (and
+  one is prepended when tokenizer.ggml.add_space_prefix says so, llama.cpp's default).
+In both, control and user-defined tokens become added tokens matched in the raw text first, so
+`<|im_start|>` or Gemma's "\n\n" maps to its single id.
 """
-from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models
+from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, normalizers
 from tokenizers import pre_tokenizers as pt
 
 # token_type values (llama.cpp's llama_token_type)
@@ -34,38 +39,95 @@ def _pre_tokenizer(pre):
                         pt.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
+def _token_id(g, which, n_vocab):
+    """tokenizer.ggml.<which>_token_id as an int in [0, n_vocab), or None when absent."""
+    key = f"tokenizer.ggml.{which}_token_id"
+    v = g.meta(key, None)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n_vocab:
+        raise ValueError(f"{g.path.name}: {key} must be a token id in [0, {n_vocab}), "
+                         f"got {str(v)[:40]}")
+    return v
+
+
+def _byte_level_bpe(g, vocab):
+    merges = []
+    for i, m in enumerate(g.strings("tokenizer.ggml.merges")):
+        a, space, b = m.partition(" ")
+        if not (a and space and b):
+            raise ValueError(f"{g.path.name}: BPE merge {i} ({m[:40]!r}) is not two tokens "
+                             "separated by a space")
+        merges.append((a, b))
+    tok = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False))
+    pre = g.meta("tokenizer.ggml.pre", None)
+    if pre is not None and not isinstance(pre, str):
+        raise ValueError(f"{g.path.name}: tokenizer.ggml.pre must be a string")
+    tok.pre_tokenizer = _pre_tokenizer(pre)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _sentencepiece(g, vocab, tokens):
+    scores = g.meta_array("tokenizer.ggml.scores").tolist()
+    if len(scores) != len(tokens):
+        raise ValueError(f"{g.path.name}: {len(scores)} tokenizer scores for {len(tokens)} tokens")
+    merges = []  # (score of the joined token, its id, left, right)
+    for i, t in enumerate(tokens):
+        for cut in range(1, len(t)):
+            if t[:cut] in vocab and t[cut:] in vocab:
+                merges.append((-scores[i], i, t[:cut], t[cut:]))
+    merges.sort()
+    unk = _token_id(g, "unknown", len(tokens))
+    tok = HFTokenizer(models.BPE(vocab, [(a, b) for _, _, a, b in merges], byte_fallback=True,
+                                 unk_token=tokens[unk] if unk is not None else None))
+    escape = [normalizers.Replace(" ", "\u2581")]
+    unescape = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if g.meta("tokenizer.ggml.add_space_prefix", True):
+        escape.insert(0, normalizers.Prepend("\u2581"))
+        unescape.append(decoders.Strip(" ", 1, 0))
+    tok.normalizer = normalizers.Sequence(escape)
+    tok.decoder = decoders.Sequence(unescape)
+    return tok
+
+
 class Tokenizer:
     """encode(text) -> list[int], decode(ids) -> str, plus bos/eos ids and the chat template."""
 
     def __init__(self, g):
         model = g.meta("tokenizer.ggml.model", None)
-        if model != "gpt2":
+        if model not in ("gpt2", "llama"):
             raise ValueError(f"{g.path.name}: tokenizer model '{model}' is not supported "
-                             "(only byte-level BPE, tokenizer.ggml.model = gpt2)")
+                             "(byte-level BPE 'gpt2' or SentencePiece 'llama')")
         tokens = g.strings("tokenizer.ggml.tokens")
-        merges = [tuple(m.split(" ", 1)) for m in g.strings("tokenizer.ggml.merges")]
         types = (g.meta_array("tokenizer.ggml.token_type").tolist()
                  if g.has("tokenizer.ggml.token_type") else [NORMAL] * len(tokens))
+        if len(types) != len(tokens):
+            raise ValueError(f"{g.path.name}: {len(types)} token types for {len(tokens)} tokens")
         vocab = {t: i for i, t in enumerate(tokens)}
-        tok = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False))
-        tok.pre_tokenizer = _pre_tokenizer(g.meta("tokenizer.ggml.pre", None))
-        tok.decoder = decoders.ByteLevel()
+        try:
+            tok = (_byte_level_bpe(g, vocab) if model == "gpt2"
+                   else _sentencepiece(g, vocab, tokens))
+        except ValueError:
+            raise
+        except Exception as e:  # tokenizers raises a bare Exception (e.g. merge out of vocab)
+            raise ValueError(f"{g.path.name}: invalid {model} vocabulary: {e}") from None
         added = [AddedToken(t, special=(ty == CONTROL), normalized=False)
                  for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)]
         tok.add_tokens(added)
         self.hf = tok
         self.n_vocab = len(tokens)
-        self.bos_id = g.meta("tokenizer.ggml.bos_token_id", None)
-        self.eos_id = g.meta("tokenizer.ggml.eos_token_id", None)
+        self.bos_id = _token_id(g, "bos", self.n_vocab)
+        self.eos_id = _token_id(g, "eos", self.n_vocab)
         self.add_bos = bool(g.meta("tokenizer.ggml.add_bos_token", False))
         self.chat_template = g.meta("tokenizer.chat_template", None)
+        if self.chat_template is not None and not isinstance(self.chat_template, str):
+            raise ValueError(f"{g.path.name}: tokenizer.chat_template must be a string")
         # generation stops at any end-of-turn/end-of-text id the file names
-        stop = {g.meta(k, None) for k in ("tokenizer.ggml.eos_token_id",
-                                          "tokenizer.ggml.eot_token_id",
-                                          "tokenizer.ggml.eom_token_id")}
+        stop = {_token_id(g, k, self.n_vocab) for k in ("eos", "eot", "eom")}
         if "<|im_end|>" in vocab and self.chat_template and "<|im_end|>" in self.chat_template:
             stop.add(vocab["<|im_end|>"])
-        self.stop_ids = {int(s) for s in stop if s is not None}
+        self.stop_ids = {s for s in stop if s is not None}
 
     def encode(self, text, bos=None):
         """Token ids of `text`; a BOS id first when `bos` (default: the file's add_bos_token)."""

@@ -8,6 +8,8 @@
 #ifndef ATTN_HEAD_GLSL
 #define ATTN_HEAD_GLSL
 
+#include "group_id.glsl"
+
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
 layout(constant_id = 1) const uint D = 128;
@@ -43,6 +45,8 @@ layout(push_constant) uniform Push {
     uint acc_base;    // offset of the acc region in part[]
     uint q0;          // first query row of this dispatch
     uint window;      // keys a query sees (0: all before it)
+    uint q_off;       // float offsets of query row 0 in q[] and of its output in o[]
+    uint o_off;
 } pc;
 
 shared float sh_x[G * D];
@@ -58,7 +62,7 @@ void key_range(uint q, out uint lo, out uint L) {
 
 // query index in the dispatch, KV head and split of this workgroup, and the keys it sees
 void attn_ids(out uint qi, out uint g, out uint s, out uint lo, out uint L) {
-    uint id = gl_WorkGroupID.x;
+    uint id = GROUP_ID;
     s = id % pc.ns;
     g = (id / pc.ns) % pc.hkv;
     qi = id / (pc.ns * pc.hkv);

@@ -90,7 +90,8 @@ def test_sync_validation_reports_a_missing_barrier(device, tmp_path):
         dyn = mgr.tensor_t(np.array([n, 0], np.uint32))
         spec = spirv.words([layout.WG, d, *layout.spec(fmt)])
         push = np.zeros(32, np.uint32)
-        push[:5] = layout.quantize_push(0, n * fmt.words, 0)
+        words = layout.quantize_push(0, n * fmt.words, 0)
+        push[:len(words)] = words
         enc = mgr.algorithm([x, kv, tab, dyn], spirv.load("quantize"), [n, 1, 1], spec, push)
         dec = mgr.algorithm([kv, y, tab, dyn], spirv.load("dequantize"), [n, 1, 1], spec, push)
         seq = mgr.sequence().record(kp.OpTensorSyncDevice([x, tab, dyn]))

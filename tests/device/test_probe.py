@@ -170,3 +170,24 @@ def test_version_decoding():
     assert probe._driver_ver((535 << 22) | (104 << 14) | (5 << 6) | 1, 0x10DE) == "535.104.5.1"
     assert probe._driver_ver((23 << 22) | (1 << 12) | 4, 0x1002) == "23.1.4"
     assert probe._ver((1 << 22) | (3 << 12) | 239) == "1.3.239"
+
+
+def test_probe_is_isolated_from_the_users_directory_and_paths(tmp_path):
+    """A json.py in the current directory (or on PYTHONPATH) must not run: the probe used to
+    execute it through `python -m` and then report no GPU."""
+    import os
+    import sys
+    from pathlib import Path
+    marker = tmp_path / "ran"
+    (tmp_path / "json.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n")
+    repo = str(Path(probe.__file__).resolve().parents[2])
+    code = (f"import sys; sys.path.insert(0, {repo!r}); from nexvk.device import probe; "
+            "print(len(probe.devices()), probe.last_error())")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # the parent under -I too, so only the probe's child can have met the fake json.py
+    r = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    n, err = r.stdout.split(maxsplit=1)
+    assert not marker.exists(), "the probe imported json.py from the user's directory"
+    assert int(n) == len(probe.devices()) and err.strip() == str(probe.last_error())

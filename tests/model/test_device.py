@@ -1,25 +1,81 @@
-"""The golden greedy decode on the Vulkan cache: the same weights with the cache on the device
-must give the numpy reference's logits and tokens."""
+"""The whole token step on the Vulkan device against the numpy model: the same logits (1e-3
+of the largest logit, per position) over 64 prefill and 64 decode positions and the same
+greedy text with an f16 cache; with turbo3, distributions as close as 3-bit codes allow."""
 import numpy as np
 import pytest
 
 PROMPT = "The three primary colors are"
 
 
+def _positions(m, ids, follow):
+    """Logits of every prefill position of ids, then of one decode step per token of
+    `follow` (the same tokens for both backends, so the positions compare): (P, vocab)."""
+    m.reset()
+    rows = [m.forward(ids, 0).copy()]
+    for tok in follow:
+        rows.append(m.forward([tok], m.pos).copy())
+    return np.concatenate(rows)
+
+
+def _kld(p_logits, q_logits):
+    """Mean KL(p || q) of the next-token distributions, per position."""
+    lp, lq = (z.astype(np.float64) - z.max(1, keepdims=True) for z in (p_logits, q_logits))
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
+
+
+@pytest.fixture(scope="module")
+def positions(model, vk_model, wikitext):
+    """64 prefill + 64 decode positions of wikitext on both backends, per cache format."""
+    ids = model.tokenizer.encode(wikitext[:4000])[:128]
+    return {(fmt, m.cache.backend): _positions(m.with_cache(fmt, fmt, ctx=160, cache_opts={"plain": True}),
+                                                  ids[:64], ids[64:])
+            for fmt in ("f16", "turbo3") for m in (model, vk_model)}
+
+
 @pytest.mark.device
-@pytest.mark.parametrize("fmt", ["f16", "turbo3"])
-def test_vulkan_cache_matches_numpy(model, device, fmt):
-    ids = model.tokenizer.encode(PROMPT)
-    runs = []
-    for backend in ("numpy", "vulkan"):
-        # plain: the Vulkan backend does not run the hardened cache yet (issue 9)
-        m = model.with_cache(fmt, fmt, backend=backend, ctx=64, cache_opts={"plain": True})
-        assert m.cache.backend == backend
-        m.reset()
-        logits = [m.forward(ids, 0)[-1].copy()]
-        for _ in range(6):
-            logits.append(m.forward([int(np.argmax(logits[-1]))], m.pos)[0].copy())
-        runs.append(np.stack(logits))  # (7, vocab)
-    cpu, gpu = runs
+def test_device_logits_match_numpy_f16(positions):
+    cpu, gpu = positions["f16", "numpy"], positions["f16", "vulkan"]
+    assert cpu.shape == gpu.shape and cpu.shape[0] == 128
+    rel = np.abs(gpu - cpu).max(axis=1) / np.abs(cpu).max(axis=1)
+    assert rel.max() <= 1e-3, f"worst position {rel.argmax()}: {rel.max():.2e}"
     assert np.array_equal(cpu.argmax(1), gpu.argmax(1))
-    np.testing.assert_allclose(gpu, cpu, atol=5e-2, rtol=0)
+
+
+@pytest.mark.device
+def test_device_turbo3_is_as_close_as_the_codes_allow(positions):
+    """With 3-bit keys, a last-bit difference in a product (BLAS and the shader sum in other
+    orders) moves a coordinate across a code threshold now and then, and that one code moves
+    later logits by up to ~0.1 of the largest (numpy against numpy with keys perturbed by
+    2e-6 relative does the same). So the bound is on the distributions: the device's turbo3
+    must differ from numpy's turbo3 by under a tenth of what turbo3 costs against f16."""
+    cpu, gpu, f16 = positions["turbo3", "numpy"], positions["turbo3", "vulkan"], positions["f16", "numpy"]
+    prefix = np.abs(gpu[:48] - cpu[:48]).max(axis=1) / np.abs(cpu[:48]).max(axis=1)
+    assert prefix.max() <= 1e-3                  # before any code flips, the 1e-3 bound holds
+    assert _kld(cpu, gpu) <= 0.1 * _kld(f16, cpu), (_kld(cpu, gpu), _kld(f16, cpu))
+    assert np.mean(cpu.argmax(1) == gpu.argmax(1)) >= 0.85
+
+
+@pytest.mark.device
+def test_device_greedy_text_matches_numpy(model, vk_model):
+    """64 greedy tokens, f16 cache (with turbo3 one code flip may fork the text: see above)."""
+    texts = [m.with_cache("f16", "f16", ctx=128).generate(PROMPT, n=64) for m in (model, vk_model)]
+    assert texts[0] == texts[1]
+    assert len(texts[0]) > 100
+
+
+@pytest.mark.device
+def test_weights_stay_in_their_gguf_formats(vk_model, model_path):
+    """Device bytes for the weights within 10% of the file's tensor bytes (no float32 copy)."""
+    from nexvk.model.gguf import open_gguf
+    w = vk_model.w
+    arrays = [w.tok_embd, w.output_norm] + [t for L in w.layers for t in vars(L).values()]
+    device_bytes = sum(a.nbytes for a in arrays)
+    file_bytes = open_gguf(model_path).tensor_bytes()
+    assert abs(device_bytes / file_bytes - 1) <= 0.10, (device_bytes, file_bytes)
+
+
+def test_numpy_weights_refuse_the_vulkan_backend(model):
+    with pytest.raises(ValueError, match="loaded for the numpy backend"):
+        model.with_cache(backend="vulkan")

@@ -90,12 +90,12 @@ def test_allocate_spends_the_budget_where_kld_is():
 def two_layer(model):
     """The model's first two layers only (a real, if useless, transformer): calibration costs
     2 x layers + 2 forward passes, which keeps this test to seconds."""
-    from nexvk.model.llama import Model
+    from nexvk.model.model import Model
+    from nexvk.model.weights import Weights
     cfg = dataclasses.replace(model.cfg, n_layers=2, n_kv_heads=model.cfg.n_kv_heads[:2])
     w = model.w
-    per_layer = {f.name: getattr(w, f.name)[:2] for f in dataclasses.fields(w)
-                 if f.name not in ("tok_embd", "output", "output_norm")}
-    return Model(cfg, dataclasses.replace(w, **per_layer), model.tokenizer, ctx=64)
+    return Model(cfg, Weights(w.tok_embd, w.output, w.output_norm, w.layers[:2]),
+                 model.tokenizer, ctx=64)
 
 
 def test_calibrate_writes_a_preset_that_plan_and_ppl_use(model, model_path, wikitext,

@@ -1,5 +1,8 @@
 """The tokenizer rebuilt from GGUF metadata must round-trip any text and treat the control
 tokens the way the model was trained (one id each)."""
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from nexvk.model.gguf import open_gguf
@@ -51,3 +54,56 @@ def test_bpe_merges_words(tok):
 def test_chat_template(tok):
     s = tok.chat("Hi")
     assert s.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+class _SentencePieceFile:
+    """The tokenizer.ggml.* metadata of a tiny SentencePiece vocabulary, as open_gguf gives it."""
+
+    def __init__(self, pieces, add_space_prefix=False):
+        specials = [("<unk>", 2), ("<s>", 3), ("</s>", 3), ("\n\n", 4)]
+        tokens = [t for t, _ in specials] + [f"<0x{b:02X}>" for b in range(256)]
+        types = [ty for _, ty in specials] + [6] * 256
+        scores = [0.0] * len(tokens)
+        for text, score in pieces:
+            tokens.append(text)
+            types.append(1)
+            scores.append(score)
+        self.path = Path("tiny-spm.gguf")
+        self._meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+                      "tokenizer.ggml.scores": np.array(scores, np.float32),
+                      "tokenizer.ggml.token_type": np.array(types, np.int32),
+                      "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+                      "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_bos_token": True,
+                      "tokenizer.ggml.add_space_prefix": add_space_prefix}
+
+    def has(self, key):
+        return key in self._meta
+
+    def meta(self, key, default=None):
+        return self._meta.get(key, default)
+
+    strings = meta_array = meta
+
+
+BYTES = ["\n\n", "<0x78>", "<0xC3>", "<0xA9>"]  # '\n\n' whole, x and é as UTF-8 bytes
+
+
+@pytest.mark.parametrize("ab,bc,want", [(-1.0, -2.0, ["\u2581", "ab", "c"]),
+                                        (-2.0, -1.0, ["\u2581a", "bc"])])
+def test_sentencepiece_joins_the_best_scoring_pair_first(ab, bc, want):
+    """llama.cpp's SPM rule: of the adjacent pairs that form a token, join the one whose token
+    scores highest, and repeat. '▁abc': ab first gives ▁|ab|c (no '▁ab', no 'abc'); bc first
+    gives ▁a|bc ('▁a' at -3 still beats nothing)."""
+    tok = Tokenizer(_SentencePieceFile([("a", -5.0), ("b", -5.0), ("c", -5.0), ("ab", ab),
+                                        ("bc", bc), ("\u2581", -6.0), ("\u2581a", -3.0)]))
+    ids = tok.encode(" abc\n\nxé")
+    assert [tok.hf.id_to_token(i) for i in ids] == ["<s>"] + want + BYTES
+    assert tok.decode(ids[1:]) == " abc\n\nxé"
+
+
+def test_sentencepiece_space_prefix_and_byte_fallback():
+    tok = Tokenizer(_SentencePieceFile([("a", -1.0), ("\u2581", -2.0), ("\u2581a", -0.5)],
+                                       add_space_prefix=True))
+    pieces = [tok.hf.id_to_token(i) for i in tok.encode("a é", bos=False)]
+    assert pieces == ["\u2581a", "\u2581", "<0xC3>", "<0xA9>"]
+    assert tok.decode(tok.encode("a é", bos=False)) == "a é"

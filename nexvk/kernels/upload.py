@@ -1,0 +1,37 @@
+"""Filling device-only (storage) buffers without a second full-size host copy.
+
+Kompute's 'device' tensors keep a host staging buffer as large as the tensor, and 'storage'
+tensors cannot be synced at all. So words go up in chunks through one small reusable staging
+buffer, and copy_words.comp moves each chunk to its offset in the destination. The offset and
+count travel in the staging buffer's first words, so one recorded sequence per destination
+serves every chunk. Numpy twin: `dst[offset:offset + len(words)] = words`.
+"""
+import numpy as np
+
+CHUNK = 1 << 20          # words per chunk (4 MiB)
+WG = 64
+STAGE = "upload/stage"
+
+
+def upload_words(dev, dst, offset, words):
+    """dst[offset : offset + len(words)] = words, for any uint32 device buffer `dst`."""
+    words = np.ascontiguousarray(words, np.uint32).reshape(-1)
+    if dst.dtype != np.uint32:
+        raise ValueError(f"upload_words writes uint32 words, {dst} holds {dst.dtype}")
+    if offset < 0 or offset + words.size > dst.size:
+        raise ValueError(f"upload of {words.size} words at offset {offset} overflows {dst} "
+                         f"({dst.size} words)")
+    if not words.size:
+        return
+    stage = dev.pool.get(STAGE, CHUNK + 4, np.uint32, kind="device")
+    pipe = dev.pipeline("copy_words", [stage, dst], CHUNK // WG, [WG])
+    for i in range(0, words.size, CHUNK):
+        n = min(CHUNK, words.size - i)
+        stage.host[:2] = offset + i, n
+        stage.host[4:4 + n] = words[i:i + n]
+        dev.run([stage], [(pipe, [])])
+
+
+def release(dev):
+    """Free the staging buffer and the copy pipelines (after the last upload)."""
+    dev.release("upload/")

@@ -1,0 +1,255 @@
+"""The Model: load a GGUF, hold its weights, tokenizer, KV cache and State, and generate.
+
+`Model.load(path, ctx, k_type, v_type, ...)` reads the file's Config, checks that its family is
+supported (arch.py), loads the named weights (weights.py) and runs `forward.forward` through an
+Ops backend: numpy (ops_numpy.py: float32 weights, each op executed at once) or vulkan
+(ops_vulkan.py: weights in their GGUF formats on the device, each step shape recorded once
+into one graph and replayed, one submission per step). The KV cache (numpy or vulkan store)
+is the only thing that knows the KV formats; it keeps only the window on sliding-window layers.
+"""
+import itertools
+import time
+import weakref
+
+import numpy as np
+
+from nexvk.model.arch import MAX_BATCH, Arch
+from nexvk.model.config import Config, check_tensors
+from nexvk.model.forward import State, forward
+from nexvk.model.gguf import open_gguf
+from nexvk.model.ops_numpy import NumpyOps
+from nexvk.model.sample import Sampler
+from nexvk.model.tokenizer import Tokenizer
+from nexvk.model.weights import Weights, layer_shapes
+
+
+class Model:
+    """A loaded model with its own KV cache. Use `Model.load(...)`; `with_cache(...)` gives a
+    second model that shares the weights but has its own cache and state."""
+
+    def __init__(self, cfg, weights, tokenizer, ctx, k_type="f16", v_type="f16",
+                 backend="numpy", device=None, sparse_v=None, seed=0, max_batch=MAX_BATCH,
+                 cache_opts=None):
+        from nexvk.cache import KVCache, check_sparse_v
+        check_sparse_v(sparse_v)
+        self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
+        self.arch = a = Arch.from_config(cfg)
+        self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
+        self.backend, self.device, self.sparse_v, self.seed = backend, device, sparse_v, seed
+        self.cache_opts = dict(cache_opts or {})
+        B = min(max_batch, ctx)
+        if backend != weights.backend:
+            raise ValueError(f"these weights were loaded for the {weights.backend} backend, "
+                             f"not {backend}: load the model with backend={backend!r}")
+        self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, ctx, k_type=k_type,
+                             v_type=v_type, backend=backend, device=device, seed=seed,
+                             n_heads=a.n_heads, max_batch=B, window=list(a.window),
+                             **self.cache_opts)
+        if backend == "numpy":
+            self.ops = NumpyOps(self.cache, sparse_v)
+            self.state = State(a, B, self.ops)
+            self._states = {}
+        else:
+            # step shapes, each a State and a graph recorded now: decode (1 row), prefill
+            # chunks of B rows (last row's logits, or none); whole-window logits (ppl) on
+            # first use, in chunks small enough for the logits buffer
+            from nexvk.model.ops_vulkan import VulkanOps
+            self.ops = VulkanOps(self.cache, sparse_v)
+            self.state = State(a, B, self.ops, logits_rows=1)
+            self._states = {(1, 1): State(a, 1, self.ops, logits_rows=1), (B, 1): self.state}
+            for T, mode in ((1, "last"), (B, "last"), (B, "none")):
+                self.ops.record(*self._prepare(T, mode)[::2])
+        self.pos = 0
+        self.stats = {}
+
+    @classmethod
+    def load(cls, path=None, ctx=2048, k_type="f16", v_type="f16", backend="numpy",
+             device=None, sparse_v=None, seed=0, progress=False, max_batch=MAX_BATCH,
+             cache_opts=None):
+        """Load a GGUF (the default SmolLM2 when path is None) with a ctx-token KV cache."""
+        from nexvk.model.fetch import resolve_model
+        if ctx <= 0:
+            raise ValueError(f"context must be positive, got {ctx}")
+        g = open_gguf(resolve_model(path, progress=progress))
+        cfg = Config.from_gguf(g)
+        Arch.from_config(cfg)  # an unsupported family fails before the slow steps
+        # sizes the metadata may leave out come from the tensor table (GGUF lists ne0 first)
+        if not cfg.vocab_size and g.has_tensor("token_embd.weight"):
+            cfg.vocab_size = int(g.tensors["token_embd.weight"].shape[1])
+        if not cfg.ffn_dim and g.has_tensor("blk.0.ffn_down.weight"):
+            cfg.ffn_dim = int(g.tensors["blk.0.ffn_down.weight"].shape[0])
+        check_tensors(cfg, g)
+        tok = Tokenizer(g)
+        from nexvk.device.manager import resolve_backend
+        backend = resolve_backend(backend, device)
+        t0 = time.perf_counter()
+        w = load_weights(g, Arch.from_config(cfg), backend, device, progress)
+        m = cls(cfg, w, tok, ctx, k_type, v_type, backend, device, sparse_v, seed, max_batch,
+                cache_opts)
+        m.stats["load_s"] = time.perf_counter() - t0
+        return m
+
+    def with_cache(self, k_type=None, v_type=None, **kw):
+        """A model sharing these weights with a fresh cache of other formats."""
+        args = dict(ctx=self.ctx, k_type=k_type or self.k_type, v_type=v_type or self.v_type,
+                    backend=self.cache.backend, device=self.device, sparse_v=self.sparse_v,
+                    seed=self.seed, max_batch=self.state.B, cache_opts=self.cache_opts)
+        args.update(kw)
+        return Model(self.cfg, self.w, self.tokenizer, **args)
+
+    def reset(self):
+        self.cache.reset()
+        self.pos = 0
+
+    def forward(self, tokens, pos, last_only=False):
+        """Run tokens (T,) at positions pos..pos+T-1 after the pos tokens already cached.
+        Returns logits (T, vocab) float32 (a view of the state; copy to keep), or (1, vocab)
+        for the last token when last_only."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        T = tokens.size
+        if T == 0:
+            raise ValueError("forward needs at least one token")
+        if pos != self.cache.length(0):
+            raise ValueError(f"forward at position {pos}, but the cache holds "
+                             f"{self.cache.length(0)} tokens (call reset() to start over)")
+        if pos + T > self.ctx:
+            raise ValueError(f"{pos + T} tokens exceed the context of {self.ctx} "
+                             "(load the model with a larger ctx, e.g. -c)")
+        if tokens.min() < 0 or tokens.max() >= self.arch.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.arch.vocab_size})")
+        B = self._chunk(last_only)
+        try:
+            if T <= B:
+                logits = self._step(tokens, pos, "last" if last_only else "all")
+            else:  # more tokens than the state holds: run in slices of B
+                logits = None if last_only else np.empty((T, self.arch.vocab_size), np.float32)
+                for s in range(0, T, B):
+                    last = s + B >= T
+                    mode = ("last" if last else "none") if last_only else "all"
+                    part = self._step(tokens[s:s + B], pos + s, mode)
+                    if logits is not None:
+                        logits[s:s + B] = part
+                    elif last:
+                        logits = part
+        except BaseException:  # e.g. non-finite k/v from bad weights: no layer keeps a token
+            self.cache.truncate(pos)
+            raise
+        self.pos = pos + T
+        return logits
+
+    def _chunk(self, last_only):
+        """Most tokens per step: B, or on the device fewer when every row's logits come back
+        (one logits buffer must stay under the storage-buffer limit)."""
+        if self.cache.backend == "numpy" or last_only:
+            return self.state.B
+        fit = self.cache.store.dev.max_buffer_bytes // (4 * self.arch.vocab_size)
+        return max(1, min(self.state.B, fit))
+
+    def _state_for(self, T, logits):
+        """(key, State) of the step shape that runs T tokens with these logits."""
+        if self.cache.backend == "numpy":
+            return None, self.state
+        rows = 1 if T == 1 else self._chunk(logits != "all")
+        key = (rows, rows if logits == "all" and rows > 1 else 1)
+        if key not in self._states:
+            self._states[key] = State(self.arch, rows, self.ops, logits_rows=key[1])
+        return key, self._states[key]
+
+    def _prepare(self, T, logits):
+        """(graph key, State, the step's forward) for T tokens with these logits."""
+        if T == 1 and logits == "all":
+            logits = "last"  # one row: the same step, so the same recorded graph
+        key, st = self._state_for(T, logits)
+        return (key, logits), st, lambda: forward(self.ops, self.arch, self.w, st, logits)
+
+    def _step(self, tokens, pos, logits):
+        """One forward call of at most B tokens; the logits rows it asked for (or None)."""
+        key, st, record = self._prepare(len(tokens), logits)
+        self.ops.set_step(st.tokens, tokens, pos)
+        self.ops.execute(key, record)
+        if logits == "none":
+            return None
+        return self.ops.read(st.logits, 1 if logits == "last" else None)
+
+    # ---- generation --------------------------------------------------------------------
+    def generate(self, prompt, n=64, temperature=0.0, top_k=0, top_p=1.0, seed=0, stream=None,
+                 chat=False, bos=None):
+        """Continue `prompt` by up to n tokens (stops early at an end-of-text token); n = -1
+        generates until an end-of-text token or the end of the context.
+        Calls stream(text_piece) as text becomes available; returns the generated text and
+        fills self.stats with prefill/decode token counts, seconds and tokens/s."""
+        tok = self.tokenizer
+        if chat:
+            prompt = tok.chat(prompt)
+        ids = tok.encode(prompt, bos=bos)
+        if not ids:
+            if tok.bos_id is None:
+                raise ValueError("empty prompt and the model has no BOS token")
+            ids = [int(tok.bos_id)]
+        if n == -1:
+            n = max(self.ctx - len(ids), 0)
+        elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be the number of tokens to generate (>= 0, or -1 for "
+                             f"until the end of the context), got {n!r}")
+        if len(ids) + n > self.ctx:
+            raise ValueError(f"prompt ({len(ids)} tokens) + {n} new tokens exceed the context "
+                             f"of {self.ctx} tokens (raise -c or shorten the prompt)")
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        self.reset()
+        t0 = time.perf_counter()
+        logits = self.forward(ids, 0, last_only=True)[0]
+        t1 = time.perf_counter()
+        out, text, n_dec = [], "", 0
+        for i in range(n):
+            nxt = sampler(logits)
+            if nxt in tok.stop_ids:
+                break
+            out.append(nxt)
+            new = tok.decode(out)
+            if not new.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                if stream:
+                    stream(new[len(text):])
+                text = new
+            if i + 1 < n:
+                logits = self.forward([nxt], self.pos)[0]
+                n_dec += 1
+        t2 = time.perf_counter()
+        self.stats.update(prompt_tokens=len(ids), prefill_s=t1 - t0,
+                          prefill_tok_s=len(ids) / max(t1 - t0, 1e-9),
+                          decode_tokens=n_dec, decode_s=t2 - t1,
+                          decode_tok_s=n_dec / max(t2 - t1, 1e-9), generated=len(out))
+        final = tok.decode(out)
+        if stream and final != text:
+            stream(final[len(text):])
+        return final
+
+
+_weight_ids = itertools.count()
+
+
+def load_weights(g, a, backend, device=None, progress=False):
+    """The model's Weights for a backend: float32 arrays (numpy), or the GGUF blocks as
+    stored in device buffers (vulkan), freed with the Weights object."""
+    if backend == "numpy":
+        w = Weights.load(g, a, progress=progress)
+    else:
+        from nexvk.device.manager import get_device
+        from nexvk.kernels import upload
+        from nexvk.model.ops_vulkan import weight_loader
+        dev = get_device(device)
+        tag = f"weights{next(_weight_ids)}/"
+        names = {f"blk.{i}.{n}.weight": shape for i in range(a.n_layers)
+                 for n, shape in layer_shapes(a).items()}
+        names.update({"token_embd.weight": (a.vocab_size, a.dim), "output_norm.weight": (a.dim,)})
+        if g.has_tensor("output.weight"):
+            names["output.weight"] = (a.vocab_size, a.dim)
+        try:
+            w = Weights.load(g, a, progress=progress, loader=weight_loader(dev, g, tag, names))
+        except BaseException:
+            dev.release(tag)
+            raise
+        finally:
+            upload.release(dev)  # the staging buffer and copy pipeline
+        weakref.finalize(w, dev.release, tag)
+    w.backend = backend
+    return w

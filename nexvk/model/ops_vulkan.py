@@ -1,0 +1,238 @@
+"""The Vulkan Ops: forward.py's calls recorded into one device graph per step shape.
+
+Where NumpyOps executes each call, VulkanOps records it: `execute(key, record)` runs record()
+(the forward) once per key to record every dispatch of the step into a Graph, then replays it
+(one queue submission) on every step of that shape. Only the step's words go up (T, the start
+position and the token ids, in the KV cache's `dyn` buffer, which every kernel reads) and only
+the handles allocated readable come down (the logits).
+
+A handle is an `Act`: (rows, cols) float32 activations at a float offset of an arena buffer,
+or a last_row() view (the step's row T-1). The handles allocated before a graph is first
+recorded share one arena (a State's handles, so that e.g. a product can write q|k|v or gate|up
+side by side); readable ones get buffers of their own. Weights stay in their GGUF formats on
+the device (nexvk/kernels/weights.py); the KV cache's kernels write the cache and attend.
+"""
+import itertools
+import weakref
+
+import numpy as np
+
+from nexvk.kernels import add, dyn as dyn_words, get_rows, ggml_types, glu, mul_mm, mul_mv
+from nexvk.kernels import rms_norm, rope
+from nexvk.kernels.upload import upload_words
+from nexvk.kernels.weights import DeviceWeight, WeightArenas
+
+_ids = itertools.count()
+_ACT = {"silu": "silu", "gelu_tanh": "gelu"}
+
+
+class Arena:
+    """Handles' words reserved before the buffer exists; the buffer is made on first use."""
+
+    def __init__(self, ops):
+        self.ops, self.words, self._buf = ops, 0, None
+
+    def reserve(self, n):
+        if self._buf is not None:
+            raise RuntimeError("this arena's buffer exists already")
+        off, self.words = self.words, self.words + n
+        return off
+
+    @property
+    def buf(self):
+        if self._buf is None:
+            self._buf = self.ops.dev.pool.get(f"{self.ops.tag}arena{next(self.ops._names)}",
+                                              self.words, np.float32)
+        return self._buf
+
+
+class Act:
+    """(rows, cols) float32 at float offset `off` of `where` (an Arena or a Buffer); `last`:
+    a view of the step's row T-1 alone."""
+
+    def __init__(self, where, off, rows, cols, last=False):
+        self.where, self.off, self.rows, self.cols, self.last = where, off, rows, cols, last
+
+    @property
+    def buf(self):
+        w = self.where
+        return w.buf if isinstance(w, Arena) else w
+
+    @property
+    def nbytes(self):
+        return 4 * self.rows * self.cols
+
+
+class VulkanOps:
+    def __init__(self, cache, sparse_v=None):
+        self.cache, self.sparse_v = cache, sparse_v
+        self.store = store = cache.store
+        self.dev = store.dev
+        self.dyn = store.dyn             # [T, pos0, scale, sparse-V threshold, token ids...]
+        self.tag = f"ops{next(_ids)}/"
+        self._graphs = {}
+        self._tables = {}                # (base, rot) -> RoPE (cos, sin) table buffer
+        self._names = itertools.count()
+        self._arena = Arena(self)
+        self._readable = []              # readable buffers of the graph being recorded
+        self.T, self.pos = 0, 0
+        self._g = None                   # the graph being recorded
+        weakref.finalize(self, _release, self.dev, self.tag, self._graphs)
+
+    # ---- buffers and per-step values -----------------------------------------------------
+    def alloc(self, shape, dtype="float32", readable=False):
+        """A handle of shape (rows, features...); token ids (int32) live in the dyn buffer.
+        readable: the host reads it after a step (the graph downloads it)."""
+        rows, cols = int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
+        if dtype == "int32":
+            if dyn_words.size(rows) > self.dyn.size:
+                raise ValueError(f"{rows} token ids do not fit the cache's dyn buffer "
+                                 f"({self.dyn.size - dyn_words.IDS} ids): raise max_batch")
+            return Act(self.dyn, dyn_words.IDS, rows, 1)
+        if readable:
+            buf = self.dev.pool.get(f"{self.tag}out{next(self._names)}", rows * cols,
+                                    np.float32, kind="device")
+            return Act(buf, 0, rows, cols)
+        if self._arena._buf is not None:   # a State made after a graph: a new arena
+            self._arena = Arena(self)
+        return Act(self._arena, self._arena.reserve(rows * cols), rows, cols)
+
+    def set_step(self, tokens_handle, tokens, pos):
+        """The next step: T = len(tokens) ids at positions pos..pos+T-1."""
+        self.T, self.pos = len(tokens), int(pos)
+        dyn_words.fill(self.dyn.host, self.T, self.pos, tokens)
+        self.dyn.host[3:4].view(np.float32)[0] = self.sparse_v or 0.0
+        self.store.stats.host[:] = 0
+
+    def record(self, key, record):
+        """The graph of step shape `key`, recorded by calling record() (the forward) once."""
+        g = self._graphs.get(key)
+        if g is None:
+            self._g, self._readable = self.dev.graph().upload(self.dyn, self.store.stats), []
+            try:
+                record()
+                g = self._g.download(self.store.stats, *self._readable)
+            finally:
+                self._g = None
+            self._graphs[key] = g
+        return g
+
+    def execute(self, key, record):
+        """Run the step: one submission of its graph (recorded on first use). The KV cache
+        counts the step's tokens first."""
+        g = self.record(key, record)
+        self.cache.advance(self.pos, self.T)
+        g.run()
+        skipped, total = (int(n) for n in self.store.stats.host[:2])
+        self.cache.stats = {"skipped": skipped, "total": total,
+                            "skip_rate": skipped / total if total else 0.0}
+
+    def read(self, x, n=None):
+        """Rows 0..n-1 of a readable handle after the step (default: the step's rows)."""
+        n = min(self.T, x.rows) if n is None else n
+        return x.buf.host[: n * x.cols].reshape(n, x.cols)
+
+    def last_row(self, x):
+        return Act(x.where, x.off, 1, x.cols, last=True)
+
+    # ---- recording -------------------------------------------------------------------------
+    def _dispatch(self, pairs):
+        for pipe, push in pairs:
+            self._g.dispatch(pipe, push)
+
+    def _out(self, x):
+        """x's buffer, to be written; a readable one comes down after the step."""
+        b = x.buf
+        if b.kind == "device" and b not in self._readable:
+            self._readable.append(b)
+        return b
+
+    # ---- ops -----------------------------------------------------------------------------
+    def embed(self, table, tokens, out, scale=1.0):
+        self._dispatch(get_rows.dispatches(self.dev, table, self._out(out), self.dyn, out.rows,
+                                           o_off=out.off, scale=scale))
+
+    def rms_norm(self, x, w, eps, out, group=0):
+        self._dispatch(rms_norm.dispatches(self.dev, x.buf, w.buf, self._out(out), self.dyn,
+                                           x.cols, x.rows, eps, group or None, x_off=x.off,
+                                           w_off=w.off, y_off=out.off, last=x.last))
+
+    def linear(self, x, w, out, accumulate=False):
+        if x.rows == 1:
+            pairs = mul_mv.dispatches(self.dev, w, x.buf, self._out(out), self.dyn, x_off=x.off,
+                                      y_off=out.off, acc=accumulate, last=x.last)
+        else:
+            pairs = mul_mm.dispatches(self.dev, w, x.buf, self._out(out), self.dyn, x.rows,
+                                      x_off=x.off, y_off=out.off, acc=accumulate)
+        self._dispatch(pairs)
+
+    def rope(self, x, head_dim, rot_dims, base, neox):
+        self._dispatch(rope.dispatches(self.dev, x.buf, self._table(base, rot_dims), self.dyn,
+                                       x.cols // head_dim, head_dim, rot_dims,
+                                       self.cache.capacity, x.rows, neox, x_off=x.off))
+
+    def _table(self, base, rot):
+        key = (float(base), int(rot))
+        if key not in self._tables:
+            t = rope.table(key[0], rot, self.cache.capacity)          # (ctx, rot/2, 2) float32
+            buf = self.dev.pool.get(f"{self.tag}rope{len(self._tables)}", t.size)
+            upload_words(self.dev, buf, 0, t.reshape(-1).view(np.uint32))
+            self._tables[key] = buf
+        return self._tables[key]
+
+    def glu(self, gate, up, out, act):
+        if gate.where is not up.where:
+            raise ValueError("glu reads gate and up from one buffer (allocate them together)")
+        self._dispatch(glu.dispatches(self.dev, gate.buf, self._out(out), self.dyn, gate.cols,
+                                      gate.rows, _ACT[act], x_off=gate.off, o_off=out.off,
+                                      ldx=gate.cols, up=up.off - gate.off))
+
+    def add(self, x, y):
+        self._dispatch(add.dispatches(self.dev, x.buf, y.buf, self.dyn, x.cols, x.rows,
+                                      x_off=x.off, y_off=y.off))
+
+    def attention(self, layer, q, k, v, out, head_dim, scale):
+        words = self.dyn.host[2:3].view(np.float32)
+        if self._graphs and words[0] != np.float32(scale):
+            raise ValueError("every layer must use the same attention scale on the device")
+        words[0] = scale  # kept in the dyn words of every later step
+        self.store.record_append(self._g, layer, k.buf, v.buf, q.rows, k.off, v.off)
+        self.store.record_attention(self._g, layer, q.buf, self._out(out), q.rows,
+                                    q.cols // head_dim, q.off, out.off)
+
+
+def weight_loader(dev, g, tag, shapes):
+    """loader(name, shape) for Weights.load: the GGUF tensor on the device as stored, a
+    DeviceWeight for matrices (any GGML type the kernels read) and float32 words for vectors
+    (the norm weights, stored F32), all placed in shared buffers (WeightArenas) planned from
+    `shapes` ({name: shape} of every tensor that will be loaded)."""
+    arenas = WeightArenas(dev, tag)
+    for name, shape in shapes.items():
+        t = g.tensors.get(name)
+        if t is None:
+            raise ValueError(f"{g.path.name}: missing tensor '{name}'")
+        got = tuple(int(n) for n in reversed(t.shape))
+        if got != shape:
+            raise ValueError(f"{g.path.name}: {name} has shape {got}, metadata implies {shape}")
+        if len(shape) == 1:
+            arenas.place(name, shape[0], 1)
+        else:
+            arenas.place(name, ggml_types.get(t.tensor_type).words(1, shape[1]), shape[0])
+
+    def load(name, shape):
+        parts = arenas.parts(name)
+        if len(shape) == 1:
+            vec = np.ascontiguousarray(g.tensor(name).reshape(-1), np.float32)
+            upload_words(dev, parts[0].buffer, parts[0].w_off, vec.view(np.uint32))
+            return Act(parts[0].buffer, parts[0].w_off, 1, shape[0])
+        t = g.tensors[name]
+        return DeviceWeight.from_file(dev, f"{tag}{name}", g.path, int(t.data_offset),
+                                      t.tensor_type, *shape, parts=parts)
+    return load
+
+
+def _release(dev, tag, graphs):
+    for g in graphs.values():
+        g.destroy()
+    graphs.clear()
+    dev.release(tag)

@@ -1,0 +1,29 @@
+#version 450
+// x += y over the step's T rows of N values (the residual add where no product fuses it).
+// Twin: nexvk/kernels/add.py.
+#extension GL_GOOGLE_include_directive : require
+#include "include/group_id.glsl"
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint N = 1;
+layout(constant_id = 2) const uint LDX = 0;     // row strides (0: N)
+layout(constant_id = 3) const uint LDY = 0;
+
+layout(binding = 0) buffer X { float x[]; };
+layout(binding = 1) readonly buffer Yb { float y[]; };
+#define DYN_BINDING 2
+#include "include/dyn_head.glsl"
+
+layout(push_constant) uniform Push {
+    uint x_off;
+    uint y_off;
+} pc;
+
+const uint CHUNKS = (N + gl_WorkGroupSize.x - 1u) / gl_WorkGroupSize.x;
+
+void main() {
+    uint t = GROUP_ID / CHUNKS;
+    uint j = (GROUP_ID % CHUNKS) * gl_WorkGroupSize.x + gl_LocalInvocationID.x;
+    if (t >= dyn[DYN_T] || j >= N) return;
+    x[pc.x_off + t * (LDX > 0u ? LDX : N) + j] += y[pc.y_off + t * (LDY > 0u ? LDY : N) + j];
+}

@@ -11,6 +11,9 @@ uniform and a 1e-6 weight threshold skips nothing. `peaked_queries` therefore bu
 query head as a scaled sum of PEAK_KEYS cached keys of its KV head, scaled so those keys
 score about PEAK_LOGIT (after the 1/sqrt(d) scale) while the others score ~N(0, sigma)
 with sigma = PEAK_LOGIT * sqrt(PEAK_KEYS / d): attention is peaked, as in trained models.
+
+Every cache here is the plain algorithm (plain=True): the Vulkan backend does not run the
+hardened cache yet (issue 9), and rows of both backends must measure the same thing.
 """
 import json
 import platform
@@ -118,7 +121,7 @@ def memory_row(fmt, shape="8b-class", capacity=1024):
     """KV bytes per token per layer of a format (K and V) for one layer shape, next to f16."""
     import nexvk
     _, hkv, d = SHAPES[shape]
-    per_tok = nexvk.KVCache(1, hkv, d, capacity, fmt, fmt).nbytes / capacity
+    per_tok = nexvk.KVCache(1, hkv, d, capacity, fmt, fmt, plain=True).nbytes / capacity
     f16 = nexvk.KVCache(1, hkv, d, capacity, "f16", "f16").nbytes / capacity
     return {"shape": shape, "format": fmt, "bits_per_value": nexvk.bits_per_value(fmt, d),
             "bytes_per_token_layer": per_tok, "f16_bytes_per_token_layer": f16,
@@ -153,7 +156,8 @@ def attention_cache(shape, fmt, ctx, backend="numpy", device=None, kv=None):
     import nexvk
     H, hkv, d = SHAPES[shape]
     k, v = kv_data(shape, ctx) if kv is None else kv
-    cache = nexvk.KVCache(1, hkv, d, ctx, fmt, fmt, backend=backend, device=device, n_heads=H)
+    cache = nexvk.KVCache(1, hkv, d, ctx, fmt, fmt, backend=backend, device=device, n_heads=H,
+                          plain=True)
     step = 8192 if backend == "numpy" else ctx  # the vulkan cache chunks by max_batch itself
     for s in range(0, ctx, step):
         cache.append(0, k[s:s + step], v[s:s + step])
@@ -223,7 +227,8 @@ def e2e(model, fmt, backend="numpy", ctx=512, decode_tokens=16, device=None):
     row = {"format": fmt, "backend": backend, "ctx": ctx, "prompt_tokens": prompt_tokens,
            "decode_tokens": decode_tokens}
     try:
-        m = model.with_cache(fmt, fmt, ctx=ctx, backend=backend, device=device)
+        m = model.with_cache(fmt, fmt, ctx=ctx, backend=backend, device=device,
+                             cache_opts={"plain": True})
         text = E2E_TEXT * (prompt_tokens // 20 + 1)
         ids = list(m.tokenizer.encode(text))[:prompt_tokens]
         if len(ids) < prompt_tokens:

@@ -8,6 +8,7 @@ public methods, so a cache shared by threads never loses or mixes up tokens (cal
 one at a time, not in parallel).
 """
 import itertools
+import sys
 import threading
 import weakref
 from types import SimpleNamespace
@@ -18,7 +19,9 @@ from nexvk.kernels import attention as attn_kernel
 from nexvk.kernels import dyn as dyn_words
 from nexvk.kernels import layout
 from nexvk.quant import check_vectors
+from nexvk.quant.cachespec import CacheSpec
 from nexvk.quant.formats import make
+from nexvk.quant.transform import KeyTransform
 
 _ids = itertools.count()
 _SCRATCH_BYTES = 16 << 20  # scores + split partials of one dispatch of queries (vulkan)
@@ -37,19 +40,37 @@ class KVCache:
     context). A query at position p then sees keys p-window+1..p (llama.cpp's standard SWA),
     and the layer keeps ring_slots(capacity, window, max_batch) slots: at most max_batch rows
     per append and attention call on it.
+
+    Turbo formats are hardened unless plain=True (see nexvk.quant.cachespec):
+    sinks: the first positions of every layer without a window kept as float16 (default 1
+      with a turbo format, else 0; a sliding-window layer keeps none);
+    layer_types: other K/V formats for some layers, "0-1:q8_0/q8_0" or {0: ("q8_0", "q8_0")};
+    key_mean: (n_layers, n_kv_heads, head_dim) key means, e.g. from `nexvk calibrate`.
+      Without it each layer's keys are centred on the mean of the non-sink keys of the append
+      that holds its first non-sink position (the whole prompt when a model prefills it; one
+      token when a sequence is decoded token by token); sink rows that came earlier are
+      re-encoded then.
+    key_scale: (n_layers, n_kv_heads, head_dim) positive channel scales (keys are stored
+      times the scale, queries divided by it), or False for none. Default: fitted with the
+      mean, from the keys and the queries append() is given (q=...), when that append holds
+      at least SCALE_MIN_ROWS non-sink rows; otherwise 1.
     """
 
     def __init__(self, n_layers, n_kv_heads, head_dim, capacity, k_type="turbo3",
                  v_type="turbo3", backend="numpy", device=None, seed=0, n_heads=None,
-                 max_batch=256, window=None):
+                 max_batch=256, window=None, *, plain=False, sinks=None, layer_types=None,
+                 key_mean=None, key_scale=None):
         for name, val in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
                           ("head_dim", head_dim), ("capacity", capacity),
                           ("max_batch", max_batch), ("n_heads", n_heads)):
             # NOTE: bool and float are refused: a float's bits once reached a shader constant
             if (val is not None or name != "n_heads") and not (_is_int(val) and val >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {val!r}")
-        self.kfmt = make(k_type, head_dim, seed)
-        self.vfmt = make(v_type, head_dim, seed)
+        self.spec = spec = CacheSpec.build(int(n_layers), k_type, v_type, layer_types, sinks,
+                                           plain, None if key_scale is None else
+                                           key_scale is not False)
+        self.kfmts = [make(f, head_dim, seed) for f in spec.k_types]
+        self.vfmts = [make(f, head_dim, seed) for f in spec.v_types]
         self.n_layers, self.n_kv_heads, self.head_dim = int(n_layers), int(n_kv_heads), int(head_dim)
         self.capacity, self.k_type, self.v_type = int(capacity), k_type, v_type
         if n_heads is not None and (n_heads < n_kv_heads or n_heads % n_kv_heads):
@@ -58,32 +79,62 @@ class KVCache:
         self.max_batch = int(max_batch)
         self.windows = _windows(window, self.n_layers, self.capacity)
         self.slots = [ring_slots(self.capacity, w, self.max_batch) for w in self.windows]
+        # sinks per layer: none on a ring (sliding-window) layer
+        self.layer_sinks = [0 if w else min(spec.sinks, self.capacity) for w in self.windows]
+        self.sinks = max(self.layer_sinks)
+        self.transform = KeyTransform(self.n_layers, self.n_kv_heads, self.head_dim,
+                                      [spec.transformed(i) for i in range(self.n_layers)],
+                                      key_mean, None if key_scale is False else key_scale,
+                                      spec.scaled)
+        # raw keys of sink rows stored before their layer's mean was fitted (re-encoded then)
+        self._raw_sinks = np.zeros((self.n_layers, self.sinks, self.n_kv_heads, self.head_dim),
+                                   np.float32)
         self._len = [0] * self.n_layers
         self._lock = threading.Lock()
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
-        from nexvk.device.manager import resolve_backend
-        self.backend = resolve_backend(backend, device)
+        self.backend = self._resolve_backend(backend, device)
         # the stores get the geometry, not the cache, so a dropped cache frees at once
-        # per layer: K and V formats, slots, window (0: the layer sees its whole context)
+        # per layer: K and V formats, slots, window (0: the layer sees its whole context);
+        # the first `sinks` positions of every layer are float16 rows (not in the slots)
         L = self.n_layers
         geo = SimpleNamespace(n_layers=L, n_kv_heads=self.n_kv_heads,
-                              head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmt,
-                              vfmt=self.vfmt, max_heads=self.max_heads, kfmts=[self.kfmt] * L,
-                              vfmts=[self.vfmt] * L, windows=self.windows, slots=self.slots)
+                              head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmts[0],
+                              vfmt=self.vfmts[0], max_heads=self.max_heads, kfmts=self.kfmts,
+                              vfmts=self.vfmts, windows=self.windows, slots=self.slots,
+                              sinks=self.layer_sinks)
         if self.backend == "numpy":
             self._impl = _NumpyStore(geo)
         else:
             self._impl = _VulkanStore(geo, device, max_batch, n_heads)
 
+    def _resolve_backend(self, backend, device):
+        from nexvk.device.manager import resolve_backend
+        chosen = resolve_backend(backend, device)
+        # NOTE: the key transform runs here, on the host, for both stores; only sinks need
+        # the store's support, which the Vulkan store does not have yet
+        if chosen == "vulkan" and self.sinks:
+            why = f"the Vulkan backend does not keep f16 sink positions ({self.spec.describe()}) yet"
+            if backend != "auto":
+                raise ValueError(f"{why}; use the numpy backend, sinks=0 (--sinks 0) or plain=True "
+                                 "(--plain)")
+            print(f"nexvk: {why}; using numpy (pass --sinks 0 or --plain for the device)",
+                  file=sys.stderr)
+            chosen = "numpy"
+        return chosen
+
     @property
     def nbytes(self):
-        """Device (or host) bytes of K and V: every slot of every layer."""
-        per_token = self.n_kv_heads * (self.kfmt.bytes_per_vector() + self.vfmt.bytes_per_vector())
-        return sum(self.slots) * per_token
+        """Bytes of K and V: codes and scales of every slot, float16 sinks and the key
+        transform's tables."""
+        return self.n_kv_heads * sum(
+            self.spec.layer_bytes(i, self.head_dim, self.head_dim, n, self.layer_sinks[i])
+            for i, n in enumerate(self.slots))
 
     @property
     def bits_per_value(self):
-        return (self.kfmt.bits_per_value + self.vfmt.bits_per_value) / 2
+        """Stored bits per cached K or V value, every norm, scale, sink and mean included."""
+        return 8 * self.nbytes / (self.n_layers * self.capacity * self.n_kv_heads
+                                  * 2 * self.head_dim)
 
     def length(self, layer):
         self._check_layer(layer)
@@ -93,6 +144,7 @@ class KVCache:
     def reset(self):
         with self._lock:
             self._len = [0] * self.n_layers
+            self.transform.reset()
 
     def truncate(self, n):
         """Forget every token at position n or later in every layer (rolls back a step
@@ -104,8 +156,10 @@ class KVCache:
         with self._lock:
             self._len = [min(length, int(n)) for length in self._len]
 
-    def append(self, layer, k, v):
-        """Encode k, v (T, n_kv_heads, head_dim) after the tokens already in `layer`."""
+    def append(self, layer, k, v, q=None):
+        """Encode k, v (T, n_kv_heads, head_dim) after the tokens already in `layer`.
+        q (T, n_heads, head_dim), the queries of the same positions, is optional: the first
+        append of a sequence fits the key scale from it (see the class docstring)."""
         self._check_layer(layer)
         shape = (self.n_kv_heads, self.head_dim)
         for name, x in (("k", k), ("v", v)):
@@ -114,16 +168,65 @@ class KVCache:
                 raise ValueError(f"{name} must have shape (T, {shape[0]}, {shape[1]}), got {got}")
         if k.shape[0] != v.shape[0]:
             raise ValueError(f"k and v have different token counts: {k.shape[0]} vs {v.shape[0]}")
-        self._check_ring(layer, k.shape[0], "append")
-        kf = self.kfmt.storable(k, "k")
-        vf = self.vfmt.storable(v, "v")
+        T = k.shape[0]
+        self._check_ring(layer, T, "append")
+        kf = check_vectors(k, self.head_dim, "k").reshape(k.shape)
+        vf = check_vectors(v, self.head_dim, "v").reshape(v.shape)
+        if q is not None:
+            if not (isinstance(q, np.ndarray) and q.ndim == 3 and len(q) == T
+                    and q.shape[1] % self.n_kv_heads == 0 and q.shape[2] == self.head_dim):
+                got = q.shape if isinstance(q, np.ndarray) else type(q).__name__
+                raise ValueError(f"q must have shape ({T}, n_heads, {self.head_dim}) with "
+                                 f"n_heads a multiple of {self.n_kv_heads}, got {got}")
+            q = check_vectors(q, self.head_dim, "q").reshape(q.shape)
         with self._lock:
             n = self._len[layer]
-            if n + k.shape[0] > self.capacity:
+            if n + T > self.capacity:
                 raise ValueError(f"cache full: layer {layer} holds {n} of {self.capacity} "
-                                 f"tokens; cannot append {k.shape[0]} more")
-            self._impl.append(layer, n, kf, vf)
-            self._len[layer] = n + k.shape[0]
+                                 f"tokens; cannot append {T} more")
+            S = self.layer_sinks[layer]
+            s = max(0, min(S - n, T))  # how many of these rows are sinks
+            t = self.transform
+            # fit on the append that holds the first non-sink position
+            fit = t.active[layer] and not t.ready[layer] and n <= S < n + T
+            rows = [(n, kf, vf)]
+            if fit and n:  # the sinks stored before the mean was known are re-encoded with it
+                rows.insert(0, (0, self._raw_sinks[layer, :n], None))
+            saved = t.mean[layer].copy(), t.scale[layer].copy()
+            try:  # fit on this append's non-sink keys (and queries); check every row first
+                if fit:
+                    t.fit(layer, kf[s:], None if q is None else q[s:])
+                rows = [(pos, t.keys(layer, kr), vr) for pos, kr, vr in rows]
+                for pos, kt, vr in rows:
+                    self._check_storable(layer, pos, kt, vr)
+            except ValueError:
+                if fit:
+                    (t.mean[layer], t.scale[layer]), t.ready[layer] = saved, False
+                raise
+            d = self.head_dim
+            for pos, kt, vr in rows:
+                self._impl.append(layer, pos, kt.reshape(-1, d),
+                                  None if vr is None else vr.reshape(-1, d))
+            self._raw_sinks[layer, n:n + s] = kf[:s]
+            self._len[layer] = n + T
+
+    def _check_storable(self, layer, pos, k, v):
+        """ValueError (naming the problem) when rows at positions pos.. cannot be stored:
+        sinks are float16 vectors in the compute domain (norm at most 65504), the rest
+        must fit their format."""
+        s = max(0, min(self.layer_sinks[layer] - pos, len(k)))
+        for name, x, fmt in (("k", k, self.kfmts[layer]), ("v", v, self.vfmts[layer])):
+            if x is None:
+                continue
+            if s:
+                norm = float(np.sqrt(np.einsum("thd,thd->th", x[:s], x[:s],
+                                               dtype=np.float64).max()))
+                if norm > 65504:
+                    raise ValueError(f"{name} has vector norms up to {norm:.4g} in the first "
+                                     f"{s} positions, which are stored as float16 "
+                                     "vectors (at most 65504)")
+            if s < len(x):
+                fmt.check_range(x[s:].reshape(-1, self.head_dim), name)
 
     def attention(self, layer, q, scale=None, sparse_v=None):
         """Causal attention of q (T, n_heads, head_dim), the last T positions of `layer`,
@@ -148,6 +251,7 @@ class KVCache:
             if T == 0 or T > n:
                 raise ValueError(f"q has {T} positions but layer {layer} holds {n} tokens "
                                  "(queries are the last T cached positions)")
+            qf = self.transform.queries(layer, qf)
             out, skipped, total = self._impl.attention(layer, qf, n - T, float(scale), thr)
             self.stats = {"skipped": skipped, "total": total,
                           "skip_rate": skipped / total if total else 0.0}
@@ -189,7 +293,7 @@ class KVCache:
 
     def __repr__(self):
         return (f"KVCache({self.n_layers} layers x {self.capacity} tokens x {self.n_kv_heads} heads "
-                f"x {self.head_dim}, k={self.k_type}, v={self.v_type}, {self.backend})")
+                f"x {self.head_dim}, {self.spec.describe()}, {self.backend})")
 
 
 def check_sparse_v(sparse_v):
@@ -210,31 +314,55 @@ def _is_real(x):
 
 
 class _NumpyStore:
-    """Host arrays per layer: codes (slots, HKV, W) uint32, scales (slots, HKV, S) f16, where
-    position p lives in slot p % slots (a ring on sliding-window layers, p itself elsewhere)."""
+    """Host arrays per layer: codes (slots - sinks, HKV, W) uint32 and scales
+    (slots - sinks, HKV, S) float16 for each of K and V in the layer's formats, where position
+    p >= sinks lives in slot (p - sinks) % (slots - sinks) (a ring on sliding-window layers),
+    and the sink rows (sinks, HKV, d) float16 in each format's compute domain."""
 
     def __init__(self, c):
         self.c = c
-        self.k = ([np.zeros((n, c.n_kv_heads, c.kfmt.words), np.uint32) for n in c.slots],
-                  [np.zeros((n, c.n_kv_heads, c.kfmt.n_scales), np.float16) for n in c.slots])
-        self.v = ([np.zeros((n, c.n_kv_heads, c.vfmt.words), np.uint32) for n in c.slots],
-                  [np.zeros((n, c.n_kv_heads, c.vfmt.n_scales), np.float16) for n in c.slots])
+        self.k, self.v, self.sink_k, self.sink_v = [], [], [], []
+        for kfmt, vfmt, n, S in zip(c.kfmts, c.vfmts, c.slots, c.sinks):
+            for store, fmt in ((self.k, kfmt), (self.v, vfmt)):
+                store.append((np.zeros((n - S, c.n_kv_heads, fmt.words), np.uint32),
+                              np.zeros((n - S, c.n_kv_heads, fmt.n_scales), np.float16)))
+            self.sink_k.append(np.zeros((S, c.n_kv_heads, c.head_dim), np.float16))
+            self.sink_v.append(np.zeros((S, c.n_kv_heads, c.head_dim), np.float16))
+
+    @property
+    def arrays(self):
+        return [a for pair in self.k + self.v for a in pair] + self.sink_k + self.sink_v
 
     def append(self, layer, n, kf, vf):
+        """Rows kf, vf (T*HKV, d) at positions n..n+T-1; vf None rewrites keys only."""
         c = self.c
-        T = len(kf) // c.n_kv_heads
-        kcodes, kscales = c.kfmt.encode_rows(kf)     # encode both before writing either
-        vcodes, vscales = c.vfmt.encode_rows(vf)
-        rows = np.arange(n, n + T) % c.slots[layer]  # (T,) slots of positions n..n+T-1
-        for (codes, scales), (ec, es) in ((self.k, (kcodes, kscales)), (self.v, (vcodes, vscales))):
-            codes[layer][rows] = ec.reshape(T, c.n_kv_heads, -1)
-            scales[layer][rows] = es.reshape(T, c.n_kv_heads, -1)
+        hkv = c.n_kv_heads
+        T = len(kf) // hkv
+        S = c.sinks[layer]
+        s = max(0, min(S - n, T))
+        parts = []  # encode everything before writing anything
+        for x, fmt, sink, (codes, scales) in ((kf, c.kfmts[layer], self.sink_k[layer],
+                                               self.k[layer]),
+                                              (vf, c.vfmts[layer], self.sink_v[layer],
+                                               self.v[layer])):
+            if x is None:
+                continue
+            x = x.reshape(T, hkv, -1)
+            enc = fmt.encode_rows(x[s:].reshape(-1, c.head_dim)) if s < T else None
+            parts.append((sink, fmt.to_compute(x[:s]).astype(np.float16), codes, scales, enc))
+        for sink, srows, codes, scales, enc in parts:
+            sink[n:n + s] = srows
+            if enc is not None:
+                rows = (np.arange(n + s, n + T) - S) % len(codes)  # slots of positions n+s..
+                codes[rows] = enc[0].reshape(T - s, hkv, -1)
+                scales[rows] = enc[1].reshape(T - s, hkv, -1)
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c
-        return attn_kernel.ref(c.kfmt, c.vfmt, self.k[0][layer], self.k[1][layer],
-                               self.v[0][layer], self.v[1][layer], q, pos0, scale, thr,
-                               window=c.windows[layer])
+        (kc, ks), (vc, vs) = self.k[layer], self.v[layer]
+        return attn_kernel.ref(c.kfmts[layer], c.vfmts[layer], kc, ks, vc, vs, q, pos0, scale,
+                               thr, window=c.windows[layer], sink_k=self.sink_k[layer],
+                               sink_v=self.sink_v[layer])
 
 
 def ring_slots(capacity, window, max_batch):

@@ -195,17 +195,17 @@ def _attention(dev, p, seed):
     k = _data(ctx * hkv, d, p.get("data", "gauss"), seed).reshape(ctx, hkv, d)
     v = rng.standard_normal((ctx, hkv, d)).astype(np.float32)
     vk = KVCache(1, hkv, d, ctx, p["kfmt"], p["vfmt"], backend="vulkan", device=dev,
-                 n_heads=H, max_batch=64)
+                 n_heads=H, max_batch=64, plain=True)
     if ctx > T:
         vk.append(0, k[:ctx - T], v[:ctx - T])
     step = 64 if p["mode"] == "prefill" else 1  # decode appends its tokens one at a time
     for t in range(ctx - T, ctx, step):
         vk.append(0, k[t:t + step], v[t:t + step])
     # the reference reads the codes the device's own quantizer produced
-    ref = KVCache(1, hkv, d, ctx, p["kfmt"], p["vfmt"])
-    for (codes, scales), x, fmt in ((ref._impl.k, k, p["kfmt"]), (ref._impl.v, v, p["vfmt"])):
+    ref = KVCache(1, hkv, d, ctx, p["kfmt"], p["vfmt"], plain=True)
+    for (codes, scales), x, fmt in ((ref._impl.k[0], k, p["kfmt"]), (ref._impl.v[0], v, p["vfmt"])):
         enc = VulkanCodec(fmt, d, device=dev, chunk=4096).encode(x)
-        codes[0], scales[0] = enc.codes.reshape(ctx, hkv, -1), enc.scales.reshape(ctx, hkv, -1)
+        codes[:], scales[:] = enc.codes.reshape(ctx, hkv, -1), enc.scales.reshape(ctx, hkv, -1)
     ref._len[0] = ctx
     q = rng.standard_normal((T, H, d)).astype(np.float32)
     if p["sparse"]:  # peaked attention, as in real decoding

@@ -1,4 +1,5 @@
-"""KVCache behaviour on both backends: API, errors that leave the cache unchanged, memory."""
+"""KVCache behaviour on both backends: API, errors that leave the cache unchanged, memory.
+The vulkan caches are plain=True: the device runs the plain algorithm only (issue 9)."""
 import gc
 import tracemalloc
 
@@ -16,6 +17,8 @@ def make(request):
     device = request.getfixturevalue("device") if request.param == "vulkan" else None
 
     def _make(*args, **kw):
+        if request.param == "vulkan":
+            kw["plain"] = True
         return KVCache(*args, backend=request.param, device=device, **kw)
     return _make
 
@@ -73,21 +76,23 @@ def test_attention_argument_errors(make, rng):
 
 @pytest.mark.parametrize("kt,vt", [("f16", "f16"), ("q8_0", "turbo3"), ("turbo3", "turbo3"),
                                    ("turbo4", "turbo2")])
-def test_nbytes_is_what_bits_per_value_promises(make, kt, vt):
+def test_plain_nbytes_is_what_bits_per_value_promises(make, kt, vt):
     L, cap, hkv, d = 4, 100, 2, 128
-    c = make(L, hkv, d, cap, kt, vt, n_heads=4)
+    c = make(L, hkv, d, cap, kt, vt, n_heads=4, plain=True)
     promised = L * cap * hkv * d * (nexvk.bits_per_value(kt, d) + nexvk.bits_per_value(vt, d)) / 8
     assert c.nbytes == promised
+    assert c.bits_per_value == (nexvk.bits_per_value(kt, d) + nexvk.bits_per_value(vt, d)) / 2
 
 
 def test_numpy_cache_memory_is_exactly_nbytes():
     c = KVCache(2, 3, 64, 50, "turbo3", "q8_0")
-    stored = sum(a.nbytes for arrays in c._impl.k + c._impl.v for a in arrays)  # per layer
-    assert stored == c.nbytes
+    tables = c.transform.mean[0].nbytes + c.transform.scale[0].nbytes  # per layer
+    stored = sum(a.nbytes for a in c._impl.arrays) + 2 * tables
+    assert c.sinks == 1 and stored == c.nbytes
 
 
 def test_key_and_value_formats_are_independent(make, rng):
-    c = make(1, 2, 64, 40, "q8_0", "turbo3", n_heads=4)
+    c = make(1, 2, 64, 40, "q8_0", "turbo3", n_heads=4, plain=True)
     k, v = kv(rng, 40)
     c.append(0, k, v)
     q = rng.standard_normal((1, 4, 64)).astype(np.float32)
@@ -106,7 +111,7 @@ def test_vulkan_decode_allocates_nothing(device, rng):
     allocation count and bytes stay put, and Python's traced memory does not grow."""
     hkv, d, H, layers = 3, 64, 9, 2
     c = KVCache(layers, hkv, d, 1100, "turbo3", "turbo3", backend="vulkan", device=device,
-                n_heads=H)
+                n_heads=H, plain=True)
     for layer in range(layers):
         c.append(layer, *kv(rng, 64, hkv, d))
         c.attention(layer, rng.standard_normal((64, H, d)).astype(np.float32))
@@ -138,7 +143,7 @@ def test_vulkan_decode_allocates_nothing(device, rng):
 
 def test_vulkan_cache_frees_device_memory_when_dropped(device):
     before = device.pool.nbytes
-    c = KVCache(2, 2, 64, 64, backend="vulkan", device=device, n_heads=4)
+    c = KVCache(2, 2, 64, 64, backend="vulkan", device=device, n_heads=4, plain=True)
     assert device.pool.nbytes > before
     del c
     assert device.pool.nbytes == before
@@ -149,7 +154,7 @@ def test_vulkan_without_device_fails_clearly(monkeypatch):
     monkeypatch.setattr(probe, "devices", lambda refresh=False: [])
     monkeypatch.setattr(manager, "_default", {})
     with pytest.raises(RuntimeError, match="no Vulkan device"):
-        KVCache(1, 1, 64, 8, backend="vulkan")
+        KVCache(1, 1, 64, 8, backend="vulkan", plain=True)
 
 
 def test_auto_backend_falls_back_to_numpy_with_a_message(monkeypatch, capsys):

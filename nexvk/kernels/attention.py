@@ -10,24 +10,33 @@ import numpy as np
 from nexvk.kernels import layout
 
 
-def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0, window=0):
+def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0, window=0,
+        sink_k=None, sink_v=None):
     """kcodes/vcodes: (S, HKV, W) uint32, kscales/vscales: (S, HKV, S') float16: the cache's
-    S slots, position p in slot p % S; q: (T, H, d) float32 at positions pos0..pos0+T-1, whose
-    keys have been written. window: 0 = causal over everything, else a query at p sees only
-    keys p-window+1..p (the slots must hold those window + T - 1 keys).
+    S slots; q: (T, H, d) float32 at positions pos0..pos0+T-1, whose keys have been written.
+    sink_k/sink_v: (N, HKV, d) float16 rows of positions 0..N-1 in the formats' compute
+    domains (the hardened cache's sinks; None: N = 0). Position p >= N lives in slot
+    (p - N) % S. window: 0 = causal over everything, else a query at p sees only keys
+    p-window+1..p (the slots must hold those window + T - 1 keys; no sinks then).
     Returns (out (T, H, d) float32, skipped pairs, total pairs)."""
     T, H, d = q.shape
     S, hkv = kcodes.shape[:2]
+    N = 0 if sink_k is None else len(sink_k)
     G = H // hkv
     lo = max(0, pos0 - window + 1) if window else 0
     pos = np.arange(lo, pos0 + T)                                        # (L,) key positions
-    L = pos.size
+    ns = min(max(N - lo, 0), pos.size)                                   # sinks among them
+    L = pos.size - ns
     if L > S:
         raise ValueError(f"{L} keys needed but the cache keeps {S} slots")
-    slot = slice(lo % S, lo % S + L) if lo % S + L <= S else pos % S  # a view unless it wraps
+    first = (lo + ns - N) % S if S else 0
+    slot = slice(first, first + L) if first + L <= S else (pos[ns:] - N) % S  # a view unless it wraps
     kc = kfmt.decode_compute(kcodes[slot].reshape(L * hkv, -1), kscales[slot].reshape(L * hkv, -1))
     vc = vfmt.decode_compute(vcodes[slot].reshape(L * hkv, -1), vscales[slot].reshape(L * hkv, -1))
     kc, vc = kc.reshape(L, hkv, d), vc.reshape(L, hkv, d)
+    if ns:
+        kc = np.concatenate([sink_k[lo:lo + ns].astype(np.float32), kc])
+        vc = np.concatenate([sink_v[lo:lo + ns].astype(np.float32), vc])
     qr = kfmt.to_compute(q).reshape(T, hkv, G, d)
     s = np.einsum("tgrd,lgd->tgrl", qr, kc) * np.float32(scale)      # (T, HKV, G, L)
     age = (pos0 + np.arange(T))[:, None] - pos[None, :]               # (T, L) query - key position

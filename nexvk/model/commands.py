@@ -1,4 +1,5 @@
-"""The model subcommands of `nexvk`: fetch, plan, run, ppl (flags spelled as in llama.cpp).
+"""The model subcommands of `nexvk`: fetch, plan, run, ppl, calibrate (flags spelled as in
+llama.cpp).
 
 Each handler is a thin shell over the Python API and returns an exit code; nexvk/cli.py turns
 ValueError/FileNotFoundError/RuntimeError into one clean error line.
@@ -7,13 +8,42 @@ import sys
 from pathlib import Path
 
 from nexvk import FORMATS
+from nexvk.quant.cachespec import DEFAULT_SINKS
 
 
 def _cache_flags(p, default):
-    p.add_argument("-ctk", "--cache-type-k", dest="k_type", choices=FORMATS, default=default,
-                   help=f"KV cache format for keys (default: {default})")
-    p.add_argument("-ctv", "--cache-type-v", dest="v_type", choices=FORMATS, default=default,
+    p.set_defaults(default_type=default)
+    p.add_argument("-ctk", "--cache-type-k", dest="k_type", choices=FORMATS, default=None,
+                   help=f"KV cache format for keys (default: {default}); turbo formats are "
+                        "hardened unless --plain")
+    p.add_argument("-ctv", "--cache-type-v", dest="v_type", choices=FORMATS, default=None,
                    help=f"KV cache format for values (default: {default})")
+    p.add_argument("--plain", action="store_true",
+                   help="the plain TurboQuant algorithm, for comparison: no key centring and "
+                        "no f16 sink positions")
+    p.add_argument("--sinks", type=int, default=None,
+                   help=f"keep the first N positions of every layer in f16 (default: "
+                        f"{DEFAULT_SINKS} with a turbo format, else 0)")
+    p.add_argument("--layer-types", default=None, metavar="SPEC",
+                   help="K/V formats for some layers, e.g. 0-1:q8_0/q8_0,29:turbo4/turbo3")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="formats, sinks and key means from `nexvk calibrate --name NAME` "
+                        "for this model (instead of -ctk/-ctv/--layer-types/--sinks)")
+
+
+def cache_config(args, model_path):
+    """(k_type, v_type, cache_opts) from the cache flags (and a preset)."""
+    if args.preset:
+        given = [f for f, v in (("-ctk", args.k_type), ("-ctv", args.v_type), ("--plain", args.plain),
+                                ("--sinks", args.sinks), ("--layer-types", args.layer_types))
+                 if v not in (None, False)]
+        if given:
+            raise ValueError(f"--preset sets the cache; drop {', '.join(given)}")
+        from nexvk.model.calibrate import load_preset
+        return load_preset(model_path, args.preset)
+    opts = {"plain": args.plain, "sinks": args.sinks, "layer_types": args.layer_types}
+    return (args.k_type or args.default_type, args.v_type or args.default_type,
+            {k: v for k, v in opts.items() if v not in (None, False)})
 
 
 def _device_flags(p):
@@ -101,6 +131,27 @@ def add_parsers(sub):
     _device_flags(p)
     p.set_defaults(func=cmd_ppl)
 
+    p = sub.add_parser("calibrate", help="measure KLD per layer on a text and save a preset of "
+                                         "per-layer K/V formats for a target bit rate")
+    _model_flag(p)
+    p.add_argument("-f", "--file", required=True, help="calibration text, e.g. a sample of "
+                                                       "what the model will read")
+    p.add_argument("--bits", type=float, required=True,
+                   help="target bits per value, sinks and key means included, at -c tokens")
+    p.add_argument("--name", required=True, help="preset name, for --preset NAME")
+    p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=512,
+                   help="window length, and the context the bits are counted at (default: 512)")
+    p.add_argument("--chunks", type=int, default=1,
+                   help="calibration windows; each costs 2 x layers + 2 forward passes "
+                        "(default: 1)")
+    p.add_argument("-ctk", "--cache-type-k", dest="k_type", choices=("turbo2", "turbo3", "turbo4"),
+                   default="turbo3", help="base key format (default: turbo3)")
+    p.add_argument("-ctv", "--cache-type-v", dest="v_type", choices=("turbo2", "turbo3", "turbo4"),
+                   default="turbo3", help="base value format (default: turbo3)")
+    p.add_argument("--sinks", type=int, default=None,
+                   help=f"f16 sink positions (default: {DEFAULT_SINKS})")
+    p.set_defaults(func=cmd_calibrate)
+
 
 def cmd_fetch(args):
     from nexvk.model.fetch import MODELS, fetch_model
@@ -117,22 +168,26 @@ def cmd_plan(args):
     from nexvk.model.plan import plan
     if args.model and args.model_opt and args.model != args.model_opt:
         raise ValueError(f"two different models given: {args.model} and -m {args.model_opt}")
-    p = plan(resolve_model(args.model or args.model_opt), args.ctx, args.k_type, args.v_type,
-             args.memory)
+    path = resolve_model(args.model or args.model_opt)
+    k_type, v_type, opts = cache_config(args, path)
+    p = plan(path, args.ctx, k_type, v_type, args.memory, opts)
     print("\n".join(p.lines()))
     return 0 if p.fits is not False else 1
 
 
 def cmd_run(args):
+    from nexvk.model.fetch import resolve_model
     from nexvk.model.model import Model
     from nexvk.model.sample import Sampler
     _early_checks(args)
     Sampler(args.temp, args.top_k, args.top_p)  # raises ValueError on a bad setting
     if args.n < -1:
         raise ValueError(f"-n must be >= 0, or -1 for until end of text or context; got {args.n}")
-    m = Model.load(args.model, ctx=args.ctx, k_type=args.k_type, v_type=args.v_type,
+    path = resolve_model(args.model)
+    k_type, v_type, opts = cache_config(args, path)
+    m = Model.load(path, ctx=args.ctx, k_type=k_type, v_type=v_type,
                    backend=args.backend, device=args.device, sparse_v=args.sparse_v,
-                   seed=args.seed, progress=True)
+                   seed=args.seed, progress=True, cache_opts=opts)
 
     def emit(piece):
         sys.stdout.write(piece)
@@ -151,7 +206,7 @@ def cmd_run(args):
     print(f"decode:  {s['decode_tokens']} tokens in {s['decode_s']:.3f} s "
           f"({s['decode_tok_s']:.1f} tok/s)", file=err)
     f16_bytes = c.nbytes * 16 / bits
-    print(f"KV cache: {args.k_type}/{args.v_type}, {bits:.3f} bits/value, "
+    print(f"KV cache: {c.spec.describe()}, {bits:.3f} bits/value, "
           f"{c.nbytes / 2**20:.2f} MiB for {args.ctx} tokens ({c.length(0)} used; f16 would "
           f"take {f16_bytes / 2**20:.2f} MiB, {f16_bytes / c.nbytes:.1f}x more), "
           f"backend {c.backend}", file=err)
@@ -164,13 +219,38 @@ def cmd_run(args):
 
 def cmd_ppl(args):
     from nexvk.model.eval import format_result, perplexity
+    from nexvk.model.fetch import resolve_model
     _early_checks(args)
-    path = Path(args.file)
+    text = _read_text(args.file)
+    model = resolve_model(args.model)
+    k_type, v_type, opts = cache_config(args, model)
+    r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, k_type=k_type,
+                   v_type=v_type, kld=args.kld, backend=args.backend, device=args.device,
+                   sparse_v=args.sparse_v, bos_insert=args.bos_insert, cache_opts=opts)
+    print("\n".join(format_result(r)))
+    return 0
+
+
+def _read_text(file):
+    path = Path(file)
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    r = perplexity(args.model, text, ctx=args.ctx, chunks=args.chunks, k_type=args.k_type,
-                   v_type=args.v_type, kld=args.kld, backend=args.backend, device=args.device,
-                   sparse_v=args.sparse_v, bos_insert=args.bos_insert)
-    print("\n".join(format_result(r)))
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def cmd_calibrate(args):
+    from nexvk.model.calibrate import calibrate, save_preset
+    from nexvk.model.fetch import resolve_model
+    from nexvk.model.model import Model
+    text = _read_text(args.file)
+    path = resolve_model(args.model)
+    m = Model.load(path, ctx=args.ctx, progress=True)
+    preset = calibrate(m, text, args.bits, ctx=args.ctx, chunks=args.chunks,
+                       base=(args.k_type, args.v_type), sinks=args.sinks)
+    out = save_preset(path, args.name, preset)
+    print(f"preset {args.name}: {preset['k_type']}/{preset['v_type']} "
+          f"[{preset['layer_types'] or 'no layer differs'}], {preset['sinks']} sink(s), "
+          f"{preset['bits_per_value']:.3f} bits/value at {args.ctx} tokens; predicted KLD "
+          f"{preset['predicted_kld']:.4f}")
+    print(f"written to {out}; use it with --preset {args.name}")
     return 0

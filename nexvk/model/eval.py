@@ -24,35 +24,11 @@ def _log_softmax(logits):
     return z
 
 
-def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
-               backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
-               kld_base=None, bos_insert=False):
-    """Perplexity of `text` (see the module docstring); returns a dict:
-    ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type and, with kld=True,
-    kld_mean, kld_err, kld_p99, top1_agree (percent), ppl_f16.
-
-    kld_base: an optional dict that keeps the f16 cache's scored logits per window (like
-    llama.cpp's --kl-divergence-base file). Pass the same dict to several calls with the same
-    model, text and ctx to run the f16 cache once per window; an f16/f16 run fills it too.
-    bos_insert: windows of BOS + ctx-1 text tokens instead of llama.cpp's (module docstring)."""
-    from nexvk.model.model import Model
-    if ctx < 4:
-        raise ValueError(f"ctx must be at least 4 for perplexity, got {ctx}")
-    if isinstance(model_or_path, Model):
-        base_model = model_or_path
-        if base_model.ctx < ctx:
-            raise ValueError(f"model context {base_model.ctx} is smaller than ctx {ctx}")
-        model = base_model.with_cache(k_type, v_type, ctx=ctx, sparse_v=sparse_v)
-    else:
-        model = Model.load(model_or_path, ctx=ctx, k_type=k_type, v_type=v_type, backend=backend,
-                           device=device, sparse_v=sparse_v, seed=seed, progress=progress)
-    is_f16 = (k_type, v_type) == ("f16", "f16") and not sparse_v
-    ref = None  # the f16 model, made on first need
-    if kld_base is not None:
-        key = ("weights", id(model.w), "ctx", ctx, "bos", bos, bos_insert, "text", hash(text))
-        if kld_base.setdefault("key", key) != key:
-            raise ValueError("kld_base was filled for another model, text, ctx or bos setting")
-    tok = model.tokenizer
+def windows_of(tok, text, ctx, chunks=None, bos=None, bos_insert=False):
+    """The first `chunks` (default: all) consecutive windows of ctx tokens of `text`, each
+    int64 (ctx,). With a BOS (the vocab's add_bos, or `bos`): llama.cpp's default puts it
+    in place of each window's first token; bos_insert=True puts it before ctx - 1 text
+    tokens instead (llama.cpp with a model that must see BOS, e.g. Gemma)."""
     add_bos = (tok.add_bos if bos is None else bos) and tok.bos_id is not None
     ids = np.asarray(tok.encode(text, bos=False), dtype=np.int64)
     head = np.asarray([tok.bos_id] if add_bos else [], dtype=np.int64)
@@ -65,6 +41,53 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
     n = n_max if chunks is None else min(int(chunks), n_max)
     if n <= 0:
         raise ValueError(f"chunks must be positive, got {chunks}")
+    out = []
+    for i in range(n):
+        window = ids[i * step:(i + 1) * step]
+        window = np.concatenate([head, window]) if bos_insert else window.copy()  # (ctx,)
+        if add_bos:
+            window[0] = tok.bos_id
+        out.append(window)
+    return out
+
+
+def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
+               backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
+               kld_base=None, bos_insert=False, cache_opts=None):
+    """Perplexity of `text` (see the module docstring); returns a dict:
+    ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the configuration in
+    words), bits_per_value (all metadata included, at ctx) and, with kld=True,
+    kld_mean, kld_err, kld_p99, top1_agree (percent), ppl_f16.
+
+    cache_opts: more KVCache keywords (plain, sinks, layer_types, key_mean, key_scale);
+    for a Model, None keeps its own.
+
+    kld_base: an optional dict that keeps the f16 cache's scored logits per window (like
+    llama.cpp's --kl-divergence-base file). Pass the same dict to several calls with the same
+    model, text and ctx to run the f16 cache once per window; an f16/f16 run fills it too.
+    bos_insert: windows of BOS + ctx-1 text tokens instead of llama.cpp's (module docstring)."""
+    from nexvk.model.model import Model
+    if ctx < 4:
+        raise ValueError(f"ctx must be at least 4 for perplexity, got {ctx}")
+    if isinstance(model_or_path, Model):
+        base_model = model_or_path
+        if base_model.ctx < ctx:
+            raise ValueError(f"model context {base_model.ctx} is smaller than ctx {ctx}")
+        opts = {} if cache_opts is None else {"cache_opts": cache_opts}
+        model = base_model.with_cache(k_type, v_type, ctx=ctx, sparse_v=sparse_v, **opts)
+    else:
+        model = Model.load(model_or_path, ctx=ctx, k_type=k_type, v_type=v_type, backend=backend,
+                           device=device, sparse_v=sparse_v, seed=seed, progress=progress,
+                           cache_opts=cache_opts)
+    spec = model.cache.spec
+    is_f16 = set(spec.k_types + spec.v_types) == {"f16"} and not sparse_v
+    ref = None  # the f16 model, made on first need
+    if kld_base is not None:
+        key = ("weights", id(model.w), "ctx", ctx, "bos", bos, bos_insert, "text", hash(text))
+        if kld_base.setdefault("key", key) != key:
+            raise ValueError("kld_base was filled for another model, text, ctx or bos setting")
+    windows = windows_of(model.tokenizer, text, ctx, chunks, bos, bos_insert)
+    n = len(windows)
     first = ctx // 2
 
     nll, kl, agree, nll_ref = [], [], [], []
@@ -73,10 +96,7 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
         from tqdm import tqdm
         it = tqdm(it, desc=f"ppl {k_type}/{v_type} ctx {ctx}", unit="window", file=sys.stderr)
     for i in it:
-        window = ids[i * step:(i + 1) * step]
-        window = np.concatenate([head, window]) if bos_insert else window.copy()  # (ctx,)
-        if add_bos:
-            window[0] = tok.bos_id
+        window = windows[i]
         target = window[first + 1:]                  # (ctx - first - 1,)
         rows = np.arange(target.size)
         model.reset()
@@ -92,7 +112,7 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
                 base = kld_base[i]
             else:
                 if ref is None:
-                    ref = model.with_cache("f16", "f16", sparse_v=None)
+                    ref = model.with_cache("f16", "f16", sparse_v=None, cache_opts={})
                 ref.reset()
                 base = ref.forward(window, 0)[first:ctx - 1]
                 if kld_base is not None:
@@ -108,7 +128,8 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
     mean = float(nll.mean())
     err = float(np.sqrt(max(np.mean(nll ** 2) - mean ** 2, 0.0) / max(nll.size - 1, 1)))
     out = dict(ppl=math.exp(mean), ppl_err=math.exp(mean) * err, nll=mean, n_tokens=int(nll.size),
-               n_chunks=n, ctx=ctx, k_type=k_type, v_type=v_type)
+               n_chunks=n, ctx=ctx, k_type=k_type, v_type=v_type, cache=spec.describe(),
+               bits_per_value=model.cache.bits_per_value)
     if kld:
         kl = np.concatenate(kl)
         out.update(kld_mean=float(kl.mean()),
@@ -121,7 +142,9 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
 
 def format_result(r):
     """The result dict as the lines `nexvk ppl` prints."""
-    lines = [f"ppl {r['k_type']}/{r['v_type']}: {r['ppl']:.4f} +/- {r['ppl_err']:.4f} "
+    lines = [f"cache: {r['cache']}; {r['bits_per_value']:.3f} bits/value at {r['ctx']} tokens "
+             "(norms, scales, sinks and key means included)",
+             f"ppl {r['k_type']}/{r['v_type']}: {r['ppl']:.4f} +/- {r['ppl_err']:.4f} "
              f"({r['n_tokens']} tokens scored, {r['n_chunks']} windows of {r['ctx']})"]
     if "kld_mean" in r:
         lines.append(f"vs f16 cache: ppl_f16 {r['ppl_f16']:.4f}, KLD mean {r['kld_mean']:.6f} "

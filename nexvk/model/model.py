@@ -28,20 +28,23 @@ class Model:
     second model that shares the weights but has its own cache and state."""
 
     def __init__(self, cfg, weights, tokenizer, ctx, k_type="f16", v_type="f16",
-                 backend="numpy", device=None, sparse_v=None, seed=0, max_batch=MAX_BATCH):
+                 backend="numpy", device=None, sparse_v=None, seed=0, max_batch=MAX_BATCH,
+                 cache_opts=None):
         from nexvk.cache import KVCache, check_sparse_v
         check_sparse_v(sparse_v)
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
         self.arch = a = Arch.from_config(cfg)
         self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
         self.backend, self.device, self.sparse_v, self.seed = backend, device, sparse_v, seed
+        self.cache_opts = dict(cache_opts or {})
         B = min(max_batch, ctx)
         if backend != weights.backend:
             raise ValueError(f"these weights were loaded for the {weights.backend} backend, "
                              f"not {backend}: load the model with backend={backend!r}")
         self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, ctx, k_type=k_type,
                              v_type=v_type, backend=backend, device=device, seed=seed,
-                             n_heads=a.n_heads, max_batch=B, window=list(a.window))
+                             n_heads=a.n_heads, max_batch=B, window=list(a.window),
+                             **self.cache_opts)
         if backend == "numpy":
             self.ops = NumpyOps(self.cache, sparse_v)
             self.state = State(a, B, self.ops)
@@ -61,7 +64,8 @@ class Model:
 
     @classmethod
     def load(cls, path=None, ctx=2048, k_type="f16", v_type="f16", backend="numpy",
-             device=None, sparse_v=None, seed=0, progress=False, max_batch=MAX_BATCH):
+             device=None, sparse_v=None, seed=0, progress=False, max_batch=MAX_BATCH,
+             cache_opts=None):
         """Load a GGUF (the default SmolLM2 when path is None) with a ctx-token KV cache."""
         from nexvk.model.fetch import resolve_model
         if ctx <= 0:
@@ -80,7 +84,8 @@ class Model:
         backend = resolve_backend(backend, device)
         t0 = time.perf_counter()
         w = load_weights(g, Arch.from_config(cfg), backend, device, progress)
-        m = cls(cfg, w, tok, ctx, k_type, v_type, backend, device, sparse_v, seed, max_batch)
+        m = cls(cfg, w, tok, ctx, k_type, v_type, backend, device, sparse_v, seed, max_batch,
+                cache_opts)
         m.stats["load_s"] = time.perf_counter() - t0
         return m
 
@@ -88,7 +93,7 @@ class Model:
         """A model sharing these weights with a fresh cache of other formats."""
         args = dict(ctx=self.ctx, k_type=k_type or self.k_type, v_type=v_type or self.v_type,
                     backend=self.cache.backend, device=self.device, sparse_v=self.sparse_v,
-                    seed=self.seed, max_batch=self.state.B)
+                    seed=self.seed, max_batch=self.state.B, cache_opts=self.cache_opts)
         args.update(kw)
         return Model(self.cfg, self.w, self.tokenizer, **args)
 

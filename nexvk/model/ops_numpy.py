@@ -135,8 +135,9 @@ class NumpyOps:
         causal attention of q (n, heads * head_dim) over it (the layer's window, if any) to out."""
         n = self._n(q)
         c = self.cache
-        c.append(layer, k[:n].reshape(n, -1, head_dim), v[:n].reshape(n, -1, head_dim))
-        o = c.attention(layer, q[:n].reshape(n, -1, head_dim), scale=scale, sparse_v=self.sparse_v)
+        qh = q[:n].reshape(n, -1, head_dim)  # q: the cache fits its key scale on it
+        c.append(layer, k[:n].reshape(n, -1, head_dim), v[:n].reshape(n, -1, head_dim), q=qh)
+        o = c.attention(layer, qh, scale=scale, sparse_v=self.sparse_v)
         out[:n] = o.reshape(n, -1)
 
     def last_row(self, x):

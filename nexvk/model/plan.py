@@ -7,8 +7,9 @@ n_kv_heads[layer] * tokens[layer] * (head_dim * bits_k + head_dim_v * bits_v) / 
 per value come from the codec (norms and scales included) and tokens[layer] is the context, or
 on a sliding-window layer the ring the cache keeps: min(context, window + batch - 1) slots, as
 the batch of tokens a forward call appends is written before it attends (llama.cpp keeps the
-same window + ubatch). The chosen K/V formats are shown next to f16
-and q8_0, and the total is checked against a memory size such as "4GiB".
+same window + ubatch); a hardened cache adds its float16 sinks and key means
+(CacheSpec.layer_bytes). The chosen K/V formats are shown next to f16 and q8_0, and the
+total is checked against a memory size such as "4GiB".
 """
 import re
 from dataclasses import dataclass
@@ -39,17 +40,34 @@ def fmt_bytes(n):
     return f"{int(n)} B"
 
 
-def kv_bytes(cfg, ctx, k_type, v_type, batch=MAX_BATCH):
-    """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less),
-    exactly what nexvk.KVCache allocates for a model forwarding up to `batch` tokens a call."""
-    from nexvk.quant import bits_per_value
-    bk = bits_per_value(k_type, cfg.head_dim)
-    bv = bits_per_value(v_type, cfg.head_dim_v)
+def _tokens(cfg, ctx, batch=MAX_BATCH):
+    """Slots per layer: the context, or the ring of a sliding-window layer."""
     tokens = np.full(cfg.n_layers, ctx, dtype=np.int64)
     if cfg.sliding_window:
         tokens[cfg.swa_layers] = ring_slots(ctx, cfg.sliding_window, min(batch, ctx))
-    heads = np.asarray(cfg.n_kv_heads, dtype=np.int64)
-    return float(np.sum(heads * tokens) * (cfg.head_dim * bk + cfg.head_dim_v * bv) / 8)
+    return tokens
+
+
+def kv_bytes(cfg, ctx, k_type, v_type, batch=MAX_BATCH, cache_opts=None):
+    """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less),
+    exactly what nexvk.KVCache allocates for a model forwarding up to `batch` tokens a call;
+    cache_opts: KVCache's plain, sinks, layer_types, key_scale."""
+    spec = _spec(cfg, k_type, v_type, cache_opts or {})
+    swa = set(cfg.swa_layers) if cfg.sliding_window else set()
+    total = 0
+    for i, (h, t) in enumerate(zip(cfg.n_kv_heads, _tokens(cfg, ctx, batch))):
+        ring = i in swa and t < ctx  # a ring layer keeps no sinks
+        total += h * spec.layer_bytes(i, cfg.head_dim, cfg.head_dim_v, int(t),
+                                      0 if ring else None)
+    return float(total)
+
+
+def _spec(cfg, k_type, v_type, opts):
+    from nexvk.quant.cachespec import CacheSpec
+    scale = opts.get("key_scale")
+    return CacheSpec.build(cfg.n_layers, k_type, v_type, opts.get("layer_types"),
+                           opts.get("sinks"), opts.get("plain", False),
+                           None if scale is None else scale is not False)
 
 
 @dataclass
@@ -59,6 +77,7 @@ class Plan:
     ctx: int
     k_type: str
     v_type: str
+    label: str                # the chosen cache's label (kv key)
     weights_bytes: int        # as stored in the GGUF
     weights_f32_bytes: int    # as held by the numpy backend (dequantized float32)
     kv: dict                  # "k/v" label -> bytes, chosen formats first
@@ -66,8 +85,8 @@ class Plan:
 
     @property
     def total(self):
-        """Bytes `nexvk run` needs: weights as float32 (as the numpy model holds them) + KV."""
-        return self.weights_f32_bytes + self.kv[f"{self.k_type}/{self.v_type}"]
+        """Bytes `nexvk run` needs on the numpy backend: weights as float32 + KV."""
+        return self.weights_f32_bytes + self.kv[self.label]
 
     @property
     def fits(self):
@@ -88,30 +107,31 @@ class Plan:
                        + (f" (window + batch of {MAX_BATCH} - 1)" if used < self.ctx else ""))
         out.append(f"weights      {fmt_bytes(self.weights_bytes)} as stored "
                    f"({fmt_bytes(self.weights_f32_bytes)} as float32 in the numpy backend)")
-        from nexvk.quant import bits_per_value
         ref = self.kv.get("f16/f16")
+        values = float(np.dot(c.n_kv_heads, _tokens(c, self.ctx))) * (c.head_dim + c.head_dim_v)
         for label, b in self.kv.items():
-            k, v = label.split("/")
-            bits = (bits_per_value(k, c.head_dim) + bits_per_value(v, c.head_dim_v)) / 2
             ratio = f"{ref / b:.2f}x smaller than f16" if ref and label != "f16/f16" else ""
-            out.append(f"KV {label:<13} {fmt_bytes(b):>11}  ({bits:.3f} bits/value) {ratio}")
-        chosen = f"{self.k_type}/{self.v_type}"
-        stored = self.weights_bytes + self.kv[chosen]
+            out.append(f"KV {label:<13} {fmt_bytes(b):>11}  ({8 * b / values:.3f} bits/value) "
+                       f"{ratio}")
+        stored = self.weights_bytes + self.kv[self.label]
         out.append(f"total        {fmt_bytes(self.total)} (weights as float32, as `nexvk run` "
-                   f"holds them, + KV {chosen}; {fmt_bytes(stored)} with weights as stored)")
+                   f"holds them, + KV {self.label}; {fmt_bytes(stored)} with weights as stored)")
         if self.memory:
             verdict = "fits" if self.fits else "does NOT fit"
             out.append(f"memory       {fmt_bytes(self.memory)}: {verdict}")
         return out
 
 
-def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0):
-    """A Plan for the GGUF at `path` (metadata and tensor table only; nothing dequantized)."""
+def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0, cache_opts=None):
+    """A Plan for the GGUF at `path` (metadata and tensor table only; nothing dequantized);
+    cache_opts as for kv_bytes (the f16 and q8_0 rows are always the plain formats)."""
     if ctx <= 0:
         raise ValueError(f"context must be positive, got {ctx}")
     g = open_gguf(path)
     cfg = Config.from_gguf(g)
-    kv = {f"{k_type}/{v_type}": kv_bytes(cfg, ctx, k_type, v_type)}
+    opts = cache_opts or {}
+    label = _spec(cfg, k_type, v_type, opts).label
+    kv = {label: kv_bytes(cfg, ctx, k_type, v_type, cache_opts=opts)}
     for ref in ("f16", "q8_0"):  # comparison rows, where the format can hold this head size
         try:
             kv.setdefault(f"{ref}/{ref}", kv_bytes(cfg, ctx, ref, ref))
@@ -119,5 +139,5 @@ def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0):
             pass
     n_params = sum(t.n_elements for t in g.tensors.values())
     return Plan(name=cfg.name or g.path.name, cfg=cfg, ctx=ctx, k_type=k_type, v_type=v_type,
-                weights_bytes=g.tensor_bytes(), weights_f32_bytes=4 * n_params, kv=kv,
+                label=label, weights_bytes=g.tensor_bytes(), weights_f32_bytes=4 * n_params, kv=kv,
                 memory=parse_size(memory) if memory else 0)

@@ -1,5 +1,6 @@
 """Packed attention: numpy reference vs plain attention over decoded K/V, and the Vulkan
-kernel vs the numpy reference, across formats, head_dim, GQA ratio, prefill and decode."""
+kernel vs the numpy reference, across formats, head_dim, GQA ratio, prefill and decode.
+Every cache here is plain=True: the plain algorithm, which the Vulkan backend runs."""
 import numpy as np
 import pytest
 
@@ -44,7 +45,7 @@ def rel(a, b):
 @pytest.mark.parametrize("d,hkv,G", [(64, 3, 3), (128, 2, 4), (256, 1, 8), (64, 4, 1)])
 def test_numpy_packed_attention_equals_attention_over_decoded_kv(kt, vt, d, hkv, G):
     rng = np.random.default_rng(d * G)
-    cache = KVCache(1, hkv, d, 200, kt, vt)
+    cache = KVCache(1, hkv, d, 200, kt, vt, plain=True)
     kd, vd = fill(cache, rng, 150)
     for T in (150, 1):  # prefill of everything, then a decode query
         q = rng.standard_normal((T, hkv * G, d)).astype(np.float32) * 2
@@ -63,8 +64,9 @@ GRID = [(kt, vt, d, hkv, G, L, T)
 def test_vulkan_attention_matches_numpy(device, kt, vt, d, hkv, G, L, T):
     rng = np.random.default_rng(L + d)
     H = hkv * G
-    ref = KVCache(1, hkv, d, L, kt, vt)
-    vk = KVCache(1, hkv, d, L, kt, vt, backend="vulkan", device=device, n_heads=H, max_batch=64)
+    ref = KVCache(1, hkv, d, L, kt, vt, plain=True)
+    vk = KVCache(1, hkv, d, L, kt, vt, backend="vulkan", device=device, n_heads=H, max_batch=64,
+                 plain=True)
     k = rng.standard_normal((L, hkv, d)).astype(np.float32)
     v = rng.standard_normal((L, hkv, d)).astype(np.float32)
     ref.append(0, k, v)
@@ -81,8 +83,9 @@ def test_vulkan_decode_steps_match_numpy_over_a_long_context(device):
     after 65535 iterations, which silently left outputs unwritten past ~30k keys."""
     rng = np.random.default_rng(0)
     hkv, d, H, L = 2, 128, 8, 33000
-    ref = KVCache(1, hkv, d, L + 3, "turbo3", "turbo3")
-    vk = KVCache(1, hkv, d, L + 3, "turbo3", "turbo3", backend="vulkan", device=device, n_heads=H)
+    ref = KVCache(1, hkv, d, L + 3, "turbo3", "turbo3", plain=True)
+    vk = KVCache(1, hkv, d, L + 3, "turbo3", "turbo3", backend="vulkan", device=device, n_heads=H,
+                 plain=True)
     k = rng.standard_normal((L, hkv, d)).astype(np.float32)
     ref.append(0, k, k)
     vk.append(0, k, k)
@@ -99,7 +102,8 @@ def test_sparse_v_at_1e6_stays_within_1e4_and_skips_rows(request, backend):
     device = request.getfixturevalue("device") if backend == "vulkan" else None
     rng = np.random.default_rng(3)
     hkv, d, H, L = 2, 128, 8, 2000
-    cache = KVCache(1, hkv, d, L, "turbo3", "turbo3", backend=backend, device=device, n_heads=H)
+    cache = KVCache(1, hkv, d, L, "turbo3", "turbo3", backend=backend, device=device, n_heads=H,
+                    plain=True)
     k = rng.standard_normal((L, hkv, d)).astype(np.float32)
     cache.append(0, k, rng.standard_normal((L, hkv, d)).astype(np.float32))
     # peaked attention, as in real decoding: the query resembles a handful of keys

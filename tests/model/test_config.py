@@ -30,7 +30,11 @@ def test_smollm2_plan_bytes(model_path):
     # q8_0: 32 int8 + one fp16 scale = 34 bytes per 32 values
     assert p.kv["q8_0/q8_0"] == 2 * 30 * 3 * (64 // 32) * 34 * ctx
     # turbo3 at head_dim 64: 64 3-bit indices (24 bytes) + one fp16 norm = 26 bytes per vector
-    assert p.kv["turbo3/turbo3"] == 2 * 30 * 3 * 26 * ctx
+    plain = plan(model_path, ctx, "turbo3", "turbo3", cache_opts={"plain": True})
+    assert plain.kv["turbo3/turbo3 plain"] == 2 * 30 * 3 * 26 * ctx
+    # hardened (the default): one f16 sink position (K and V: 2 x 64 halves) instead of its
+    # codes, and an f16 key mean and scale (2 x 64 halves) per (layer, KV head)
+    assert p.kv["turbo3/turbo3"] == 30 * 3 * (2 * 26 * (ctx - 1) + 2 * 2 * 64 + 2 * 2 * 64)
     size = model_path.stat().st_size
     assert 0.9 * size < p.weights_bytes < size  # tensors are nearly all of the file
     assert p.fits is True

@@ -29,7 +29,8 @@ def _kld(p_logits, q_logits):
 def positions(model, vk_model, wikitext):
     """64 prefill + 64 decode positions of wikitext on both backends, per cache format."""
     ids = model.tokenizer.encode(wikitext[:4000])[:128]
-    return {(fmt, m.cache.backend): _positions(m.with_cache(fmt, fmt, ctx=160), ids[:64], ids[64:])
+    return {(fmt, m.cache.backend): _positions(m.with_cache(fmt, fmt, ctx=160, cache_opts={"plain": True}),
+                                                  ids[:64], ids[64:])
             for fmt in ("f16", "turbo3") for m in (model, vk_model)}
 
 

@@ -18,10 +18,11 @@ import numpy as np
 from nexvk.kernels import attention as attn_kernel
 from nexvk.kernels import dyn as dyn_words
 from nexvk.kernels import layout
+from nexvk.kernels.upload import upload_words
 from nexvk.quant import check_vectors
 from nexvk.quant.cachespec import CacheSpec
 from nexvk.quant.formats import make
-from nexvk.quant.transform import KeyTransform
+from nexvk.quant.transform import SCALE_MIN_ROWS, KeyTransform
 
 _ids = itertools.count()
 _SCRATCH_BYTES = 16 << 20  # scores + split partials of one dispatch of queries (vulkan)
@@ -92,35 +93,22 @@ class KVCache:
         self._len = [0] * self.n_layers
         self._lock = threading.Lock()
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
-        self.backend = self._resolve_backend(backend, device)
+        from nexvk.device.manager import resolve_backend
+        self.backend = resolve_backend(backend, device)
         # the stores get the geometry, not the cache, so a dropped cache frees at once
         # per layer: K and V formats, slots, window (0: the layer sees its whole context);
-        # the first `sinks` positions of every layer are float16 rows (not in the slots)
+        # the first `sinks` positions of every layer are float16 rows (not in the slots); the
+        # key transform (tables, fitted or given) is the cache's, shared with the store
         L = self.n_layers
         geo = SimpleNamespace(n_layers=L, n_kv_heads=self.n_kv_heads,
                               head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmts[0],
                               vfmt=self.vfmts[0], max_heads=self.max_heads, kfmts=self.kfmts,
                               vfmts=self.vfmts, windows=self.windows, slots=self.slots,
-                              sinks=self.layer_sinks)
+                              sinks=self.layer_sinks, transform=self.transform)
         if self.backend == "numpy":
             self._impl = _NumpyStore(geo)
         else:
             self._impl = _VulkanStore(geo, device, max_batch, n_heads)
-
-    def _resolve_backend(self, backend, device):
-        from nexvk.device.manager import resolve_backend
-        chosen = resolve_backend(backend, device)
-        # NOTE: the key transform runs here, on the host, for both stores; only sinks need
-        # the store's support, which the Vulkan store does not have yet
-        if chosen == "vulkan" and self.sinks:
-            why = f"the Vulkan backend does not keep f16 sink positions ({self.spec.describe()}) yet"
-            if backend != "auto":
-                raise ValueError(f"{why}; use the numpy backend, sinks=0 (--sinks 0) or plain=True "
-                                 "(--plain)")
-            print(f"nexvk: {why}; using numpy (pass --sinks 0 or --plain for the device)",
-                  file=sys.stderr)
-            chosen = "numpy"
-        return chosen
 
     @property
     def nbytes(self):
@@ -407,27 +395,38 @@ class _VulkanStore:
         self._graphs = {}
         weakref.finalize(self, _release, dev, self.tag, self._graphs)  # memory goes with the cache
         # layers -> arenas of at most the storage-buffer limit; per layer, contiguous:
-        # [K codes, K scales, V codes, V scales] for its slots
-        sizes = []
-        for kf, vf, cap in zip(c.kfmts, c.vfmts, c.slots):
-            kw = layout.region_words(kf, cap * hkv)
-            sizes.append((kw, kw + layout.region_words(vf, cap * hkv)))
+        # [K codes, K scales, V codes, V scales] for its code slots, then the f16 K and V sink
+        # vectors, and on a layer with the key transform its f16 mean and scale tables and
+        # the raw float keys of the sinks (re-encoded when the device fits the transform)
+        sizes = []  # per layer: word counts of those parts
+        for layer, (kf, vf, n, S) in enumerate(zip(c.kfmts, c.vfmts, c.slots, c.sinks)):
+            xf = c.transform.active[layer]
+            sizes.append((layout.region_words(kf, (n - S) * hkv),
+                          layout.region_words(vf, (n - S) * hkv), S * hkv * d // 2,
+                          S * hkv * d // 2, xf * hkv * d, xf * S * hkv * d))
         limit = dev.max_buffer_bytes // 4
-        if max(w for _, w in sizes) > limit:
-            raise ValueError(f"one layer of this cache needs {4 * max(w for _, w in sizes) / 2**20:.1f}"
+        if max(sum(w) for w in sizes) > limit:
+            raise ValueError(f"one layer of this cache needs {4 * max(sum(w) for w in sizes) / 2**20:.1f}"
                              f" MiB, over {dev.name}'s {dev.max_buffer_bytes / 2**20:.0f} MiB "
                              "storage-buffer limit; lower the capacity")
         placed, arena_words = [], [0]  # (arena index, base word) per layer
-        for _, w in sizes:
-            if arena_words[-1] + w > limit:
+        for w in sizes:
+            if arena_words[-1] + sum(w) > limit:
                 arena_words.append(0)
             placed.append((len(arena_words) - 1, arena_words[-1]))
-            arena_words[-1] += w
-        arenas = [pool.get(f"{self.tag}arena{a}", n) for a, n in enumerate(arena_words)]
+            arena_words[-1] += sum(w)
+        self.arenas = arenas = [pool.get(f"{self.tag}arena{a}", n) for a, n in enumerate(arena_words)]
         self.regions = []  # per layer: (arena, (k_base, k_sbase), (v_base, v_sbase))
-        for (a, base), (kw, _), kf, vf, cap in zip(placed, sizes, c.kfmts, c.vfmts, c.slots):
-            self.regions.append((arenas[a], (base, base + cap * hkv * kf.words),
-                                 (base + kw, base + kw + cap * hkv * vf.words)))
+        self.extra = []    # per layer: sink K, sink V, tables (mean; scale after), raw sinks
+        for (a, base), w, kf, vf, n, S in zip(placed, sizes, c.kfmts, c.vfmts, c.slots, c.sinks):
+            offs = np.cumsum((base,) + w)  # start word of each part
+            self.regions.append((arenas[a], (offs[0], offs[0] + (n - S) * hkv * kf.words),
+                                 (offs[1], offs[1] + (n - S) * hkv * vf.words)))
+            none = layout.NONE
+            self.extra.append(SimpleNamespace(sink_k=int(offs[2]), sink_v=int(offs[3]),
+                                              xf=int(offs[4]) if w[4] else none,
+                                              raw=int(offs[5]) if w[5] else none))
+        self.nbytes = 4 * sum(arena_words)
         # format tables: layer l's K table at tabs[l][0], its V table at tabs[l][1]
         per = layout.TAB_SIGNS + d
         self.tab = pool.get(self.tag + "tab", 2 * c.n_layers * per, np.float32, kind="device")
@@ -460,9 +459,13 @@ class _VulkanStore:
                 "o": pool.get(f"{self.tag}o{rows}", rows * H * d, np.float32, kind="device"),
             }
         dev.run(uploads=[self.tab])
+        for layer in np.flatnonzero(c.transform.active):  # initial (or given) tables
+            self.set_tables(layer, c.transform.mean[layer], c.transform.scale[layer])
         for layer in range(c.n_layers):  # record every graph now, not on the first token
             for rows in self.io:
                 self._append_graph(layer, rows)
+                if c.sinks[layer]:
+                    self._append_graph(layer, rows, values=False)
                 if n_heads:
                     self._attention_graph(layer, rows, n_heads)
 
@@ -471,45 +474,84 @@ class _VulkanStore:
         return self.c.windows[layer] or self.c.slots[layer]
 
     # ---- recording into any graph ---------------------------------------------------------
-    def record_append(self, g, layer, k, v, rows, k_off=0, v_off=0):
+    def record_append(self, g, layer, k, v, rows, k_off=0, v_off=0, q=None, q_off=0,
+                      n_heads=None):
         """Quantize dyn[0] tokens of k, v (device buffers holding (rows, hkv, d) float32 at
-        float offsets k_off, v_off) into `layer` at positions dyn[1].. ."""
+        float offsets k_off, v_off) into `layer` at positions dyn[1].. . With q (a device
+        buffer of the same tokens' queries, (rows, n_heads, d) at q_off) the keys are raw: the
+        key transform runs here, fitted on the device in the step that holds the layer's first
+        non-sink position; without q (v may then be None: keys only) they come transformed."""
         c, dev = self.c, self.dev
         arena, kreg, vreg = self.regions[layer]
         ktab, vtab = self.tabs[layer]
+        ex, S, t = self.extra[layer], c.sinks[layer], c.transform
         n = rows * c.n_kv_heads
-        for x, off, fmt, reg, tabo in ((k, k_off, c.kfmts[layer], kreg, ktab),
-                                       (v, v_off, c.vfmts[layer], vreg, vtab)):
-            pipe = dev.pipeline("quantize", [x, arena, self.tab, self.dyn], n,
-                                [layout.WG, c.head_dim, *layout.spec(fmt)])
-            g.dispatch(pipe, layout.quantize_push(*reg, tabo, c.n_kv_heads, c.slots[layer], off))
+        device_xf = q is not None and t.active[layer]
+        fit = device_xf and (t.fit_mean or t.fit_scale)
+        if fit:
+            hkv = c.n_kv_heads
+            pipe = dev.pipeline("key_fit", [k, q, arena, self.dyn], hkv,
+                                [layout.WG, c.head_dim, n_heads // hkv])
+            g.dispatch(pipe, [hkv, k_off, q_off, S, ex.xf, int(t.fit_mean), int(t.fit_scale),
+                              SCALE_MIN_ROWS])
+        for key, x, off, fmt, reg, tabo, sink in (
+                (True, k, k_off, c.kfmts[layer], kreg, ktab, ex.sink_k),
+                (False, v, v_off, c.vfmts[layer], vreg, vtab, ex.sink_v)):
+            if x is None:
+                continue
+            spec = [layout.WG, c.head_dim, *layout.spec(fmt)]
+            xf = key and device_xf
+            push = layout.quantize_push(*reg, tabo, c.n_kv_heads, c.slots[layer], off, S, sink,
+                                        ex.xf if xf else layout.NONE,
+                                        ex.raw if xf and S else layout.NONE)
+            g.dispatch(dev.pipeline("quantize", [x, arena, self.tab, self.dyn], n, spec), push)
+            if key and fit and S:  # sinks stored before this step's fit: re-encoded with it
+                redo = dev.pipeline("quantize", [x, arena, self.tab, self.dyn], S * c.n_kv_heads,
+                                    spec)
+                g.dispatch(redo, push[:-1] + [1])
 
-    def record_attention(self, g, layer, q, o, rows, n_heads, q_off=0, o_off=0):
+    def record_attention(self, g, layer, q, o, rows, n_heads, q_off=0, o_off=0, raw_q=False):
         """Causal attention of dyn[0] queries (q: device buffer holding (rows, n_heads, d) at
         float offset q_off) at positions dyn[1].. over `layer`, into o at o_off; in
-        dispatches of `chunk` queries."""
+        dispatches of `chunk` queries. raw_q: the queries are not yet divided by the key
+        scale (the model's step; record_append was given q)."""
         c = self.c
         group = n_heads // c.n_kv_heads
         arena, kreg, vreg = self.regions[layer]
+        ex, t = self.extra[layer], c.transform
+        xs = (ex.xf + c.n_kv_heads * c.head_dim // 2 if raw_q and t.active[layer] and t.scaled
+              else layout.NONE)
         bufs = [arena, q, o, self.scr, self.part, self.tab, self.stats, self.dyn]
         spec = attn_kernel.spec(c.kfmts[layer], c.vfmts[layer], group)
         for q0 in range(0, rows, self.chunk):
             plan = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group, self._keys(layer),
                                     min(self.chunk, rows - q0))
             push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.slots[layer], q0,
-                             c.windows[layer], q_off, o_off)
+                             c.windows[layer], q_off, o_off, c.sinks[layer],
+                             (ex.sink_k, ex.sink_v), xs)
             for name, n in (("attn_scores", plan.groups), ("attn_values", plan.groups),
                             ("attn_reduce", plan.reduce_groups)):
                 g.dispatch(self.dev.pipeline(name, bufs, n, spec), push)
 
+    def set_tables(self, layer, mean, scale):
+        """Upload a layer's given key transform tables (f16 (hkv, d) each), for steps that
+        transform on the device (record_append with q)."""
+        ex = self.extra[layer]
+        arena = self.regions[layer][0]
+        words = np.concatenate([np.asarray(mean, np.float16).reshape(-1),
+                                np.asarray(scale, np.float16).reshape(-1)]).view(np.uint32)
+        upload_words(self.dev, arena, ex.xf, words)
+
     # ---- host-array calls -------------------------------------------------------------------
-    def _append_graph(self, layer, rows):
-        key = ("append", layer, rows)
+    def _append_graph(self, layer, rows, values=True):
+        """values=False: keys only (the sinks re-encoded once the transform is fitted)."""
+        key = ("append", layer, rows, values)
         if key not in self._graphs:
             io = self.io[rows]
-            g = self.dev.graph().upload(io["k"], io["v"], self.dyn)
-            self.record_append(g, layer, io["k"], io["v"], rows)
-            self._graphs[key] = g
+            v = io["v"] if values else None
+            g = self.dev.graph().upload(*[b for b in (io["k"], v) if b is not None], self.dyn)
+            self.record_append(g, layer, io["k"], v, rows)
+            self._graphs[key] = g.prepare()
         return self._graphs[key]
 
     def _attention_graph(self, layer, rows, n_heads):
@@ -518,13 +560,14 @@ class _VulkanStore:
             io = self.io[rows]
             g = self.dev.graph().upload(io["q"], self.stats, self.dyn)
             self.record_attention(g, layer, io["q"], io["o"], rows, n_heads)
-            self._graphs[key] = g.download(io["o"], self.stats)
+            self._graphs[key] = g.download(io["o"], self.stats).prepare()
         return self._graphs[key]
 
     def _rows(self, n):
         return 1 if n == 1 else self.chunk
 
     def append(self, layer, n, kf, vf):
+        """Rows kf, vf (T*HKV, d), already transformed, at positions n..; vf None: keys only."""
         c = self.c
         hkv, d = c.n_kv_heads, c.head_dim
         T = len(kf) // hkv
@@ -533,9 +576,10 @@ class _VulkanStore:
                 m = min(self.chunk, T - s)
                 io = self.io[self._rows(m)]
                 io["k"].host[: m * hkv * d] = kf[s * hkv:(s + m) * hkv].reshape(-1)
-                io["v"].host[: m * hkv * d] = vf[s * hkv:(s + m) * hkv].reshape(-1)
+                if vf is not None:
+                    io["v"].host[: m * hkv * d] = vf[s * hkv:(s + m) * hkv].reshape(-1)
                 self.dyn.host[:2] = (m, n + s)
-                self._append_graph(layer, self._rows(m)).run()
+                self._append_graph(layer, self._rows(m), vf is not None).run()
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c

@@ -38,8 +38,11 @@ void main() {
     float scale = uintBitsToFloat(dyn[2]);
 
     bool krot = KFMT == FMT_TURBO;
-    for (uint p = t; p < G * D; p += WG)
-        sh_x[p] = q[pc.q_off + qrow0 * D + p] * (krot ? tab[pc.ktab + TAB_SIGNS + p % D] : 1.0);
+    for (uint p = t; p < G * D; p += WG) {
+        float y = q[pc.q_off + qrow0 * D + p];
+        if (pc.xs != 0xFFFFFFFFu) y /= kv_half(pc.xs, g * D + p % D);  // q / s: the key transform
+        sh_x[p] = y * (krot ? tab[pc.ktab + TAB_SIGNS + p % D] : 1.0);
+    }
     barrier();
     if (krot) wht_rows(G, tab[pc.ktab + TAB_INV_SQRT_D]);
 
@@ -47,22 +50,25 @@ void main() {
     for (uint r = 0u; r < G; ++r) m[r] = -3.402823e38;
     const uint BS = min(32u, D);
     for (uint j = j0 + t; j < j1; j += WG) {
-        uint v = (j % pc.cap) * pc.hkv + g;
+        uint js = key_slot(j);
+        bool sink = j < pc.sinks;
+        uint v = (sink ? j : js - pc.sinks) * pc.hkv + g;
         float dot[G];
         for (uint r = 0u; r < G; ++r) dot[r] = 0.0;
         for (uint b = 0u; b < D; b += BS) {
             float part_[G];
             for (uint r = 0u; r < G; ++r) part_[r] = 0.0;
             for (uint ii = 0u; ii < BS; ++ii) {
-                float kr = kv_raw(KFMT, KBITS, D, pc.k_base, pc.ktab, v, b + ii);
+                float kr = sink ? kv_raw(FMT_F16, 16u, D, pc.sk_base, 0u, v, b + ii)
+                                : kv_raw(KFMT, KBITS, D, pc.k_base, pc.ktab, v, b + ii);
                 for (uint r = 0u; r < G; ++r) part_[r] += sh_x[r * D + b + ii] * kr;
             }
-            float sc = kv_scale(KFMT, D, pc.k_sbase, v, b);
+            float sc = sink ? 1.0 : kv_scale(KFMT, D, pc.k_sbase, v, b);
             for (uint r = 0u; r < G; ++r) dot[r] += part_[r] * sc;
         }
         for (uint r = 0u; r < G; ++r) {
             float sj = dot[r] * scale;
-            scr[(row0 + r) * pc.cap + j % pc.cap] = sj;
+            scr[(row0 + r) * pc.cap + js] = sj;
             m[r] = max(m[r], sj);
         }
     }
@@ -70,7 +76,7 @@ void main() {
     float l[G];
     for (uint r = 0u; r < G; ++r) l[r] = 0.0;
     for (uint j = j0 + t; j < j1; j += WG)
-        for (uint r = 0u; r < G; ++r) l[r] += exp(scr[(row0 + r) * pc.cap + j % pc.cap] - m[r]);
+        for (uint r = 0u; r < G; ++r) l[r] += exp(scr[(row0 + r) * pc.cap + key_slot(j)] - m[r]);
     reduce(l, 1u);
     if (t == 0u) {
         uint mi = ml_index(qi, g, s);

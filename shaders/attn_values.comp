@@ -37,7 +37,7 @@ void main() {
         for (uint r = 0u; r < G; ++r) {
             float p = 0.0;
             if (j < j1) {
-                p = exp(scr[(row0 + r) * pc.cap + j % pc.cap] - m[r]) / l[r];
+                p = exp(scr[(row0 + r) * pc.cap + key_slot(j)] - m[r]) / l[r];
                 if (p < thr) { p = 0.0; skipped += 1u; }
             }
             sh_p[r * WG + t] = p;
@@ -48,11 +48,14 @@ void main() {
             bool any = false;
             for (uint r = 0u; r < G; ++r) any = any || sh_p[r * WG + jj] > 0.0;
             if (!any) continue;
-            uint v = ((jt + jj) % pc.cap) * pc.hkv + g;
+            uint jk = jt + jj;
+            bool sink = jk < pc.sinks;
+            uint v = (sink ? jk : key_slot(jk) - pc.sinks) * pc.hkv + g;
             for (uint k = 0u; k < DPT; ++k) {
                 uint i = t + k * WG;
                 if (i < D) {
-                    float val = kv_value(VFMT, VBITS, D, pc.v_base, pc.v_sbase, pc.vtab, v, i);
+                    float val = sink ? kv_raw(FMT_F16, 16u, D, pc.sv_base, 0u, v, i)
+                                     : kv_value(VFMT, VBITS, D, pc.v_base, pc.v_sbase, pc.vtab, v, i);
                     for (uint r = 0u; r < G; ++r) acc[r * DPT + k] += sh_p[r * WG + jj] * val;
                 }
             }

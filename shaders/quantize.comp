@@ -1,6 +1,7 @@
 #version 450
 // Encode rows of D floats into a KV format, written in place into a cache (or codec) buffer.
-// One workgroup per row. Twin: nexvk/quant/formats.py (encode_rows).
+// One workgroup per row. Twin: nexvk/quant/formats.py (encode_rows); with sinks and the key
+// transform, nexvk/cache.py (_NumpyStore.append, KeyTransform.keys).
 #extension GL_GOOGLE_include_directive : require
 #include "include/group_id.glsl"
 
@@ -14,7 +15,9 @@ layout(binding = 0) readonly buffer X { float x[]; };          // (n_rows, D)
 layout(binding = 1) buffer KV { uint kv_words[]; };            // codes at base, scales at sbase
 layout(binding = 2) readonly buffer Tab { float tab[]; };      // format tables
 // per-call words: [tokens T, position of the first]; row r of x is vector r % vpt of token
-// r / vpt, stored at slot (pos0 + r / vpt) % cap (a ring buffer when cap < positions)
+// r / vpt at position p = pos0 + r / vpt: a sink (p < sinks) is stored as the f16 vector of
+// its compute domain at sink_base; any other goes to slot (p - sinks) % (cap - sinks) of the
+// code region (a ring buffer when the slots are fewer than the positions)
 layout(binding = 3) readonly buffer Dyn { uint dyn[]; };
 
 layout(push_constant) uniform Push {
@@ -22,9 +25,19 @@ layout(push_constant) uniform Push {
     uint sbase;     // word offset of the fp16 scale region
     uint tabo;      // offset of this format's table in tab[]
     uint vpt;       // vectors per token (KV heads; 1 for the codec)
-    uint cap;       // slots in the region (0xFFFFFFFF: no wrap)
+    uint cap;       // sinks + slots in the code region (0xFFFFFFFF: no wrap)
     uint x_off;     // float offset of row 0 in x
+    uint sinks;     // first positions kept as f16 vectors (0: none)
+    uint sink_base; // word offset of the sink vectors, (sinks, vpt, D/2) words
+    uint xf;        // word offset of the key transform's f16 mean (vpt, D), its scale after
+                    // (0xFFFFFFFF: none; keys are stored as (k - mean) * scale)
+    uint raw;       // word offset of the raw float rows of the sinks, kept to re-encode them
+                    // when the transform is fitted later (0xFFFFFFFF: not kept)
+    uint mode;      // 0: encode rows of x; 1: re-encode the kept raw sinks before pos0, in the
+                    // step that holds position `sinks` (the one that fits the transform)
 } pc;
+
+const uint NONE = 0xFFFFFFFFu;
 
 shared float sh_x[D];
 shared float sh_red[WG];
@@ -57,12 +70,45 @@ float reduce_sum(float v) {
 
 void main() {
     uint row = GROUP_ID;
-    if (row >= dyn[0] * pc.vpt) return;
     uint t = gl_LocalInvocationID.x;
-    uint v = ((dyn[1] + row / pc.vpt) % pc.cap) * pc.vpt + row % pc.vpt;
-    uint W = fmt_words(FMT, BITS, D);
-    for (uint i = t; i < D; i += WG) sh_x[i] = x[pc.x_off + row * D + i];
+    uint T = dyn[0], pos0 = dyn[1];
+    uint h = row % pc.vpt;
+    uint p;  // the row's position
+    if (pc.mode == 0u) {
+        if (row >= T * pc.vpt) return;
+        p = pos0 + row / pc.vpt;
+        for (uint i = t; i < D; i += WG) sh_x[i] = x[pc.x_off + row * D + i];
+        if (p < pc.sinks && pc.raw != NONE)
+            for (uint i = t; i < D; i += WG)
+                kv_words[pc.raw + (p * pc.vpt + h) * D + i] = floatBitsToUint(sh_x[i]);
+    } else {
+        p = row / pc.vpt;
+        bool fit_step = pos0 <= pc.sinks && pc.sinks < pos0 + T;
+        if (!fit_step || p >= pos0 || p >= pc.sinks) return;
+        for (uint i = t; i < D; i += WG)
+            sh_x[i] = uintBitsToFloat(kv_words[pc.raw + (p * pc.vpt + h) * D + i]);
+    }
     barrier();
+    if (pc.xf != NONE) {  // key transform: (k - mean) * scale, before the norm is taken
+        for (uint i = t; i < D; i += WG) {
+            float m = kv_half(pc.xf, h * D + i), sc = kv_half(pc.xf + pc.vpt * D / 2u, h * D + i);
+            sh_x[i] = (sh_x[i] - m) * sc;
+        }
+        barrier();
+    }
+    if (p < pc.sinks) {  // a sink: the f16 vector of the compute domain (rotated for turbo)
+        if (FMT == FMT_TURBO) {
+            for (uint i = t; i < D; i += WG) sh_x[i] *= tab[pc.tabo + TAB_SIGNS + i];
+            barrier();
+            wht_rows(1u, tab[pc.tabo + TAB_INV_SQRT_D]);
+        }
+        for (uint k = t; k < D / 2u; k += WG)
+            kv_words[pc.sink_base + (p * pc.vpt + h) * (D / 2u) + k] =
+                f32_to_f16_rte(sh_x[2u * k]) | (f32_to_f16_rte(sh_x[2u * k + 1u]) << 16);
+        return;
+    }
+    uint v = ((p - pc.sinks) % (pc.cap - pc.sinks)) * pc.vpt + h;
+    uint W = fmt_words(FMT, BITS, D);
 
     if (FMT == FMT_F16) {
         for (uint k = t; k < D / 2u; k += WG)

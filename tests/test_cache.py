@@ -1,5 +1,4 @@
-"""KVCache behaviour on both backends: API, errors that leave the cache unchanged, memory.
-The vulkan caches are plain=True: the device runs the plain algorithm only (issue 9)."""
+"""KVCache behaviour on both backends: API, errors that leave the cache unchanged, memory."""
 import gc
 import tracemalloc
 
@@ -17,8 +16,6 @@ def make(request):
     device = request.getfixturevalue("device") if request.param == "vulkan" else None
 
     def _make(*args, **kw):
-        if request.param == "vulkan":
-            kw["plain"] = True
         return KVCache(*args, backend=request.param, device=device, **kw)
     return _make
 

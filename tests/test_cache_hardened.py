@@ -134,15 +134,6 @@ def test_reset_forgets_fitted_means_but_keeps_given_ones(rng):
     assert c.transform.ready.all() and not c.spec.scaled
 
 
-def test_vulkan_refuses_sinks_and_auto_runs_them_on_numpy(monkeypatch, capsys):
-    from nexvk.device import manager
-    monkeypatch.setattr(manager, "resolve_backend", lambda backend, device=None: "vulkan")
-    with pytest.raises(ValueError, match="sinks=0"):
-        KVCache(1, 1, 64, 8, "turbo3", "turbo3", backend="vulkan")
-    c = KVCache(1, 1, 64, 8, "turbo3", "turbo3", backend="auto")
-    assert c.backend == "numpy" and "--sinks 0" in capsys.readouterr().err
-
-
 @pytest.mark.device
 def test_vulkan_runs_centred_keys_and_layer_types_as_numpy_does(device, rng):
     """The key transform happens in KVCache (host side), so with no sinks the Vulkan store
@@ -159,3 +150,70 @@ def test_vulkan_runs_centred_keys_and_layer_types_as_numpy_does(device, rng):
         np.testing.assert_array_equal(vk.transform.mean, ref.transform.mean)
         a, b = vk.attention(layer, q), ref.attention(layer, q)
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("steps", [[40], [1, 1, 38], [2, 3, 35], [3, 37]])
+@pytest.mark.parametrize("sparse_v", [None, 0.02])
+def test_vulkan_keeps_sinks_as_numpy_does(device, rng, steps, sparse_v):
+    """Sinks on the device (f16 rows of the compute domain, read by all three attention
+    passes): prefill, token by token from empty (the sinks are re-encoded once the mean is
+    fitted: a keys-only re-append), chunks that start inside the sink range, sparse V."""
+    k, v = data(rng, 40)
+    q = rng.standard_normal((40, H, D)).astype(np.float32)
+    kw = dict(sinks=3, n_heads=H)
+    ref = KVCache(1, HKV, D, 48, "turbo3", "turbo3", **kw)
+    vk = KVCache(1, HKV, D, 48, "turbo3", "turbo3", backend="vulkan", device=device, **kw)
+    assert vk.nbytes == ref.nbytes
+    pos = 0
+    for n in steps:
+        outs = []
+        for c in (ref, vk):
+            c.append(0, k[pos:pos + n], v[pos:pos + n], q=q[pos:pos + n])
+            outs.append(c.attention(0, q[pos:pos + n], sparse_v=sparse_v))
+            assert c.stats["total"] > 0
+        assert np.abs(outs[0] - outs[1]).max() <= 1e-4 * np.abs(outs[0]).max(), steps
+        assert vk.stats == ref.stats
+        pos += n
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("opts", [{}, {"key_scale": False}, {"sinks": 0}, {"plain": True}])
+@pytest.mark.parametrize("steps", [[20], [1, 1, 18], [1, 9, 10]])
+def test_device_steps_fit_and_apply_the_transform_as_numpy_does(device, rng, opts, steps):
+    """A model's device step hands the store raw keys and queries (record_append with q):
+    key_fit.comp fits the mean and scale in the step that holds the first non-sink position,
+    quantize.comp stores (k - mean) * scale (and re-encodes the sinks kept raw), the scores
+    pass divides the queries by the scale. Outputs match KVCache.append(..., q=)."""
+    from nexvk.kernels import attention as ak
+    k, v = data(rng, 20)
+    k *= np.linspace(0.2, 3, D, dtype=np.float32)          # channels the scale can tell apart
+    q = (rng.standard_normal((20, H, D)) * np.linspace(3, 0.2, D)).astype(np.float32)
+    ref = KVCache(1, HKV, D, 32, "turbo3", "turbo3", n_heads=H, **opts)
+    vk = KVCache(1, HKV, D, 32, "turbo3", "turbo3", backend="vulkan", device=device, n_heads=H,
+                 **opts)
+    st, pool = vk.store, device.pool
+    bufs = {n: pool.get(f"test-xf/{n}", 20 * H * D, np.float32, kind="device") for n in "kvqo"}
+    graphs = {}
+    try:
+        pos = 0
+        for n in steps:
+            if n not in graphs:
+                g = device.graph().upload(bufs["k"], bufs["v"], bufs["q"], st.dyn, st.stats)
+                st.record_append(g, 0, bufs["k"], bufs["v"], n, q=bufs["q"], n_heads=H)
+                st.record_attention(g, 0, bufs["q"], bufs["o"], n, H, raw_q=True)
+                graphs[n] = g.download(bufs["o"])
+            for name, x in (("k", k), ("v", v), ("q", q)):
+                bufs[name].host[:x[pos:pos + n].size] = x[pos:pos + n].reshape(-1)
+            ak.set_dyn(st.dyn.host, n, pos, 1 / np.sqrt(D), 0.0)
+            vk.advance(pos, n)
+            graphs[n].run()
+            got = bufs["o"].host[:n * H * D].reshape(n, H, D)
+            ref.append(0, k[pos:pos + n], v[pos:pos + n], q=q[pos:pos + n])
+            want = ref.attention(0, q[pos:pos + n])
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), (opts, steps, pos)
+            pos += n
+    finally:
+        for g in graphs.values():
+            g.destroy()
+        device.release("test-xf/")

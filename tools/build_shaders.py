@@ -24,6 +24,7 @@ OUT = ROOT / "nexvk" / "spv"
 
 VARIANTS = {
     "quantize": ("quantize.comp", {}),
+    "key_fit": ("key_fit.comp", {}),
     "dequantize": ("dequantize.comp", {}),
     "attn_scores": ("attn_scores.comp", {}),
     "attn_values": ("attn_values.comp", {}),

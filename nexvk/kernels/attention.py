@@ -31,9 +31,9 @@ def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0, w
         raise ValueError(f"{L} keys needed but the cache keeps {S} slots")
     first = (lo + ns - N) % S if S else 0
     slot = slice(first, first + L) if first + L <= S else (pos[ns:] - N) % S  # a view unless it wraps
-    kc = kfmt.decode_compute(kcodes[slot].reshape(L * hkv, -1), kscales[slot].reshape(L * hkv, -1))
-    vc = vfmt.decode_compute(vcodes[slot].reshape(L * hkv, -1), vscales[slot].reshape(L * hkv, -1))
-    kc, vc = kc.reshape(L, hkv, d), vc.reshape(L, hkv, d)
+    kc, vc = (fmt.decode_compute(codes[slot].reshape(L * hkv, fmt.words),
+                                 scales[slot].reshape(L * hkv, fmt.n_scales)).reshape(L, hkv, d)
+              for fmt, codes, scales in ((kfmt, kcodes, kscales), (vfmt, vcodes, vscales)))
     if ns:
         kc = np.concatenate([sink_k[lo:lo + ns].astype(np.float32), kc])
         vc = np.concatenate([sink_v[lo:lo + ns].astype(np.float32), vc])
@@ -99,12 +99,14 @@ class Plan:
                 f"{device_name}'s {limit / 1024:.0f} KiB; use fewer query heads per KV head "
                 "(n_heads) or the numpy backend")
 
-    def push(self, hkv, k_region, v_region, ktab, vtab, cap, q0=0, window=0, q_off=0, o_off=0):
+    def push(self, hkv, k_region, v_region, ktab, vtab, cap, q0=0, window=0, q_off=0, o_off=0,
+             sinks=0, sink_regions=(0, 0), xs=layout.NONE):
         """The push block shared by the three passes, in declaration order: the layer's
-        regions, tables and slots; this dispatch's first query row; the window (0: none);
-        the float offsets of the queries and the output in their buffers."""
+        regions, tables and sinks + slots; this dispatch's first query row; the window (0:
+        none); the float offsets of the queries and the output in their buffers; the sinks'
+        count and K, V regions; the word offset of the f16 key scale queries are divided by."""
         return [hkv, *k_region, *v_region, ktab, vtab, cap, self.ks, self.ns, self.acc_base,
-                q0, window, q_off, o_off]
+                q0, window, q_off, o_off, sinks, *sink_regions, xs]
 
 
 def set_dyn(words, n_q, pos0, scale, thr):

@@ -32,9 +32,14 @@ def region_words(fmt, n_vectors):
 
 
 NO_WRAP = 0xFFFFFFFF  # quantize.comp's `cap` when vectors never wrap around a ring
+NONE = 0xFFFFFFFF     # an absent region (key transform, raw sinks) in a push block
 
 
-def quantize_push(base, sbase, tabo, vpt=1, cap=NO_WRAP, x_off=0):
+def quantize_push(base, sbase, tabo, vpt=1, cap=NO_WRAP, x_off=0, sinks=0, sink_base=0,
+                  xf=NONE, raw=NONE, mode=0):
     """quantize.comp's push block: code and scale regions, table offset, vectors per token,
-    slots per region (vector v of token t goes to slot (pos0 + t) % cap), offset of x."""
-    return [base, sbase, tabo, vpt, cap, x_off]
+    sinks + slots of the code region (token t at position p >= sinks goes to slot
+    (p - sinks) % (cap - sinks)), offset of x; the hardened cache's sinks (their count and
+    f16 region), key transform tables (word offset of the f16 mean, the scale after it) and
+    raw sink rows, and the mode (0: encode x, 1: re-encode the raw sinks; see the shader)."""
+    return [base, sbase, tabo, vpt, cap, x_off, sinks, sink_base, xf, raw, mode]

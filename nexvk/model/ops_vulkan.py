@@ -196,9 +196,12 @@ class VulkanOps:
         if self._graphs and words[0] != np.float32(scale):
             raise ValueError("every layer must use the same attention scale on the device")
         words[0] = scale  # kept in the dyn words of every later step
-        self.store.record_append(self._g, layer, k.buf, v.buf, q.rows, k.off, v.off)
-        self.store.record_attention(self._g, layer, q.buf, self._out(out), q.rows,
-                                    q.cols // head_dim, q.off, out.off)
+        # raw keys and queries: the store fits and applies the hardened key transform
+        n_heads = q.cols // head_dim
+        self.store.record_append(self._g, layer, k.buf, v.buf, q.rows, k.off, v.off, q.buf,
+                                 q.off, n_heads)
+        self.store.record_attention(self._g, layer, q.buf, self._out(out), q.rows, n_heads,
+                                    q.off, out.off, raw_q=True)
 
 
 def weight_loader(dev, g, tag, shapes):

@@ -3,8 +3,10 @@
 // spread over many workgroups (and every invocation runs a bounded loop: llvmpipe stops
 // any shader loop after 65535 iterations). Workgroup id = (query * hkv + kv head) * ns + split.
 // A dispatch covers queries q0 .. q0+n-1 of the call (the scratch holds n of them). Query row
-// q (global) at position p = pos0 + q sees keys lo..p, lo = p + 1 - window (0: no window);
-// key j lives in slot j % cap of the layer's region (a ring buffer when window < positions).
+// q (global) at position p = pos0 + q sees keys lo..p, lo = p + 1 - window (0: no window).
+// Keys j < sinks (the hardened cache's sinks) are f16 vectors in K's and V's compute domains;
+// key j >= sinks lives in slot (j - sinks) % (cap - sinks) of the layer's code regions (a ring
+// buffer when window < positions); its scores go to row slot key_slot(j) of the scratch.
 #ifndef ATTN_HEAD_GLSL
 #define ATTN_HEAD_GLSL
 
@@ -47,12 +49,22 @@ layout(push_constant) uniform Push {
     uint window;      // keys a query sees (0: all before it)
     uint q_off;       // float offsets of query row 0 in q[] and of its output in o[]
     uint o_off;
+    uint sinks;       // first positions stored as f16 vectors (0: none)
+    uint sk_base;     // word offsets of the K and V sink vectors, (sinks, hkv, D/2) words each
+    uint sv_base;
+    uint xs;          // word offset of the key transform's f16 channel scale (hkv, D) that
+                      // queries are divided by (0xFFFFFFFF: none)
 } pc;
 
 shared float sh_x[G * D];
 
 #include "kv_format.glsl"
 #include "wht.glsl"
+
+// scratch column of key j: sinks first, then the code slots
+uint key_slot(uint j) {
+    return j < pc.sinks ? j : pc.sinks + (j - pc.sinks) % (pc.cap - pc.sinks);
+}
 
 // the keys query row q (global) sees: lo .. L-1
 void key_range(uint q, out uint lo, out uint L) {

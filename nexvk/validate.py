@@ -46,7 +46,7 @@ class Case:
     @property
     def group(self):
         p = self.params
-        return f"{self.kernel} {p['kfmt']}/{p['vfmt']}" if self.kernel == "attention" \
+        return f"{self.kernel} {p['kfmt']}/{p['vfmt']}" if "kfmt" in p \
             else f"{self.kernel} {p['fmt']}"
 
 
@@ -86,6 +86,10 @@ def cases(quick=False):
         for data in ("large", "small"):
             out.append(Case("attention", dict(kfmt="turbo3", vfmt="turbo3", d=128, gqa=4,
                                               mode="decode", ctx=500, T=1, sparse=1e-6, data=data)))
+    for d in dims:  # the hardened cache: f16 sinks, keys centred and scaled
+        for mode, ctx, T in (("decode", 300, 1), ("prefill", 65, 65)):
+            out.append(Case("hardened", dict(kfmt="turbo3", vfmt="turbo3", d=d, gqa=3,
+                                             mode=mode, ctx=ctx, T=T)))
     return out + step_cases(quick)
 
 
@@ -222,7 +226,38 @@ def _attention(dev, p, seed):
     return err, 1e-4, err <= 1e-4, detail.strip()
 
 
-_RUNNERS = {"quantize": _quantize, "dequantize": _dequantize, "attention": _attention}
+def _hardened(dev, p, seed):
+    """The hardened turbo cache (2 f16 sinks, key mean and scale fitted from the first
+    non-sink append's keys and queries) on the device against the numpy store, through the
+    same KVCache calls: both transform on the host, so the codes match where the math does."""
+    from nexvk import KVCache
+    d, G, ctx, T = p["d"], p["gqa"], p["ctx"], p["T"]
+    hkv = 2
+    H = hkv * G
+    rng = np.random.default_rng(seed)
+    k = _data(ctx * hkv, d, "gauss", seed).reshape(ctx, hkv, d) + np.float32(3.0)
+    v = rng.standard_normal((ctx, hkv, d)).astype(np.float32)
+    q = rng.standard_normal((ctx, H, d)).astype(np.float32)
+    outs = []
+    for backend in ("vulkan", "numpy"):
+        c = KVCache(1, hkv, d, ctx, p["kfmt"], p["vfmt"], backend=backend, device=dev,
+                    n_heads=H, max_batch=64, sinks=2)
+        c.append(0, k[:1], v[:1], q=q[:1])  # a sink alone: re-encoded once the mean is fitted
+        step, first = (64 if p["mode"] == "prefill" else 1), max(1, ctx - T)
+        if first > 1:
+            c.append(0, k[1:first], v[1:first], q=q[1:first])
+        for t in range(first, ctx, step):
+            c.append(0, k[t:t + step], v[t:t + step], q=q[t:t + step])
+        outs.append(c.attention(0, q[ctx - T:]))
+    got, want = outs
+    if not np.isfinite(got).all():
+        return float("inf"), 1e-4, False, "NaN/Inf in output"
+    err = _rel(got, want)
+    return err, 1e-4, err <= 1e-4, ""
+
+
+_RUNNERS = {"quantize": _quantize, "dequantize": _dequantize, "attention": _attention,
+            "hardened": _hardened}
 
 
 # ---- the token-step kernels (nexvk/kernels): weights in their GGML formats --------------------

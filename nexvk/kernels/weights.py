@@ -132,7 +132,7 @@ class WeightArenas:
                 continue
             n = min(fit, rows - r0)
             out.append((len(self.used) - 1, self.used[-1], r0, n))
-            self.used[-1] += n * words_per_row
+            self.used[-1] += -(-n * words_per_row // 4) * 4   # the next part starts aligned
             r0 += n
         self._places[name] = out
 

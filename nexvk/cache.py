@@ -8,7 +8,6 @@ public methods, so a cache shared by threads never loses or mixes up tokens (cal
 one at a time, not in parallel).
 """
 import itertools
-import sys
 import threading
 import weakref
 from types import SimpleNamespace

@@ -59,5 +59,4 @@ def test_cli_writes_a_json_report(device, tmp_path):
     assert e.value.code == 0
     rep = json.loads(out.read_text())
     assert rep["ok"] and rep["device"]["name"] and len(rep["cases"]) == 12
-    from nexvk.device import spirv
     assert {r["module"] for r in rep["spirv_val"]} == set(spirv.shipped())

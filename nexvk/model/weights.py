@@ -8,8 +8,6 @@ every GGML type); matrices are (out_features, in_features) as GGUF stores them.
 import sys
 from types import SimpleNamespace
 
-import numpy as np
-
 
 def layer_shapes(a):
     """GGUF tensor name (without `blk.{i}.` and `.weight`) -> shape, for one layer of Arch a."""

@@ -1,7 +1,6 @@
 """`nexvk validate` cases of the token-step kernels: they cover every weight type, and they do
 fail when the twin is wrong or a kernel writes where it must not."""
 import numpy as np
-import pytest
 
 from nexvk import validate
 from nexvk.kernels import ggml_types, mul_mv

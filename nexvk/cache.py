@@ -17,7 +17,7 @@ import numpy as np
 from nexvk.kernels import attention as attn_kernel
 from nexvk.kernels import dyn as dyn_words
 from nexvk.kernels import layout
-from nexvk.kernels.upload import upload_words
+from nexvk.kernels import upload
 from nexvk.quant import check_vectors
 from nexvk.quant.cachespec import CacheSpec
 from nexvk.quant.formats import make
@@ -352,6 +352,24 @@ class _NumpyStore:
                                sink_v=self.sink_v[layer])
 
 
+def scratch_plan(head_dim, n_kv_heads, max_heads, slots, windows, max_batch):
+    """(attention Plan of one query, scratch bytes per query, queries per dispatch `chunk`):
+    how the Vulkan store sizes its score and partial-sum scratch."""
+    keys = max(w or n for w, n in zip(windows, slots))
+    one = attn_kernel.Plan(head_dim, n_kv_heads, max_heads // n_kv_heads, keys, 1)
+    per_query = 4 * (max_heads * max(slots) + one.part_floats)
+    return one, per_query, max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query))
+
+
+def vulkan_working_bytes(head_dim, n_kv_heads, max_heads, slots, windows, max_batch):
+    """Device bytes a Vulkan store holds besides the cache itself: the attention scratch and
+    the staging of host-array calls (host-visible buffers count twice: device + host copy)."""
+    _, per_query, chunk = scratch_plan(head_dim, n_kv_heads, max_heads, slots, windows,
+                                       max_batch)
+    staging = sum(4 * rows * head_dim * 2 * (n_kv_heads + max_heads) for rows in {1, chunk})
+    return chunk * per_query + 2 * staging
+
+
 def ring_slots(capacity, window, max_batch):
     """Slots a layer keeps: its capacity, or with a window the keys that max_batch queries
     appended together can see (window + max_batch - 1), when that is fewer."""
@@ -438,15 +456,13 @@ class _VulkanStore:
         # the per-call words (nexvk/kernels/dyn.py), with room for a model step's token ids
         self.dyn = pool.get(self.tag + "dyn", dyn_words.size(max_batch), np.uint32, kind="device")
         # scratch (scores, per-split partials) sized for the largest group and `chunk` queries
-        H, g_max = c.max_heads, c.max_heads // hkv
+        H = c.max_heads
         stride = max(c.slots)
-        one = attn_kernel.Plan(d, hkv, g_max, max(self._keys(i) for i in range(c.n_layers)), 1)
+        one, per_query, self.chunk = scratch_plan(d, hkv, H, c.slots, c.windows, max_batch)
         one.check_shared_memory(dev.info["limits"]["max_compute_shared_memory_size"], dev.name)
-        per_query = 4 * (H * stride + one.part_floats)
         if per_query > dev.max_buffer_bytes:
             raise ValueError(f"attention over {H} heads x {stride} tokens exceeds {dev.name}'s "
                              "storage-buffer limit; lower the capacity")
-        self.chunk = max(1, min(max_batch, max(_SCRATCH_BYTES, per_query) // per_query))
         self.scr = pool.get(self.tag + "scores", self.chunk * H * stride, np.float32)
         self.part = pool.get(self.tag + "partials", self.chunk * one.part_floats, np.float32)
         self.io = {}  # staging of the host-array calls, for 1 row and for `chunk` rows
@@ -458,8 +474,11 @@ class _VulkanStore:
                 "o": pool.get(f"{self.tag}o{rows}", rows * H * d, np.float32, kind="device"),
             }
         dev.run(uploads=[self.tab])
+        fresh = upload.STAGE not in pool  # (a model loading its weights holds one already)
         for layer in np.flatnonzero(c.transform.active):  # initial (or given) tables
             self.set_tables(layer, c.transform.mean[layer], c.transform.scale[layer])
+        if fresh:
+            upload.release(dev)  # the staging buffer and copy pipelines are not kept
         for layer in range(c.n_layers):  # record every graph now, not on the first token
             for rows in self.io:
                 self._append_graph(layer, rows)
@@ -539,7 +558,7 @@ class _VulkanStore:
         arena = self.regions[layer][0]
         words = np.concatenate([np.asarray(mean, np.float16).reshape(-1),
                                 np.asarray(scale, np.float16).reshape(-1)]).view(np.uint32)
-        upload_words(self.dev, arena, ex.xf, words)
+        upload.upload_words(self.dev, arena, ex.xf, words)
 
     # ---- host-array calls -------------------------------------------------------------------
     def _append_graph(self, layer, rows, values=True):

@@ -175,3 +175,26 @@ def test_auto_backend_prefers_numpy_over_a_cpu_driver_and_vulkan_on_a_gpu(monkey
     assert manager.resolve_backend("auto") == "vulkan"
     with pytest.raises(ValueError, match="unknown backend"):
         manager.resolve_backend("cuda")
+
+
+def test_auto_backend_takes_the_cpu_driver_when_float32_weights_would_crowd_memory(
+        monkeypatch, capsys):
+    """On a CPU-only driver, numpy while its float32 weights + KV take at most half the
+    available memory; beyond that the device path (weights as stored), saying why."""
+    from nexvk.device import manager, probe
+    monkeypatch.delenv("NEXVK_DEVICE", raising=False)
+    monkeypatch.setattr(probe, "devices", lambda refresh=False: [{"type": "cpu", "name": "llvmpipe"}])
+    monkeypatch.setattr(manager, "available_memory", lambda: 8 << 30)
+    assert manager.resolve_backend("auto", numpy_bytes=3 << 30) == "numpy"
+    assert "numpy is faster" in capsys.readouterr().err
+    assert manager.resolve_backend("auto", numpy_bytes=5 << 30) == "vulkan"
+    err = capsys.readouterr().err
+    assert "would hold 5120 MiB" in err and "8192 MiB available" in err and "llvmpipe" in err
+    monkeypatch.setattr(probe, "devices", lambda refresh=False: [])
+    assert manager.resolve_backend("auto", numpy_bytes=5 << 30) == "numpy"  # nothing else
+
+
+def test_available_memory_is_read_from_the_system():
+    from nexvk.device import manager
+    n = manager.available_memory()
+    assert n is None or 0 < n < 1 << 50

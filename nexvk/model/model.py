@@ -81,7 +81,10 @@ class Model:
         check_tensors(cfg, g)
         tok = Tokenizer(g)
         from nexvk.device.manager import resolve_backend
-        backend = resolve_backend(backend, device)
+        from nexvk.model.plan import kv_bytes
+        numpy_bytes = 4 * sum(t.n_elements for t in g.tensors.values()) + \
+            kv_bytes(cfg, ctx, k_type, v_type, min(max_batch, ctx), cache_opts)
+        backend = resolve_backend(backend, device, numpy_bytes)
         t0 = time.perf_counter()
         w = load_weights(g, Arch.from_config(cfg), backend, device, progress)
         m = cls(cfg, w, tok, ctx, k_type, v_type, backend, device, sparse_v, seed, max_batch,

@@ -83,14 +83,26 @@ class Plan:
     kv: dict                  # "k/v" label -> bytes, chosen formats first
     memory: int = 0           # budget in bytes, 0 = none given
 
+    working_bytes: int = 0    # vulkan: activations, logits and attention scratch (estimate)
+
+    @property
+    def totals(self):
+        """Bytes each backend holds for weights, KV and working buffers: numpy keeps float32
+        weights on the host; vulkan keeps the GGUF blocks on the device (device memory is
+        host memory on lavapipe and integrated GPUs)."""
+        kv = self.kv[self.label]
+        return {"numpy": self.weights_f32_bytes + kv,
+                "vulkan": self.weights_bytes + kv + self.working_bytes}
+
     @property
     def total(self):
-        """Bytes `nexvk run` needs on the numpy backend: weights as float32 + KV."""
-        return self.weights_f32_bytes + self.kv[self.label]
+        """Bytes `nexvk run --backend numpy` needs: weights as float32 + KV."""
+        return self.totals["numpy"]
 
     @property
     def fits(self):
-        return self.total <= self.memory if self.memory else None
+        """With a memory budget: whether some backend fits it (None without a budget)."""
+        return any(t <= self.memory for t in self.totals.values()) if self.memory else None
 
     def lines(self):
         c = self.cfg
@@ -113,11 +125,14 @@ class Plan:
             ratio = f"{ref / b:.2f}x smaller than f16" if ref and label != "f16/f16" else ""
             out.append(f"KV {label:<13} {fmt_bytes(b):>11}  ({8 * b / values:.3f} bits/value) "
                        f"{ratio}")
-        stored = self.weights_bytes + self.kv[self.label]
-        out.append(f"total        {fmt_bytes(self.total)} (weights as float32, as `nexvk run` "
-                   f"holds them, + KV {self.label}; {fmt_bytes(stored)} with weights as stored)")
+        t = self.totals
+        out.append(f"total numpy  {fmt_bytes(t['numpy'])} (weights as float32, as the numpy "
+                   f"backend holds them, + KV {self.label})")
+        out.append(f"total vulkan {fmt_bytes(t['vulkan'])} (weights as stored, on the device, "
+                   f"+ KV + {fmt_bytes(self.working_bytes)} of activations and scratch)")
         if self.memory:
-            verdict = "fits" if self.fits else "does NOT fit"
+            verdict = ", ".join(f"{b} {'fits' if n <= self.memory else 'does NOT fit'}"
+                                for b, n in t.items())
             out.append(f"memory       {fmt_bytes(self.memory)}: {verdict}")
         return out
 
@@ -140,4 +155,24 @@ def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0, cache_opts=None)
     n_params = sum(t.n_elements for t in g.tensors.values())
     return Plan(name=cfg.name or g.path.name, cfg=cfg, ctx=ctx, k_type=k_type, v_type=v_type,
                 label=label, weights_bytes=g.tensor_bytes(), weights_f32_bytes=4 * n_params, kv=kv,
-                memory=parse_size(memory) if memory else 0)
+                memory=parse_size(memory) if memory else 0,
+                working_bytes=working_bytes(cfg, ctx))
+
+
+def working_bytes(cfg, ctx, batch=MAX_BATCH):
+    """The vulkan model's working buffers: activations of a decode and a prefill step
+    (forward.State: 4 bytes x rows x (2 dim + 2 q + 2 kv + 2 ffn)), two host-visible logits
+    rows (counted twice: device + host copy), and its cache's attention scratch and staging
+    (cache.vulkan_working_bytes)."""
+    from nexvk.cache import vulkan_working_bytes
+    B = min(batch, ctx)
+    kv_heads = max(cfg.n_kv_heads)
+    q, kv = cfg.n_heads * cfg.head_dim, kv_heads * cfg.head_dim
+    per_row = 4 * (2 * cfg.dim + 2 * q + 2 * kv + 2 * (cfg.ffn_dim or 4 * cfg.dim))
+    logits = 2 * 2 * 4 * (cfg.vocab_size or 0)
+    slots = list(_tokens(cfg, ctx, batch))
+    windows = [cfg.sliding_window if cfg.sliding_window and i in cfg.swa_layers else 0
+               for i in range(cfg.n_layers)]
+    windows = [w if w < ctx else 0 for w in windows]
+    return int((B + 1) * per_row + logits
+               + vulkan_working_bytes(cfg.head_dim, kv_heads, cfg.n_heads, slots, windows, B))

@@ -188,8 +188,12 @@ def test_smollm2_with_block_count_29(model_path, tmp_path):
             fn()
 
 
-def test_memory_verdict_uses_the_float32_weights_run_holds(model_path):
-    """`plan --memory` said a model fit by its stored size while `run` holds float32."""
+def test_memory_verdict_per_backend(model_path):
+    """`plan --memory` once said a model fit by its stored size while the numpy backend holds
+    float32 weights; now each backend is judged by what it holds."""
     p = plan(model_path, 512, "turbo3", "turbo3", "300MiB")
-    assert p.weights_bytes + p.kv["turbo3/turbo3"] < 300 * 2**20 < p.total
-    assert p.total == p.weights_f32_bytes + p.kv["turbo3/turbo3"] and p.fits is False
+    kv = p.kv["turbo3/turbo3"]
+    assert p.totals["numpy"] == p.total == p.weights_f32_bytes + kv > 300 * 2**20
+    assert p.totals["vulkan"] == p.weights_bytes + kv + p.working_bytes < 300 * 2**20
+    assert p.fits is True and "numpy does NOT fit, vulkan fits" in p.lines()[-1]
+    assert plan(model_path, 512, "turbo3", "turbo3", "100MiB").fits is False

@@ -99,3 +99,24 @@ def test_weights_stay_in_their_gguf_formats(vk_model, model_path):
 def test_numpy_weights_refuse_the_vulkan_backend(model):
     with pytest.raises(ValueError, match="loaded for the numpy backend"):
         model.with_cache(backend="vulkan")
+
+
+@pytest.mark.device
+def test_plan_predicts_the_device_memory_of_a_model(vk_model, model_path, device):
+    """`nexvk plan`'s vulkan total: the weights as stored (within 1%) plus what a cache and
+    its step buffers take on the device (within 5%: KV, activations, attention scratch)."""
+    import gc
+    from nexvk.model.plan import plan
+    p = plan(model_path, 2048, "turbo3", "turbo3")
+    assert abs(sum(a.nbytes for a in _weight_arrays(vk_model.w)) / p.weights_bytes - 1) < 0.01
+    gc.collect()
+    before = device.pool.nbytes
+    m = vk_model.with_cache("turbo3", "turbo3", ctx=2048)
+    got = device.pool.nbytes - before
+    want = p.kv["turbo3/turbo3"] + p.working_bytes
+    assert abs(got / want - 1) < 0.05, (got, want)
+    del m
+
+
+def _weight_arrays(w):
+    return [w.tok_embd, w.output_norm] + [t for L in w.layers for t in vars(L).values()]

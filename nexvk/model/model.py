@@ -14,6 +14,8 @@ import weakref
 import numpy as np
 
 from nexvk.model.arch import MAX_BATCH, Arch
+
+STEP_ROWS = (1, 16, 64, 256)  # device step shapes below the batch (rows per step)
 from nexvk.model.config import Config, check_tensors
 from nexvk.model.forward import State, forward
 from nexvk.model.gguf import open_gguf
@@ -152,7 +154,11 @@ class Model:
         """(key, State) of the step shape that runs T tokens with these logits."""
         if self.cache.backend == "numpy":
             return None, self.state
-        rows = 1 if T == 1 else self._chunk(logits != "all")
+        # the smallest step shape that holds T rows: a step's kernels cover all its rows, so
+        # a 10-token prompt in a 512-row step would pay for 512 (each shape: one State and
+        # one graph, made on first use)
+        cap = self._chunk(logits != "all")
+        rows = min(cap, next((r for r in STEP_ROWS if r >= T), cap))
         key = (rows, rows if logits == "all" and rows > 1 else 1)
         if key not in self._states:
             self._states[key] = State(self.arch, rows, self.ops, logits_rows=key[1])

@@ -2,11 +2,24 @@
 
 Public surface (imported lazily so `import nexvk` stays cheap and never touches Vulkan):
 devices(), codec(), FORMATS, bits_per_value(), KVCache, Model, perplexity.
-The codec itself lives in nexvk.quant (numpy, the specification of every format).
+The codec itself lives in nexvk.quant (numpy, the specification of every format); nothing
+inside the package imports this module (the layers import each other's modules directly).
 """
 __version__ = "0.1.0"
 
-from nexvk.quant import FORMATS, bits_per_value, codec  # numpy only: cheap
+from nexvk.quant import FORMATS, bits_per_value  # numpy only: cheap
+
+
+def codec(name, head_dim, seed=0, backend="numpy", device=None):
+    """A codec for format `name` (one of FORMATS) at `head_dim` (power of two 16..512):
+    encode(x) -> Encoded, decode(Encoded) -> float32, on numpy or the Vulkan device."""
+    if backend == "numpy":
+        from nexvk.quant import Codec
+        return Codec(name, head_dim, seed)
+    if backend == "vulkan":
+        from nexvk.kernels.codec import VulkanCodec
+        return VulkanCodec(name, head_dim, seed, device=device)
+    raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'vulkan'")
 
 
 def devices():

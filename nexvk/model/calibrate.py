@@ -57,9 +57,9 @@ def _enough_text(tok, text, n_tokens):
 
 def nmse(fmt, head_dim, n=4096, seed=0):
     """Relative squared error of a format on Gaussian vectors (its bits' worth)."""
-    from nexvk.quant import codec
+    from nexvk.quant import Codec
     x = np.random.default_rng(seed).standard_normal((n, head_dim)).astype(np.float32)
-    c = codec(fmt, head_dim)
+    c = Codec(fmt, head_dim)
     return float(((c.decode(c.encode(x)) - x) ** 2).sum() / (x ** 2).sum())
 
 

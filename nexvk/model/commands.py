@@ -7,7 +7,7 @@ ValueError/FileNotFoundError/RuntimeError into one clean error line.
 import sys
 from pathlib import Path
 
-from nexvk import FORMATS
+from nexvk.quant import FORMATS
 from nexvk.quant.cachespec import DEFAULT_SINKS
 
 

@@ -1,7 +1,9 @@
-"""The KV codec: `codec(name, head_dim, seed, backend, device)` -> encode/decode.
+"""The KV codec in numpy: `Codec(name, head_dim, seed)` -> encode/decode.
 
-numpy is the specification (formats.py); the vulkan backend runs the same math in
-shaders/quantize.comp and shaders/dequantize.comp and must agree with it.
+numpy is the specification (formats.py); the vulkan codec (nexvk.kernels.codec.VulkanCodec,
+a subclass) runs the same math in shaders/quantize.comp and shaders/dequantize.comp and must
+agree with it. `nexvk.codec(..., backend=)` picks one. This package imports nothing from the
+device or kernel layers.
 """
 from dataclasses import dataclass
 
@@ -67,14 +69,4 @@ class Codec:
         return f"Codec({self.name!r}, head_dim={self.head_dim}, backend={self.backend!r})"
 
 
-def codec(name, head_dim, seed=0, backend="numpy", device=None):
-    """A codec for format `name` (one of FORMATS) at `head_dim` (power of two 16..512)."""
-    if backend == "numpy":
-        return Codec(name, head_dim, seed)
-    if backend == "vulkan":
-        from nexvk.kernels.codec import VulkanCodec
-        return VulkanCodec(name, head_dim, seed, device=device)
-    raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'vulkan'")
-
-
-__all__ = ["FORMATS", "HEAD_DIMS", "Codec", "Encoded", "bits_per_value", "codec", "check_vectors"]
+__all__ = ["FORMATS", "HEAD_DIMS", "Codec", "Encoded", "bits_per_value", "check_vectors"]

@@ -38,7 +38,7 @@ def test_vulkan_decode_matches_numpy(device, fmt, d):
 
 def test_vulkan_codec_chunks_large_inputs(device):
     x = np.random.default_rng(5).standard_normal((2500, 64)).astype(np.float32)
-    small = nexvk.quant.codec("turbo3", 64)
+    small = nexvk.codec("turbo3", 64)
     from nexvk.kernels.codec import VulkanCodec
     vk = VulkanCodec("turbo3", 64, device=device, chunk=1000)  # 3 chunks, the last partial
     enc = vk.encode(x)

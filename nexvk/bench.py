@@ -12,8 +12,8 @@ query head as a scaled sum of PEAK_KEYS cached keys of its KV head, scaled so th
 score about PEAK_LOGIT (after the 1/sqrt(d) scale) while the others score ~N(0, sigma)
 with sigma = PEAK_LOGIT * sqrt(PEAK_KEYS / d): attention is peaked, as in trained models.
 
-Every cache here is the plain algorithm (plain=True): the Vulkan backend does not run the
-hardened cache yet (issue 9), and rows of both backends must measure the same thing.
+The codec, attention and memory sections measure the formats as such (plain=True); the
+end-to-end rows run the default (hardened) turbo3 next to plain turbo3 and f16.
 """
 import json
 import platform
@@ -30,7 +30,7 @@ SHAPES = {  # name: (n_heads, n_kv_heads, head_dim) of one attention layer
 SPARSE_V = 1e-6
 PEAK_KEYS, PEAK_LOGIT = 4, 30.0
 FULL = dict(codec_vectors=1 << 18, contexts=(1024, 4096, 16384, 32768), error_vectors=1 << 15,
-            e2e_contexts=(512, 2048), decode_tokens=16)
+            e2e_contexts=(512, 2048), decode_tokens=64)
 QUICK = dict(codec_vectors=1 << 14, contexts=(1024, 4096), error_vectors=1 << 13,
              e2e_contexts=(64,), decode_tokens=4)
 E2E_TEXT = ("The history of computing is a story of memory as much as of arithmetic. Every "
@@ -214,35 +214,63 @@ def add_f16_ratio(rows):
 
 
 # ---- end to end ----------------------------------------------------------------------------
-def load_model(ctx):
-    """The default model (numpy backend, f16 cache) with a ctx-token context."""
+E2E_CACHES = {"f16": ("f16", {}), "turbo3": ("turbo3", {}), "turbo3 plain": ("turbo3", {"plain": True})}
+
+
+def e2e_models():
+    """{name: GGUF path} of the models the end-to-end rows run: the default (SmolLM2), and
+    Gemma-3-270M when $NEXVK_GEMMA names it or it was fetched (`nexvk fetch gemma3-270m`; its
+    licence is not the default's, so the benchmark never downloads it)."""
+    import os
+    from nexvk.model.fetch import fetch_default, model_path
+    out = {"smollm2-135m": fetch_default(progress=False)}
+    gemma = os.environ.get("NEXVK_GEMMA") or model_path("gemma3-270m")
+    if gemma and os.path.isfile(gemma):
+        out["gemma3-270m"] = gemma
+    return out
+
+
+def load_model(path, ctx, backend="numpy", device=None):
+    """A model whose weights are held as `backend` holds them (numpy: float32 on the host;
+    vulkan: GGUF blocks on the device), with a ctx-token context."""
     import nexvk
-    return nexvk.Model.load(ctx=ctx)
+    return nexvk.Model.load(path, ctx=ctx, backend=backend, device=device)
 
 
-def e2e(model, fmt, backend="numpy", ctx=512, decode_tokens=16, device=None):
-    """Prefill and greedy-decode tokens/s of `model`'s weights with a fmt K/V cache at a
-    context of `ctx` tokens: a prompt of ctx - decode_tokens, then decode_tokens steps."""
+def e2e(model, cache="turbo3", ctx=512, decode_tokens=64, name="smollm2-135m"):
+    """Prefill and greedy-decode tokens/s of `model` with a `cache` (E2E_CACHES) at a context
+    of `ctx` tokens: a prompt of ctx - decode_tokens, then decode_tokens steps. The logits
+    (one row of the vocab-sized output product per token) are timed apart: decode steps that
+    compute no logits, against the same steps with them."""
     prompt_tokens = ctx - decode_tokens
-    row = {"format": fmt, "backend": backend, "ctx": ctx, "prompt_tokens": prompt_tokens,
-           "decode_tokens": decode_tokens}
+    fmt, opts = E2E_CACHES[cache]
+    row = {"model": name, "cache": cache, "backend": model.cache.backend, "ctx": ctx,
+           "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens}
     try:
-        m = model.with_cache(fmt, fmt, ctx=ctx, backend=backend, device=device,
-                             cache_opts={"plain": True})
+        m = model.with_cache(fmt, fmt, ctx=ctx, cache_opts=opts)
         text = E2E_TEXT * (prompt_tokens // 20 + 1)
         ids = list(m.tokenizer.encode(text))[:prompt_tokens]
         if len(ids) < prompt_tokens:
             raise ValueError(f"prompt text gives only {len(ids)} tokens")
-        m.forward(ids[:2], 0)  # warm up (vulkan pipelines are built on first use)
+        m.forward(ids[:2], 0)  # warm up (device steps are recorded on first use)
+        m._step(ids[2:3], 2, "none")
         m.reset()
         t0 = time.perf_counter()
         logits = m.forward(ids, 0, last_only=True)
         t1 = time.perf_counter()
+        tok = int(np.argmax(logits[-1]))
         for _ in range(decode_tokens):
-            logits = m.forward([int(np.argmax(logits[-1]))], m.pos)
+            tok = int(np.argmax(m.forward([tok], m.pos)[-1]))
         t2 = time.perf_counter()
-        row.update(prefill_tok_s=prompt_tokens / (t1 - t0), decode_tok_s=decode_tokens / (t2 - t1),
-                   prefill_s=t1 - t0, decode_s=t2 - t1)
+        n = min(16, ctx - m.pos)  # the same kind of steps without logits
+        for i in range(n):
+            m._step([tok], m.pos + i, "none")
+        t3 = time.perf_counter()
+        no_logits = (t3 - t2) / max(n, 1)
+        per_tok = (t2 - t1) / decode_tokens
+        row.update(prefill_tok_s=prompt_tokens / (t1 - t0), decode_tok_s=1 / per_tok,
+                   prefill_s=t1 - t0, decode_s=t2 - t1, logits_ms=1e3 * (per_tok - no_logits),
+                   kv_mib=m.cache.nbytes / 2**20, bits_per_value=m.cache.bits_per_value)
     except Exception as e:  # noqa: BLE001
         _error_row(row, e)
     return row
@@ -286,15 +314,19 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
                 steps.append(("attention", f"attention {shape} {ctx} done",
                               lambda kv=kv: kv.clear() or []))
     if "e2e" in sections:
-        model = []
-        def e2e_step(f, b, ctx):
-            if not model:
-                model.append(load_model(max(cfg["e2e_contexts"])))
-            return [e2e(model[0], f, b, ctx, cfg["decode_tokens"], device)]
-        for ctx in cfg["e2e_contexts"]:
+        models = {}  # (name, backend) -> model, loaded on first use, one at a time
+        def e2e_step(name, path, b, cache, ctx):
+            if (name, b) not in models:
+                models.clear()
+                models[name, b] = load_model(path, max(cfg["e2e_contexts"]), b, device)
+            return [e2e(models[name, b], cache, ctx, cfg["decode_tokens"], name)]
+        for name, path in e2e_models().items():
+            ctxs = cfg["e2e_contexts"] if name == "smollm2-135m" else cfg["e2e_contexts"][:1]
             for b in backends:
-                steps += [("e2e", f"e2e {f} {b} ctx {ctx}", lambda f=f, b=b, ctx=ctx: e2e_step(f, b, ctx))
-                          for f in ("f16", "turbo3")]
+                steps += [("e2e", f"e2e {name} {c} {b} ctx {ctx}",
+                           lambda name=name, path=path, b=b, c=c, ctx=ctx:
+                               e2e_step(name, path, b, c, ctx))
+                          for ctx in ctxs for c in E2E_CACHES]
     return steps
 
 
@@ -386,10 +418,13 @@ def format_report(rep):
                                       ("fill_s", "fill s")],
                    "Decode attention, one layer, one query token (peaked queries; x f16 = same "
                    "backend; |out-numpy| = max abs difference from the numpy output)"),
-             table(rep["e2e"], [("ctx", "ctx"), ("format", "format"), ("backend", "backend"),
-                                ("prompt_tokens", "prompt"), ("prefill_tok_s", "prefill tok/s"),
-                                ("decode_tokens", "decoded"), ("decode_tok_s", "decode tok/s")],
-                   "End to end, default model (K and V in the same format)")]
+             table(rep["e2e"], [("model", "model"), ("ctx", "ctx"), ("cache", "cache"),
+                                ("backend", "backend"), ("prompt_tokens", "prompt"),
+                                ("prefill_tok_s", "prefill tok/s"), ("decode_tokens", "decoded"),
+                                ("decode_tok_s", "decode tok/s"), ("logits_ms", "logits ms/tok"),
+                                ("kv_mib", "KV MiB"), ("bits_per_value", "bits/value")],
+                   "End to end (K and V in the same format; turbo3 = the hardened cache; "
+                   "numpy: float32 weights, vulkan: the whole step on the device)")]
     bad = sorted({(r["backend"], r["shape"], r["ctx"]) for r in rep["attention"]
                   if r.get("max_abs_diff", 0) > 1e-3})
     if bad:

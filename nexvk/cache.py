@@ -87,8 +87,8 @@ class KVCache:
                                       key_mean, None if key_scale is False else key_scale,
                                       spec.scaled)
         # raw keys of sink rows stored before their layer's mean was fitted (re-encoded then)
-        self._raw_sinks = np.zeros((self.n_layers, self.sinks, self.n_kv_heads, self.head_dim),
-                                   np.float32)
+        self._raw_sinks = [np.zeros((S * self.transform.active[i], self.n_kv_heads, self.head_dim),
+                                    np.float32) for i, S in enumerate(self.layer_sinks)]
         self._len = [0] * self.n_layers
         self._lock = threading.Lock()
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
@@ -178,7 +178,7 @@ class KVCache:
             fit = t.active[layer] and not t.ready[layer] and n <= S < n + T
             rows = [(n, kf, vf)]
             if fit and n:  # the sinks stored before the mean was known are re-encoded with it
-                rows.insert(0, (0, self._raw_sinks[layer, :n], None))
+                rows.insert(0, (0, self._raw_sinks[layer][:n], None))
             saved = t.mean[layer].copy(), t.scale[layer].copy()
             try:  # fit on this append's non-sink keys (and queries); check every row first
                 if fit:
@@ -194,7 +194,8 @@ class KVCache:
             for pos, kt, vr in rows:
                 self._impl.append(layer, pos, kt.reshape(-1, d),
                                   None if vr is None else vr.reshape(-1, d))
-            self._raw_sinks[layer, n:n + s] = kf[:s]
+            if t.active[layer]:
+                self._raw_sinks[layer][n:n + s] = kf[:s]
             self._len[layer] = n + T
 
     def _check_storable(self, layer, pos, k, v):

@@ -84,7 +84,7 @@ def test_plain_nbytes_is_what_bits_per_value_promises(make, kt, vt):
 def test_numpy_cache_memory_is_exactly_nbytes():
     c = KVCache(2, 3, 64, 50, "turbo3", "q8_0")
     tables = c.transform.mean[0].nbytes + c.transform.scale[0].nbytes  # per layer
-    stored = sum(a.nbytes for a in c._impl.arrays) + 2 * tables
+    stored = sum(a.nbytes for a in c._impl.arrays + c._raw_sinks) + 2 * tables
     assert c.sinks == 1 and stored == c.nbytes
 
 

@@ -93,12 +93,13 @@ def test_sinks_and_layer_types_are_what_nbytes_counts():
     c = KVCache(3, HKV, D, 100, "turbo3", "turbo3", sinks=4, layer_types="1:q8_0/turbo2,2:f16/f16")
     assert c.k_type == "turbo3" and [f.name for f in c.kfmts] == ["turbo3", "q8_0", "f16"]
     assert [f.name for f in c.vfmts] == ["turbo3", "turbo2", "f16"]
-    per_head = [96 * (26 + 26) + 4 * 256 + 2 * 128,     # turbo3/turbo3 + sinks + mean, scale
+    per_head = [96 * (26 + 26) + 4 * 256 + 4 * 4 * 64 + 2 * 128,  # turbo3/turbo3 + sinks (f16,
+                                                                  # raw keys) + mean, scale
                 96 * (68 + 18) + 4 * 256,               # q8_0/turbo2: no mean (not turbo keys)
                 96 * (128 + 128) + 4 * 256]             # f16/f16
     assert c.nbytes == HKV * sum(per_head)
     assert c.bits_per_value == 8 * c.nbytes / (3 * 100 * HKV * 2 * D)
-    stored = sum(a.nbytes for a in c._impl.arrays) + 2 * HKV * D * 2   # + layer 0's tables
+    stored = sum(a.nbytes for a in c._impl.arrays + c._raw_sinks) + 2 * HKV * D * 2  # + tables
     assert stored == c.nbytes
     assert c._impl.k[1][0].shape == (96, HKV, 16)     # q8_0 codes only after the sinks
 
@@ -164,7 +165,7 @@ def test_vulkan_keeps_sinks_as_numpy_does(device, rng, steps, sparse_v):
     kw = dict(sinks=3, n_heads=H)
     ref = KVCache(1, HKV, D, 48, "turbo3", "turbo3", **kw)
     vk = KVCache(1, HKV, D, 48, "turbo3", "turbo3", backend="vulkan", device=device, **kw)
-    assert vk.nbytes == ref.nbytes
+    assert vk.nbytes == ref.nbytes == vk.store.nbytes  # what the device allocates
     pos = 0
     for n in steps:
         outs = []

@@ -113,12 +113,14 @@ def calibrate(model, text, bits, ctx=512, chunks=1, base=("turbo3", "turbo3"),
         r = perplexity(model, text, k_type="f16", v_type="f16", kld=True, cache_opts=opts, **kw)
         kld[t, layer] = r["kld_mean"]
 
-    # bytes at ctx tokens: sinks are fixed; a tensor costs its rows, K its transform tables
+    # bytes at ctx tokens: sinks are fixed; a tensor costs its rows, turbo K its transform
+    # tables and the sinks' raw float32 keys (CacheSpec.layer_bytes)
     heads = np.asarray(cfg.n_kv_heads, float)
     dims = (cfg.head_dim, cfg.head_dim_v)
-    rows = heads * (ctx - min(spec.sinks, ctx))
+    s = min(spec.sinks, ctx)
+    rows = heads * (ctx - s)
     costs = np.array([[rows * make(f, dims[t]).bytes_per_vector()
-                       + (t == 0) * heads * 2 * dims[t] * is_turbo(f) * (1 + spec.scaled)
+                       + (t == 0) * heads * dims[t] * is_turbo(f) * (2 * (1 + spec.scaled) + 4 * s)
                        for f in candidates]
                       for t in (0, 1)]).transpose(0, 2, 1)       # (2, L, C)
     values = heads.sum() * ctx * sum(dims)

@@ -116,12 +116,15 @@ class CacheSpec:
     def layer_bytes(self, layer, head_dim, head_dim_v, tokens, sinks=None):
         """Bytes one KV head of `layer` holds for `tokens` positions: codes and scales of the
         positions after the sinks, float16 sink vectors, and the key transform's float16
-        mean (and scale). sinks: this layer's sink count (default: the spec's; a
-        sliding-window layer keeps none)."""
+        mean (and scale) with the sinks' raw float32 keys (kept to re-encode them when the
+        mean is fitted after they were stored). sinks: this layer's sink count (default: the
+        spec's; a sliding-window layer keeps none)."""
         kf, vf = make(self.k_types[layer], head_dim), make(self.v_types[layer], head_dim_v)
         s = min(self.sinks if sinks is None else sinks, tokens)
         return ((tokens - s) * (kf.bytes_per_vector() + vf.bytes_per_vector())
-                + 2 * s * (head_dim + head_dim_v) + 2 * head_dim * self.transform_vectors(layer))
+                + 2 * s * (head_dim + head_dim_v)
+                + self.transformed(layer) * 4 * s * head_dim
+                + 2 * head_dim * self.transform_vectors(layer))
 
     @property
     def label(self):

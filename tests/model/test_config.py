@@ -33,8 +33,10 @@ def test_smollm2_plan_bytes(model_path):
     plain = plan(model_path, ctx, "turbo3", "turbo3", cache_opts={"plain": True})
     assert plain.kv["turbo3/turbo3 plain"] == 2 * 30 * 3 * 26 * ctx
     # hardened (the default): one f16 sink position (K and V: 2 x 64 halves) instead of its
-    # codes, and an f16 key mean and scale (2 x 64 halves) per (layer, KV head)
-    assert p.kv["turbo3/turbo3"] == 30 * 3 * (2 * 26 * (ctx - 1) + 2 * 2 * 64 + 2 * 2 * 64)
+    # codes, the sink's raw float32 key, and an f16 key mean and scale (2 x 64 halves) per
+    # (layer, KV head)
+    assert p.kv["turbo3/turbo3"] == 30 * 3 * (2 * 26 * (ctx - 1) + 2 * 2 * 64 + 4 * 64
+                                              + 2 * 2 * 64)
     size = model_path.stat().st_size
     assert 0.9 * size < p.weights_bytes < size  # tensors are nearly all of the file
     assert p.fits is True

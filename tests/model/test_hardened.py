@@ -39,7 +39,8 @@ def test_hardened_kld_on_a_window(model, wikitext, base, k, v):
     bits = (make(k, 64).bits_per_value + make(v, 64).bits_per_value) / 2
     sink = (16 - bits) / 256                  # one f16 position instead of codes
     tables = 16 * 64 * 2 / (256 * 128)        # f16 mean and scale per head, over K and V
-    assert hard["bits_per_value"] == pytest.approx(bits + sink + tables)
+    raw = 32 * 64 / (256 * 128)               # the sink's raw float32 key
+    assert hard["bits_per_value"] == pytest.approx(bits + sink + tables + raw)
     assert 0 < hard["kld_mean"] <= BOUNDS[k, v], hard
     if (k, v) == ("turbo3", "turbo3"):
         plain = perplexity(model, text, cache_opts={"plain": True}, **kw)

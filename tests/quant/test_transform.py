@@ -78,15 +78,15 @@ def test_spec_defaults_and_bytes():
         CacheSpec.build(3, "turbo3", "turbo3", sinks=2, plain=True)
     with pytest.raises(ValueError, match="sinks"):
         CacheSpec.build(3, "turbo3", "turbo3", sinks=-1)
-    # turbo3 K (26 B) + q8_0 V (68 B) per position, 1 f16 sink (128 + 128 B), f16 mean and
-    # scale (128 B each)
-    assert hard.layer_bytes(0, 64, 64, 100) == 99 * (26 + 68) + 256 + 256
+    # turbo3 K (26 B) + q8_0 V (68 B) per position, 1 f16 sink (128 + 128 B) and its raw
+    # float32 key (256 B), f16 mean and scale (128 B each)
+    assert hard.layer_bytes(0, 64, 64, 100) == 99 * (26 + 68) + 256 + 256 + 256
     unscaled = CacheSpec.build(3, "turbo3", "q8_0", scaled=False)
-    assert unscaled.layer_bytes(0, 64, 64, 100) == 99 * (26 + 68) + 256 + 128
+    assert unscaled.layer_bytes(0, 64, 64, 100) == 99 * (26 + 68) + 256 + 256 + 128
     mixed = CacheSpec.build(2, "turbo3", "turbo3", "1:q8_0/f16", sinks=4)
     assert not mixed.transformed(1)
     assert mixed.layer_bytes(1, 64, 64, 10) == 6 * (68 + 128) + 4 * 256
-    assert mixed.layer_bytes(0, 64, 64, 3) == 3 * 256 + 256             # all sinks
+    assert mixed.layer_bytes(0, 64, 64, 3) == 3 * 256 + 3 * 256 + 256   # all sinks (+ raw keys)
 
 
 def test_scale_is_fitted_from_queries_and_keeps_attention_exact():

@@ -61,6 +61,8 @@ class Model:
             self._states = {(1, 1): State(a, 1, self.ops, logits_rows=1), (B, 1): self.state}
             for T, mode in ((1, "last"), (B, "last"), (B, "none")):
                 self.ops.record(*self._prepare(T, mode)[::2])
+            from nexvk.kernels import upload
+            upload.release(self.ops.dev)  # the RoPE tables went up through the staging buffer
         self.pos = 0
         self.stats = {}
 

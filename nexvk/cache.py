@@ -411,7 +411,7 @@ class _VulkanStore:
         d, hkv = c.head_dim, c.n_kv_heads
         self.tag = f"kvcache{next(_ids)}/"
         self._graphs = {}
-        weakref.finalize(self, _release, dev, self.tag, self._graphs)  # memory goes with the cache
+        weakref.finalize(self, dev.release, self.tag, self._graphs)  # memory goes with the cache
         # layers -> arenas of at most the storage-buffer limit; per layer, contiguous:
         # [K codes, K scales, V codes, V scales] for its code slots, then the f16 K and V sink
         # vectors, and on a layer with the key transform its f16 mean and scale tables and
@@ -623,10 +623,3 @@ class _VulkanStore:
         if thr <= 0:  # the counters run only with sparse V
             total = H * attn_kernel.visible_keys(pos0, T, c.windows[layer])
         return out, skipped, total
-
-
-def _release(dev, tag, graphs):
-    for g in graphs.values():
-        g.destroy()
-    graphs.clear()
-    dev.release(tag)

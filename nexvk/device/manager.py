@@ -240,9 +240,14 @@ class Device:
             self._graphs[key] = g
         g.run()
 
-    def release(self, prefix):
+    def release(self, prefix, graphs=None):
         """Free the buffers named prefix*, with the pipelines and cached graphs that use them.
-        Graphs built by callers with graph() must be destroyed by them first."""
+        Graphs built by callers with graph() must be destroyed first: pass their dict as
+        `graphs` (destroyed and emptied here), e.g. from a weakref finalizer."""
+        for g in (graphs or {}).values():
+            g.destroy()
+        if graphs:
+            graphs.clear()
         for key in [k for k, g in self._graphs.items() if g.uses(prefix)]:
             self._graphs.pop(key).destroy()
         for key in [k for k in self._pipelines if any(n.startswith(prefix) for n in k[1])]:

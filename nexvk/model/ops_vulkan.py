@@ -77,7 +77,7 @@ class VulkanOps:
         self._readable = []              # readable buffers of the graph being recorded
         self.T, self.pos = 0, 0
         self._g = None                   # the graph being recorded
-        weakref.finalize(self, _release, self.dev, self.tag, self._graphs)
+        weakref.finalize(self, self.dev.release, self.tag, self._graphs)
 
     # ---- buffers and per-step values -----------------------------------------------------
     def alloc(self, shape, dtype="float32", readable=False):
@@ -232,10 +232,3 @@ def weight_loader(dev, g, tag, shapes):
         return DeviceWeight.from_file(dev, f"{tag}{name}", g.path, int(t.data_offset),
                                       t.tensor_type, *shape, parts=parts)
     return load
-
-
-def _release(dev, tag, graphs):
-    for g in graphs.values():
-        g.destroy()
-    graphs.clear()
-    dev.release(tag)

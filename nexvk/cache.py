@@ -98,10 +98,8 @@ class KVCache:
         # per layer: K and V formats, slots, window (0: the layer sees its whole context);
         # the first `sinks` positions of every layer are float16 rows (not in the slots); the
         # key transform (tables, fitted or given) is the cache's, shared with the store
-        L = self.n_layers
-        geo = SimpleNamespace(n_layers=L, n_kv_heads=self.n_kv_heads,
-                              head_dim=self.head_dim, capacity=self.capacity, kfmt=self.kfmts[0],
-                              vfmt=self.vfmts[0], max_heads=self.max_heads, kfmts=self.kfmts,
+        geo = SimpleNamespace(n_layers=self.n_layers, n_kv_heads=self.n_kv_heads,
+                              head_dim=self.head_dim, max_heads=self.max_heads, kfmts=self.kfmts,
                               vfmts=self.vfmts, windows=self.windows, slots=self.slots,
                               sinks=self.layer_sinks, transform=self.transform)
         if self.backend == "numpy":
@@ -433,7 +431,7 @@ class _VulkanStore:
                 arena_words.append(0)
             placed.append((len(arena_words) - 1, arena_words[-1]))
             arena_words[-1] += sum(w)
-        self.arenas = arenas = [pool.get(f"{self.tag}arena{a}", n) for a, n in enumerate(arena_words)]
+        arenas = [pool.get(f"{self.tag}arena{a}", n) for a, n in enumerate(arena_words)]
         self.regions = []  # per layer: (arena, (k_base, k_sbase), (v_base, v_sbase))
         self.extra = []    # per layer: sink K, sink V, tables (mean; scale after), raw sinks
         for (a, base), w, kf, vf, n, S in zip(placed, sizes, c.kfmts, c.vfmts, c.slots, c.sinks):

@@ -517,15 +517,14 @@ class _VulkanStore:
             if x is None:
                 continue
             spec = [layout.WG, c.head_dim, *layout.spec(fmt)]
+            bufs = [x, arena, self.tab, self.dyn]
             xf = key and device_xf
-            push = layout.quantize_push(*reg, tabo, c.n_kv_heads, c.slots[layer], off, S, sink,
-                                        ex.xf if xf else layout.NONE,
-                                        ex.raw if xf and S else layout.NONE)
-            g.dispatch(dev.pipeline("quantize", [x, arena, self.tab, self.dyn], n, spec), push)
+            args = (*reg, tabo, c.n_kv_heads, c.slots[layer], off, S, sink,
+                    ex.xf if xf else layout.NONE, ex.raw if xf and S else layout.NONE)
+            g.dispatch(dev.pipeline("quantize", bufs, n, spec), layout.quantize_push(*args))
             if key and fit and S:  # sinks stored before this step's fit: re-encoded with it
-                redo = dev.pipeline("quantize", [x, arena, self.tab, self.dyn], S * c.n_kv_heads,
-                                    spec)
-                g.dispatch(redo, push[:-1] + [1])
+                g.dispatch(dev.pipeline("quantize", bufs, S * c.n_kv_heads, spec),
+                           layout.quantize_push(*args, mode=1))
 
     def record_attention(self, g, layer, q, o, rows, n_heads, q_off=0, o_off=0, raw_q=False):
         """Causal attention of dyn[0] queries (q: device buffer holding (rows, n_heads, d) at

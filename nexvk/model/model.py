@@ -14,8 +14,6 @@ import weakref
 import numpy as np
 
 from nexvk.model.arch import MAX_BATCH, Arch
-
-STEP_ROWS = (1, 16, 64, 256)  # device step shapes below the batch (rows per step)
 from nexvk.model.config import Config, check_tensors
 from nexvk.model.forward import State, forward
 from nexvk.model.gguf import open_gguf
@@ -23,6 +21,8 @@ from nexvk.model.ops_numpy import NumpyOps
 from nexvk.model.sample import Sampler
 from nexvk.model.tokenizer import Tokenizer
 from nexvk.model.weights import Weights, layer_shapes
+
+STEP_ROWS = (1, 16, 64, 256)  # device step shapes below the batch (rows per step)
 
 
 class Model:

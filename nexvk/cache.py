@@ -77,7 +77,7 @@ class KVCache:
             raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}")
         self.max_heads = int(n_heads or 8 * n_kv_heads)
         self.max_batch = int(max_batch)
-        self.windows = _windows(window, self.n_layers, self.capacity)
+        self.windows = layer_windows(window, self.n_layers, self.capacity)
         self.slots = [ring_slots(self.capacity, w, self.max_batch) for w in self.windows]
         # sinks per layer: none on a ring (sliding-window) layer
         self.layer_sinks = [0 if w else min(spec.sinks, self.capacity) for w in self.windows]
@@ -375,7 +375,7 @@ def ring_slots(capacity, window, max_batch):
     return capacity if not window else min(capacity, window + max_batch - 1)
 
 
-def _windows(window, n_layers, capacity):
+def layer_windows(window, n_layers, capacity):
     """Per-layer windows from an int or a list (0/None: none); a window as long as the
     capacity masks nothing, so it is stored as 0."""
     ws = window if isinstance(window, (list, tuple)) else [window] * n_layers

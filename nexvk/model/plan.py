@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nexvk.cache import ring_slots
+from nexvk.cache import layer_windows, ring_slots
 from nexvk.model.arch import MAX_BATCH
 from nexvk.model.config import Config
 from nexvk.model.gguf import open_gguf
@@ -40,12 +40,16 @@ def fmt_bytes(n):
     return f"{int(n)} B"
 
 
+def _windows(cfg, ctx):
+    """Per-layer windows as nexvk.KVCache keeps them (0: the layer sees its whole context)."""
+    swa = set(cfg.swa_layers) if cfg.sliding_window else set()
+    return layer_windows([cfg.sliding_window if i in swa else 0 for i in range(cfg.n_layers)],
+                         cfg.n_layers, ctx)
+
+
 def _tokens(cfg, ctx, batch=MAX_BATCH):
     """Slots per layer: the context, or the ring of a sliding-window layer."""
-    tokens = np.full(cfg.n_layers, ctx, dtype=np.int64)
-    if cfg.sliding_window:
-        tokens[cfg.swa_layers] = ring_slots(ctx, cfg.sliding_window, min(batch, ctx))
-    return tokens
+    return np.array([ring_slots(ctx, w, min(batch, ctx)) for w in _windows(cfg, ctx)], np.int64)
 
 
 def kv_bytes(cfg, ctx, k_type, v_type, batch=MAX_BATCH, cache_opts=None):
@@ -53,12 +57,11 @@ def kv_bytes(cfg, ctx, k_type, v_type, batch=MAX_BATCH, cache_opts=None):
     exactly what nexvk.KVCache allocates for a model forwarding up to `batch` tokens a call;
     cache_opts: KVCache's plain, sinks, layer_types, key_scale."""
     spec = _spec(cfg, k_type, v_type, cache_opts or {})
-    swa = set(cfg.swa_layers) if cfg.sliding_window else set()
     total = 0
-    for i, (h, t) in enumerate(zip(cfg.n_kv_heads, _tokens(cfg, ctx, batch))):
-        ring = i in swa and t < ctx  # a ring layer keeps no sinks
-        total += h * spec.layer_bytes(i, cfg.head_dim, cfg.head_dim_v, int(t),
-                                      0 if ring else None)
+    for i, (h, t, w) in enumerate(zip(cfg.n_kv_heads, _tokens(cfg, ctx, batch),
+                                      _windows(cfg, ctx))):
+        # a windowed layer keeps no sinks (KVCache.layer_sinks)
+        total += h * spec.layer_bytes(i, cfg.head_dim, cfg.head_dim_v, int(t), 0 if w else None)
     return float(total)
 
 
@@ -170,9 +173,6 @@ def working_bytes(cfg, ctx, batch=MAX_BATCH):
     q, kv = cfg.n_heads * cfg.head_dim, kv_heads * cfg.head_dim
     per_row = 4 * (2 * cfg.dim + 2 * q + 2 * kv + 2 * (cfg.ffn_dim or 4 * cfg.dim))
     logits = 2 * 2 * 4 * (cfg.vocab_size or 0)
-    slots = list(_tokens(cfg, ctx, batch))
-    windows = [cfg.sliding_window if cfg.sliding_window and i in cfg.swa_layers else 0
-               for i in range(cfg.n_layers)]
-    windows = [w if w < ctx else 0 for w in windows]
     return int((B + 1) * per_row + logits
-               + vulkan_working_bytes(cfg.head_dim, kv_heads, cfg.n_heads, slots, windows, B))
+               + vulkan_working_bytes(cfg.head_dim, kv_heads, cfg.n_heads,
+                                      list(_tokens(cfg, ctx, batch)), _windows(cfg, ctx), B))

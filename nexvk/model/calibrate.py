@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nexvk.quant.cachespec import CacheSpec, format_layer_types, is_turbo
-from nexvk.quant.formats import make
+from nexvk.quant.cachespec import CacheSpec, format_layer_types
 
 PRESET_VERSION = 1
 CANDIDATES = ("turbo2", "turbo3", "turbo4")
@@ -113,20 +112,15 @@ def calibrate(model, text, bits, ctx=512, chunks=1, base=("turbo3", "turbo3"),
         r = perplexity(model, text, k_type="f16", v_type="f16", kld=True, cache_opts=opts, **kw)
         kld[t, layer] = r["kld_mean"]
 
-    # bytes at ctx tokens: sinks are fixed; a tensor costs its rows, turbo K its transform
-    # tables and the sinks' raw float32 keys (CacheSpec.layer_bytes)
+    # bytes of each tensor in each candidate format at ctx tokens, as the cache counts them
     heads = np.asarray(cfg.n_kv_heads, float)
     dims = (cfg.head_dim, cfg.head_dim_v)
-    s = min(spec.sinks, ctx)
-    rows = heads * (ctx - s)
-    costs = np.array([[rows * make(f, dims[t]).bytes_per_vector()
-                       + (t == 0) * heads * dims[t] * is_turbo(f) * (2 * (1 + spec.scaled) + 4 * s)
+    costs = np.array([[heads * spec.part_bytes(f, dims[t], ctx, spec.sinks, key=t == 0)
                        for f in candidates]
                       for t in (0, 1)]).transpose(0, 2, 1)       # (2, L, C)
     values = heads.sum() * ctx * sum(dims)
-    fixed = heads.sum() * 2 * min(spec.sinks, ctx) * sum(dims)
     errs = [nmse(f, cfg.head_dim) / nmse(base[0], cfg.head_dim) for f in candidates]
-    choice, predicted = allocate(kld, costs, errs, bits * values / 8 - fixed)
+    choice, predicted = allocate(kld, costs, errs, bits * values / 8)
     k_types = [candidates[i] for i in choice[0]]
     v_types = [candidates[i] for i in choice[1]]
     layer_types = format_layer_types(k_types, v_types, *base)

@@ -114,17 +114,22 @@ class CacheSpec:
         return int(self.transformed(layer)) * (1 + int(self.scaled))
 
     def layer_bytes(self, layer, head_dim, head_dim_v, tokens, sinks=None):
-        """Bytes one KV head of `layer` holds for `tokens` positions: codes and scales of the
-        positions after the sinks, float16 sink vectors, and the key transform's float16
-        mean (and scale) with the sinks' raw float32 keys (kept to re-encode them when the
-        mean is fitted after they were stored). sinks: this layer's sink count (default: the
-        spec's; a sliding-window layer keeps none)."""
-        kf, vf = make(self.k_types[layer], head_dim), make(self.v_types[layer], head_dim_v)
-        s = min(self.sinks if sinks is None else sinks, tokens)
-        return ((tokens - s) * (kf.bytes_per_vector() + vf.bytes_per_vector())
-                + 2 * s * (head_dim + head_dim_v)
-                + self.transformed(layer) * 4 * s * head_dim
-                + 2 * head_dim * self.transform_vectors(layer))
+        """Bytes one KV head of `layer` holds for `tokens` positions, K and V (part_bytes).
+        sinks: this layer's sink count (default: the spec's; a sliding-window layer keeps
+        none)."""
+        s = self.sinks if sinks is None else sinks
+        return (self.part_bytes(self.k_types[layer], head_dim, tokens, s, key=True)
+                + self.part_bytes(self.v_types[layer], head_dim_v, tokens, s, key=False))
+
+    def part_bytes(self, fmt, head_dim, tokens, sinks, key):
+        """Bytes one KV head's K (key=True) or V in format `fmt` holds for `tokens` positions:
+        codes and scales of the positions after the sinks, float16 sink vectors, and for
+        hardened turbo keys the transform's float16 mean (and scale) with the sinks' raw
+        float32 keys (kept to re-encode them when the mean is fitted after they were stored)."""
+        s = min(sinks, tokens)
+        xf = key and not self.plain and is_turbo(fmt)   # as transformed() for a layer
+        return ((tokens - s) * make(fmt, head_dim).bytes_per_vector() + 2 * s * head_dim
+                + xf * (4 * s * head_dim + 2 * head_dim * (1 + int(self.scaled))))
 
     @property
     def label(self):

@@ -84,6 +84,9 @@ class Model:
             cfg.ffn_dim = int(g.tensors["blk.0.ffn_down.weight"].shape[0])
         check_tensors(cfg, g)
         tok = Tokenizer(g)
+        if cfg.vocab_size != tok.n_vocab:  # as llama.cpp: ids past the token list decode to ""
+            raise ValueError(f"{g.path.name}: the model has {cfg.vocab_size} token embeddings "
+                             f"(vocab_size) but its tokenizer lists {tok.n_vocab} tokens")
         from nexvk.device.manager import resolve_backend
         from nexvk.model.plan import kv_bytes
         numpy_bytes = 4 * sum(t.n_elements for t in g.tensors.values()) + \

@@ -280,8 +280,8 @@ def resolve_backend(backend, device=None, numpy_bytes=None):
     and why on stderr. Asking for vulkan without a device fails clearly later, in Device()."""
     if backend not in ("numpy", "vulkan", "auto"):
         raise ValueError(f"unknown backend {backend!r}; use 'numpy', 'vulkan' or 'auto'")
-    if device is not None and not isinstance(device, Device):
-        probe.choose(device)  # a device index that does not exist is an error on any backend
+    if backend == "numpy" and device is not None and not isinstance(device, Device):
+        probe.choose(device)  # a device that does not exist is an error here too, not ignored
     if backend != "auto":
         return backend
     devs = probe.devices()

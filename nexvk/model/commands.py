@@ -226,23 +226,28 @@ def cmd_ppl(args):
     from nexvk.model.eval import format_result, perplexity
     from nexvk.model.fetch import resolve_model
     _early_checks(args)
-    text = _read_text(args.file)
+    _text_path(args.file)
     model = resolve_model(args.model)
     k_type, v_type, opts = cache_config(args, model)
-    r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, k_type=k_type,
-                   v_type=v_type, kld=args.kld, backend=args.backend, device=args.device,
-                   sparse_v=args.sparse_v, bos_insert=args.bos_insert, cache_opts=opts)
+    with open(args.file, encoding="utf-8", errors="replace") as text:  # read as a stream
+        r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, k_type=k_type,
+                       v_type=v_type, kld=args.kld, backend=args.backend, device=args.device,
+                       sparse_v=args.sparse_v, bos_insert=args.bos_insert, cache_opts=opts)
     print("\n".join(format_result(r)))
     return 0
 
 
 def _read_text(file):
+    return _text_path(file).read_text(encoding="utf-8", errors="replace")
+
+
+def _text_path(file):
     path = Path(file)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; -f takes a text file")
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
-    return path.read_text(encoding="utf-8", errors="replace")
+    return path
 
 
 def cmd_calibrate(args):

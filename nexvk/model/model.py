@@ -183,7 +183,11 @@ class Model:
         self.ops.execute(key, record)
         if logits == "none":
             return None
-        return self.ops.read(st.logits, 1 if logits == "last" else None)
+        out = self.ops.read(st.logits, 1 if logits == "last" else None)
+        if not np.isfinite(out).all():  # on every backend: a device computes on with NaN/Inf
+            raise ValueError(f"non-finite logits at positions {pos}..{pos + len(tokens) - 1}: "
+                             "the model's weights make its activations overflow")
+        return out
 
     # ---- generation --------------------------------------------------------------------
     def generate(self, prompt, n=64, temperature=0.0, top_k=0, top_p=1.0, seed=0, stream=None,

@@ -123,6 +123,7 @@ class VulkanOps:
         g = self.record(key, record)
         self.cache.advance(self.pos, self.T)
         g.run()
+        self.store.check_scores()
         skipped, total = (int(n) for n in self.store.stats.host[:2])
         self.cache.stats = {"skipped": skipped, "total": total,
                             "skip_rate": skipped / total if total else 0.0}

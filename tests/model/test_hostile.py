@@ -116,3 +116,93 @@ def test_vocab_size_must_match_the_token_list(tiny, fuzz):
              tensors={"token_embd.weight": (emb, 8)})
     with pytest.raises(ValueError, match="300 token embeddings .* lists 263 tokens"):
         Model.load(p, ctx=16)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered", "ignore:overflow encountered")
+@pytest.mark.parametrize("backend", ["numpy", "vulkan"])
+@pytest.mark.parametrize("name,value,qtype,match", [
+    ("blk.0.attn_norm.weight", np.nan, 0, "'blk.0.attn_norm.weight' holds 1 non-finite"),
+    ("blk.0.attn_norm.weight", np.inf, 0, "'blk.0.attn_norm.weight' holds 1 non-finite"),
+    ("blk.1.attn_q.weight", np.nan, 1, "attn_q.weight.* non-finite"),      # F16 values
+    ("blk.0.attn_v.weight", -np.inf, 8, "attn_v.weight.* non-finite"),     # a Q8_0 scale
+    ("blk.0.attn_norm.weight", 1e30, 0, "non-finite|holds at most 65504"),  # finite; overflows
+])
+def test_non_finite_weights_and_logits_are_errors(request, tiny, fuzz, backend, name, value,
+                                                  qtype, match):
+    """One NaN, Inf or 1e30 in blk.0.attn_norm gave exit 0 and fluent wrong text on the
+    device while numpy refused the file. Weights are now checked on the host as they load
+    (values of f32/f16, fp16 scales of quantized blocks), and every backend's step refuses
+    non-finite logits (what a finite 1e30 turns into), leaving the cache as it was."""
+    from nexvk.model.model import Model
+    dev = request.getfixturevalue("device") if backend == "vulkan" else None
+    a = next(t for n, t, _ in fuzz.tiny_parts()[1] if n == name).copy()
+    a.reshape(-1)[3] = value
+    path = tiny(tensors={name: (a, qtype)})
+    if np.isfinite(value):
+        m = Model.load(path, ctx=16, backend=backend, device=dev)
+        with pytest.raises(ValueError, match=match):
+            m.generate("the tin", n=2)
+        assert [m.cache.length(i) for i in range(2)] == [0, 0]
+    else:
+        with pytest.raises(ValueError, match=match):
+            Model.load(path, ctx=16, backend=backend, device=dev)
+
+
+def test_count_nonfinite_reads_every_weight_type():
+    from nexvk.kernels import ggml_types
+    for kind, wt in ggml_types.TYPES.items():
+        raw = ggml_types.random_bytes(kind, 4, 256)
+        assert ggml_types.count_nonfinite(kind, raw) == 0, kind
+        for bad in (np.nan, np.inf, -np.inf):
+            r = raw.copy()
+            if wt.halves:   # the last fp16 field of block 3
+                o = wt.halves[-1]
+                r.reshape(-1, wt.block_bytes)[3, o:o + 2] = np.array([bad], "<f2").view(np.uint8)
+            else:
+                r.view("<f4" if kind == "f32" else "<f2")[5] = bad
+            assert ggml_types.count_nonfinite(kind, r) == 1, (kind, bad)
+            assert not np.isfinite(ggml_types.dequantize(kind, r, 4, 256)).all()
+
+
+def test_streamed_tokens_are_the_whole_texts_tokens(model_path, wikitext):
+    """ppl reads and tokenizes its file as a stream; the ids must be exactly those of one
+    encode of the whole text (cuts every 3000 characters here, ~100 of them), for byte-level
+    BPE (SmolLM2) and for SentencePiece with a space prefix (the tiny vocabulary)."""
+    from test_tokenizer import _SentencePieceFile
+
+    from nexvk.model.eval import stream_ids
+    from nexvk.model.gguf import open_gguf
+    from nexvk.model.tokenizer import Tokenizer
+    text = wikitext[:300000]
+    tok = Tokenizer(open_gguf(model_path))
+    assert list(stream_ids(tok, text, block=3000)) == tok.encode(text, bos=False)
+    spm = Tokenizer(_SentencePieceFile([("a", -1.0), ("b", -2.0), ("\u2581", -3.0),
+                                        ("\u2581a", -0.5), ("ab", -0.7), ("\u2581ab", -0.2)],
+                                       add_space_prefix=True))
+    words = np.random.default_rng(0).choice(["a", "ab", "b", "ba", " ", "\n", "é"], 20000)
+    text = "".join(words)
+    assert list(stream_ids(spm, text, block=500, overlap=100)) == spm.encode(text, bos=False)
+
+
+def test_ppl_reads_only_what_the_chunks_need(tiny, tmp_path):
+    """`ppl --chunks 1` on an 87 MB text took 2.5 GB (the whole file tokenized) and then a
+    Rust abort. On a 48 MB file under a 3 GiB address-space cap it now reads what one window
+    needs; the child's peak RSS is checked."""
+    big = tmp_path / "big.txt"
+    line = " = Robert Boulter = \n Robert Boulter is an English film , television actor .\n"
+    with open(big, "w") as f:
+        for _ in range(48):
+            f.write(line * ((1 << 20) // len(line)))
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    p = subprocess.Popen([sys.executable, "-m", "nexvk", "ppl", "-m", str(tiny()), "-f", str(big),
+                          "-c", "64", "--chunks", "2", "--backend", "numpy"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=cap, env={**os.environ, "OPENBLAS_NUM_THREADS": "1",
+                                              "RAYON_NUM_THREADS": "1"})
+    out, err = p.communicate(timeout=300)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss << 10  # this child's or less
+    assert p.returncode == 0, err[-2000:]
+    assert "2 windows of 64" in out, out
+    assert rss < 600 << 20, rss

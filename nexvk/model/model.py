@@ -55,14 +55,15 @@ class Model:
             # step shapes, each a State and a graph recorded now: decode (1 row), prefill
             # chunks of B rows (last row's logits, or none); whole-window logits (ppl) on
             # first use, in chunks small enough for the logits buffer
+            from nexvk.kernels import upload
             from nexvk.model.ops_vulkan import VulkanOps
             self.ops = VulkanOps(self.cache, sparse_v)
-            self.state = State(a, B, self.ops, logits_rows=1)
-            self._states = {(1, 1): State(a, 1, self.ops, logits_rows=1), (B, 1): self.state}
-            for T, mode in ((1, "last"), (B, "last"), (B, "none")):
-                self.ops.record(*self._prepare(T, mode)[::2])
-            from nexvk.kernels import upload
-            upload.release(self.ops.dev)  # the RoPE tables went up through the staging buffer
+            with self.ops.dev.lock:  # the staging buffer is released below: no other upload
+                self.state = State(a, B, self.ops, logits_rows=1)
+                self._states = {(1, 1): State(a, 1, self.ops, logits_rows=1), (B, 1): self.state}
+                for T, mode in ((1, "last"), (B, "last"), (B, "none")):
+                    self.ops.record(*self._prepare(T, mode)[::2])
+                upload.release(self.ops.dev)  # the RoPE tables went up through the staging buffer
         self.pos = 0
         self.stats = {}
 
@@ -261,13 +262,14 @@ def load_weights(g, a, backend, device=None, progress=False):
         names.update({"token_embd.weight": (a.vocab_size, a.dim), "output_norm.weight": (a.dim,)})
         if g.has_tensor("output.weight"):
             names["output.weight"] = (a.vocab_size, a.dim)
-        try:
-            w = Weights.load(g, a, progress=progress, loader=weight_loader(dev, g, tag, names))
-        except BaseException:
-            dev.release(tag)
-            raise
-        finally:
-            upload.release(dev)  # the staging buffer and copy pipeline
+        with dev.lock:  # one upload at a time: they share the device's staging buffer
+            try:
+                w = Weights.load(g, a, progress=progress, loader=weight_loader(dev, g, tag, names))
+            except BaseException:
+                dev.release(tag)
+                raise
+            finally:
+                upload.release(dev)  # the staging buffer and copy pipeline
         weakref.finalize(w, dev.release, tag)
     w.backend = backend
     return w

@@ -206,3 +206,62 @@ def test_ppl_reads_only_what_the_chunks_need(tiny, tmp_path):
     assert p.returncode == 0, err[-2000:]
     assert "2 windows of 64" in out, out
     assert rss < 600 << 20, rss
+
+
+_THREADS = """
+import sys, threading
+from nexvk.model.model import Model
+path, n = sys.argv[1], 3
+ref = Model.load(path, ctx=64, backend="vulkan").generate("the tin", n=8)
+for rep in range(1):
+    out = {}
+    def work(i):
+        out[i] = Model.load(path, ctx=64, backend="vulkan").generate("the tin", n=8)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert [out.get(i) for i in range(n)] == [ref] * n, (rep, ref, out)
+print("ok")
+"""
+
+
+def test_threads_load_and_generate_on_one_device(device, tiny):
+    """Two concurrent Model.load(backend="vulkan") segfaulted (2 runs in 3), or generated only
+    <|endoftext|>: the weight upload's staging buffer, the pool and the pipeline and graph
+    caches were shared without a lock. Three threads, in a child process so
+    that a crash is a failure of this test alone (without the validation layer, which only
+    slows it: it sees one thread's commands, not races between threads)."""
+    p = tiny(n_layers=2, dim=64, n_heads=4, n_kv=2, ffn=128)
+    env = {k: v for k, v in os.environ.items() if k != "VK_INSTANCE_LAYERS"}
+    r = subprocess.run([sys.executable, "-c", _THREADS, str(p)], cwd=REPO, capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-3000:])
+
+
+def test_uploads_from_threads_keep_their_own_words(device):
+    """The upload staging buffer is the device's: without the device lock, one thread's words
+    went into another thread's buffer (or Kompute crashed). Four threads upload distinct words
+    to buffers of their own, switching threads as often as Python allows."""
+    import threading
+
+    from nexvk.kernels.upload import upload_words
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    bufs = [device.pool.get(f"test-threads/{i}", 4096, np.uint32, kind="device") for i in range(4)]
+    bad = []
+
+    def work(i):
+        for rep in range(30):
+            words = np.full(4096, i * 1000 + rep, np.uint32)
+            upload_words(device, bufs[i], 0, words)
+            device.run(downloads=[bufs[i]])
+            if not np.array_equal(bufs[i].host, words):
+                bad.append((i, rep))
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    finally:
+        sys.setswitchinterval(old)
+        device.release("test-threads/")
+    assert not bad, bad[:5]

@@ -137,13 +137,15 @@ class BufferPool:
     returns the same buffer, so steady-state work allocates nothing. `allocations` and
     `nbytes` let a test prove it."""
 
-    def __init__(self, mgr, max_buffer_bytes, lock):
+    def __init__(self, mgr, max_buffer_bytes, lock, heap_bytes=0):
         self._mgr = mgr
         self._lock = lock    # the device's: buffers are made and freed one thread at a time
         self.max_buffer_bytes = max_buffer_bytes
+        self.heap_bytes = heap_bytes   # the device-local heap (0: unknown, not checked)
         self._buffers = {}
         self.allocations = 0
         self.nbytes = 0
+        self.device_bytes = 0          # device-local bytes of the buffers (no staging copies)
 
     def __contains__(self, name):
         return name in self._buffers
@@ -166,10 +168,17 @@ class BufferPool:
         if size * 4 > self.max_buffer_bytes:
             raise ValueError(f"buffer {name!r} needs {size * 4 / 2**20:.1f} MiB, over this device's "
                              f"{self.max_buffer_bytes / 2**20:.0f} MiB limit per storage buffer")
+        if self.heap_bytes and self.device_bytes + size * 4 > self.heap_bytes:
+            # checked before allocating: past the heap the driver fails or the process dies
+            raise ValueError(f"buffer {name!r} ({size * 4 / 2**20:.1f} MiB) would take this "
+                             f"device's memory to {(self.device_bytes + size * 4) / 2**20:.0f} "
+                             f"MiB, over its {self.heap_bytes / 2**20:.0f} MiB device-local heap; "
+                             "lower the context (-c) or choose a smaller cache format")
         ttype = kp.TensorTypes.storage if kind == "storage" else kp.TensorTypes.device
         tensor = self._mgr.tensor_t(np.zeros(size, dtype), tensor_type=ttype)
         buf = self._buffers[name] = Buffer(name, tensor, dtype, size, kind)
         self.allocations += 1
+        self.device_bytes += buf.nbytes
         self.nbytes += buf.nbytes * (2 if kind == "device" else 1)  # device kind has a staging copy
         return buf
 
@@ -179,6 +188,7 @@ class BufferPool:
             for name in [n for n in self._buffers if n.startswith(prefix)]:
                 buf = self._buffers.pop(name)
                 self.nbytes -= buf.nbytes * (2 if buf.kind == "device" else 1)
+                self.device_bytes -= buf.nbytes
                 buf.tensor.destroy()
 
 
@@ -199,7 +209,8 @@ class Device:
         # caches, the queue, the upload staging buffer): threads use the device in turn.
         # Reentrant, so a caller may hold it across several of these calls (a whole upload).
         self.lock = threading.RLock()
-        self.pool = BufferPool(self.mgr, self.max_buffer_bytes, self.lock)
+        self.pool = BufferPool(self.mgr, self.max_buffer_bytes, self.lock,
+                               self.info.get("memory_bytes") or 0)
         self._pipelines = {}
         self._graphs = {}  # run() recipes -> Graph
         self.submissions = 0           # queue submissions so far (one per Graph.run)

@@ -265,3 +265,18 @@ def test_uploads_from_threads_keep_their_own_words(device):
         sys.setswitchinterval(old)
         device.release("test-threads/")
     assert not bad, bad[:5]
+
+
+def test_device_heap_is_checked_before_allocating(device, monkeypatch):
+    """Buffers were allocated with no look at the device-local heap the driver reports (past
+    it, the driver fails or the process dies); now a buffer that would pass it is refused
+    with a ValueError before anything is allocated."""
+    from nexvk.cache import KVCache
+    pool = device.pool
+    assert pool.heap_bytes == device.info["memory_bytes"] > 0
+    monkeypatch.setattr(pool, "heap_bytes", pool.device_bytes + (4 << 20))  # 4 MiB left
+    before = pool.allocations
+    with pytest.raises(ValueError, match="device-local heap; lower the context"):
+        KVCache(4, 2, 64, 16384, k_type="f16", v_type="f16", backend="vulkan", device=device)
+    assert pool.allocations - before < 8  # it stopped at the first buffer past the heap
+    KVCache(1, 1, 64, 64, k_type="f16", v_type="f16", backend="vulkan", device=device)  # fits

@@ -5,6 +5,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -194,17 +195,55 @@ def test_ppl_reads_only_what_the_chunks_need(tiny, tmp_path):
         for _ in range(48):
             f.write(line * ((1 << 20) // len(line)))
 
-    def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
-    p = subprocess.Popen([sys.executable, "-m", "nexvk", "ppl", "-m", str(tiny()), "-f", str(big),
-                          "-c", "64", "--chunks", "2", "--backend", "numpy"], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=cap, env={**os.environ, "OPENBLAS_NUM_THREADS": "1",
-                                              "RAYON_NUM_THREADS": "1"})
-    out, err = p.communicate(timeout=300)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss << 10  # this child's or less
-    assert p.returncode == 0, err[-2000:]
+    rc, out, err, rss = capped(["ppl", "-m", str(tiny()), "-f", str(big), "-c", "64",
+                                "--chunks", "2", "--backend", "numpy"])
+    assert rc == 0, err[-2000:]
     assert "2 windows of 64" in out, out
+    assert rss < 600 << 20, rss
+
+
+def capped(args, cap=3 << 30):
+    """`nexvk ARGS` in a child under an address-space cap: (exit code, stdout, stderr, the
+    child's peak RSS in bytes)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([sys.executable, "-m", "nexvk", *args], cwd=REPO, stdout=out,
+                             stderr=err, text=True, preexec_fn=limit,
+                             env={**os.environ, "OPENBLAS_NUM_THREADS": "1",
+                                  "RAYON_NUM_THREADS": "1"})
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return p.returncode, out.read(), err.read(), usage.ru_maxrss << 10
+
+
+def _spm_file(tiny, fuzz, pieces):
+    """The tiny gemma3 model with `pieces` [(text, score)] added to its SentencePiece
+    vocabulary (and token_embd grown to match)."""
+    from gguf import GGMLQuantizationType as Q
+    meta = {k: v for k, v, _, _ in fuzz.tiny_parts(arch="gemma3")[0]}
+    tokens = meta["tokenizer.ggml.tokens"] + [t for t, _ in pieces]
+    scores = meta["tokenizer.ggml.scores"] + [s for _, s in pieces]
+    types = meta["tokenizer.ggml.token_type"] + [1] * len(pieces)
+    emb = np.random.default_rng(0).standard_normal((len(tokens), 32)).astype(np.float32)
+    return tiny(arch="gemma3", meta={"tokenizer.ggml.tokens": (tokens, V.ARRAY, V.STRING),
+                                     "tokenizer.ggml.scores": (scores, V.ARRAY, V.FLOAT32),
+                                     "tokenizer.ggml.token_type": (types, V.ARRAY, V.INT32)},
+                tensors={"token_embd.weight": (emb, Q.Q8_0)})
+
+
+@pytest.mark.parametrize("pieces", [
+    [("a" * k, -float(k)) for k in range(2, 2001)],     # a, aa, ..., a x 2000: 2.4 MB
+    [("b" * (1 << 20), -1.0)],                           # one piece of 1 MiB
+], ids=["chain", "long"])
+def test_crafted_sentencepiece_files_are_one_line_under_a_memory_cap(tiny, fuzz, pieces):
+    """The issue's files: 3.7 GB and a Rust abort (chain), 155 s of CPU (one 1 MiB piece).
+    Now one line, well under the cap; the child's peak RSS is checked."""
+    rc, _, err, rss = capped(["run", "-m", str(_spm_file(tiny, fuzz, pieces)), "-p", "a", "-n", "1",
+                              "-c", "16", "--backend", "numpy"])
+    one_line_error(rc, err, "SentencePiece pieces too long to index")
     assert rss < 600 << 20, rss
 
 

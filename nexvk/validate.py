@@ -500,9 +500,10 @@ def cmd_validate(args):
     # the report file is opened first: a bad path fails now, not after a run of minutes
     out = open(args.json, "w") if args.json else None
     try:
-        # the layer's log lives in a temporary directory removed at the end (ignore_cleanup_errors:
-        # the Vulkan instance may still hold the file open)
-        with tempfile.TemporaryDirectory(prefix="nexvk-validate-", ignore_cleanup_errors=True) as tmp:
+        # the layer's log lives in a temporary directory removed at the end
+        # (ignore_cleanup_errors: the Vulkan instance may still hold the file open)
+        with tempfile.TemporaryDirectory(prefix="nexvk-validate-",
+                                         ignore_cleanup_errors=True) as tmp:
             log = None
             if not args.no_layer:  # must happen before the first Vulkan instance of this process
                 log = Path(tmp) / "validation.log"

@@ -309,7 +309,8 @@ def _mutate_vocab(base, rng):
         merges.append(f"{'b' * (k - 1)} b")
     elif op == "substrings":  # every substring (up to 24 characters) of a random text
         text = "".join(rng.choice(list("abcdeht▁"), n))
-        subs = {text[i:j] for i in range(len(text)) for j in range(i + 2, min(i + 25, len(text) + 1))}
+        subs = {text[i:j] for i in range(len(text))
+                for j in range(i + 2, min(i + 25, len(text) + 1))}
         tokens += sorted(subs - set(tokens))
         merges += [f"{t[:1]} {t[1:]}" for t in sorted(subs)[:n]]
     elif op == "duplicate":

@@ -2,9 +2,9 @@
 
 The text is tokenized as one whole (with a BOS first when the vocab says to add one) and cut
 into consecutive windows of `ctx` tokens; it is read and tokenized as a stream (stream_ids),
-only as far as the windows asked for need, so a file of any size takes bounded memory. Each window runs from an empty cache with its first token
-replaced by BOS (when the vocab adds one), as llama.cpp's perplexity does, and only the second
-half is scored: the logits at positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1, so
+only as far as the windows asked for need, so a file of any size takes bounded memory. Each
+window runs from an empty cache with its first token replaced by BOS (when the vocab adds
+one), as llama.cpp's perplexity does, and only the second half is scored: the logits at positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1, so
 ctx/2 - 1 tokens per window. With bos_insert=True each window is instead BOS followed by the
 next ctx-1 tokens of the text, so no token is overwritten (the windows of Gemma-3's reference
 numbers in docs/model.md). With kld=True a second cache
@@ -104,8 +104,8 @@ def windows_of(tok, text, ctx, chunks=None, bos=None, bos_insert=False):
 def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
                backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
                kld_base=None, bos_insert=False, cache_opts=None):
-    """Perplexity of `text` (a str or a text file object; see the module docstring); returns a dict:
-    ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the configuration in
+    """Perplexity of `text` (a str or a text file object; see the module docstring); returns
+    a dict: ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the configuration in
     words), bits_per_value (all metadata included, at ctx) and, with kld=True,
     kld_mean, kld_err, kld_p99, top1_agree (percent), ppl_f16.
 

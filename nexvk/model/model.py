@@ -112,10 +112,6 @@ class Model:
             if opts is not None:
                 changes.update({"plain": False, "sinks": None, "layer_types": None,
                                 "key_mean": None, "key_scale": None, **opts})
-            for name in ("backend", "device"):
-                if name in kw and kw[name] != getattr(self.config, name):
-                    raise ValueError(f"with_cache keeps the model's {name}")
-                kw.pop(name, None)
             cache = self.config.replace(**changes, **kw)
         elif k_type or v_type or kw:
             raise ValueError("give with_cache a CacheConfig or fields to change, not both")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nexvk.cache.config import CacheConfig
 from nexvk.quant.cachespec import CacheSpec, format_layer_types
 
 PRESET_VERSION = 1
@@ -33,7 +34,7 @@ def preset_path(model_path, name):
 
 
 def load_preset(model_path, name):
-    """(k_type, v_type, cache_opts) of a preset written by `nexvk calibrate` for this model."""
+    """The CacheConfig of a preset written by `nexvk calibrate` for this model."""
     path = preset_path(model_path, name)
     if not path.is_file():
         raise FileNotFoundError(f"no preset {name!r} for {Path(model_path).name} (looked for "
@@ -50,9 +51,9 @@ def load_preset(model_path, name):
             if isinstance(p[key], bool) or not isinstance(p[key], kind):
                 raise ValueError(f"{key!r} must be {'a string' if kind is str else 'an integer'}, "
                                  f"got {str(p[key])[:40]!r}")
-        # the formats, layers and sink count are checked by CacheSpec.build when the cache is made
-        return p["k_type"], p["v_type"], {"layer_types": p["layer_types"], "sinks": p["sinks"]}
-    except ValueError as e:  # also bad JSON and bytes that are not UTF-8
+        return CacheConfig(p["k_type"], p["v_type"], layer_types=p["layer_types"],
+                           sinks=p["sinks"])
+    except ValueError as e:  # also bad JSON, bytes that are not UTF-8 and bad formats or sinks
         raise ValueError(f"preset {path} is not a valid nexvk preset: {e}") from None
 
 

@@ -16,6 +16,8 @@ import numpy as np
 from nexvk.kernels import rope as rope_kernel
 
 _GELU_C = np.float32(np.sqrt(2.0 / np.pi))
+_FEW_ROWS = 8              # linear: up to this many rows as blocked matrix-vector products
+_BLOCK_BYTES = 1 << 20     # linear: bytes of w per block, to stay in the CPU cache
 
 
 class NumpyOps:
@@ -83,11 +85,19 @@ class NumpyOps:
     def linear(self, x, w, out, accumulate=False):
         """out = x @ w.T (or out += x @ w.T);  x (n, in), w (out_features, in).
         NOTE: for one row OpenBLAS is ~7x faster as a matrix-vector product than as a 1-row
-        matrix product, and decode is all 1-row."""
+        matrix product, and decode is all 1-row. A few rows (a batch of decode steps) are
+        no better served by its matrix product (slower than n matrix-vector products), so
+        they take matrix-vector products over ~1 MiB blocks of w: each block is read from
+        memory once and stays in the CPU cache for the other rows."""
         n = self._n(x)
         dst = self._tmp(n, w.shape[0]) if accumulate else out[:n]
         if n == 1:
             np.matmul(w, x[0], out=dst[0])
+        elif n <= _FEW_ROWS:
+            step = max(1, _BLOCK_BYTES // (w.shape[1] * w.itemsize))
+            for r in range(0, w.shape[0], step):
+                for i in range(n):
+                    np.matmul(w[r:r + step], x[i], out=dst[i, r:r + step])
         else:
             np.matmul(x[:n], w.T, out=dst)
         if accumulate:

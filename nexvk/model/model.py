@@ -196,9 +196,8 @@ class Model:
         Calls stream(text_piece) as text becomes available; returns the generated text and
         fills self.stats with prefill/decode token counts, seconds and tokens/s."""
         tok = self.tokenizer
-        if chat:
-            prompt = tok.chat(prompt)
-        ids = tok.encode(prompt, bos=bos)
+        ids = (tok.encode_chat([{"role": "user", "content": prompt}]) if chat
+               else tok.encode(prompt, bos=bos))
         if not ids:
             if tok.bos_id is None:
                 raise ValueError("empty prompt and the model has no BOS token")

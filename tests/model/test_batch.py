@@ -67,3 +67,20 @@ def test_bad_steps_are_refused_and_change_nothing(tiny):
     with pytest.raises(ValueError, match="exceed the context of 8"):
         batch.step([s1, s2], [3, 4])
     assert (s1.pos, s1.cache.length(0), s2.pos, s2.cache.length(1)) == (4, 4, 8, 8)
+
+
+@pytest.mark.device
+def test_vulkan_batch_steps_each_sequence_in_turn(tiny, device):
+    """On vulkan a batch step runs one device step per sequence (the step's dynamic words
+    hold one position): the same logits as each sequence alone."""
+    base = Model.load(tiny(), ctx=32, k_type="turbo3", v_type="turbo3", backend="vulkan",
+                      device=device)
+    seqs = [base.with_cache() for _ in PROMPTS[:2]]
+    for s, p in zip(seqs, PROMPTS):
+        s.forward(p, 0)
+    got = Batch(base, 2).step(seqs, [3, 4])
+    for i, (p, t) in enumerate(zip(PROMPTS, (3, 4))):
+        alone = base.with_cache()
+        alone.forward(p, 0)
+        np.testing.assert_allclose(got[i], alone.forward([t], len(p))[0], rtol=1e-5, atol=1e-5)
+    assert [s.pos for s in seqs] == [len(PROMPTS[0]) + 1, len(PROMPTS[1]) + 1]

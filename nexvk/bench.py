@@ -34,7 +34,7 @@ FULL = dict(codec_vectors=1 << 18, contexts=(1024, 4096, 16384, 32768), error_ve
 SECTIONS = ("memory", "error", "codec", "attention", "e2e", "concurrency")
 QUICK = dict(codec_vectors=1 << 14, contexts=(1024, 4096), error_vectors=1 << 13,
              e2e_contexts=(64,), decode_tokens=4, concurrent_prompt=16)
-CONCURRENCY = (1, 2, 4)  # sequences decoding at once (nexvk serve -np), turbo3 caches
+CONCURRENCY = (1, 2, 4)  # sequences decoding at once (nexvk serve -np)
 E2E_TEXT = ("The history of computing is a story of memory as much as of arithmetic. Every "
             "generation of machines has been limited by how much it could remember and how "
             "quickly it could recall it. ")
@@ -275,15 +275,17 @@ def _prompt_ids(model, n):
     return ids
 
 
-def concurrency(model, n_seqs, prompt_tokens=128, decode_tokens=64, name="smollm2-135m"):
-    """Aggregate greedy-decode tokens/s of n_seqs sequences, each with its own turbo3 cache
-    holding a prompt of prompt_tokens, their steps batched into one forward as `nexvk serve
-    -np n_seqs` runs them (Batch.step)."""
+def concurrency(model, n_seqs, cache="turbo3", prompt_tokens=128, decode_tokens=64,
+                name="smollm2-135m"):
+    """Aggregate greedy-decode tokens/s of n_seqs sequences, each with its own `cache`
+    (E2E_CACHES) holding a prompt of prompt_tokens, their steps batched into one forward as
+    `nexvk serve -np n_seqs` runs them (Batch.step)."""
     from nexvk.model.batch import Batch
-    row = {"model": name, "cache": "turbo3", "backend": model.cache.backend, "seqs": n_seqs,
+    fmt, opts = E2E_CACHES[cache]
+    row = {"model": name, "cache": cache, "backend": model.cache.backend, "seqs": n_seqs,
            "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens}
     try:
-        seqs = [model.with_cache("turbo3", "turbo3") for _ in range(n_seqs)]
+        seqs = [model.with_cache(fmt, fmt, cache_opts=opts) for _ in range(n_seqs)]
         batch = Batch(model, n_seqs)
         ids = _prompt_ids(model, prompt_tokens)
         toks = [int(np.argmax(s.forward(ids, 0, last_only=True)[0])) for s in seqs]
@@ -299,11 +301,12 @@ def concurrency(model, n_seqs, prompt_tokens=128, decode_tokens=64, name="smollm
 
 
 def add_one_ratio(rows):
-    """x_one: each concurrency row's aggregate tokens/s over one sequence's, same backend."""
-    one = {(r["model"], r["backend"]): r["decode_tok_s"] for r in rows
-           if r.get("seqs") == 1 and "decode_tok_s" in r}
+    """x_one: each concurrency row's aggregate tokens/s over one sequence's (same backend
+    and cache)."""
+    key = lambda r: (r.get("model"), r.get("backend"), r.get("cache"))  # noqa: E731
+    one = {key(r): r["decode_tok_s"] for r in rows if r.get("seqs") == 1 and "decode_tok_s" in r}
     for r in rows:
-        base = one.get((r.get("model"), r.get("backend")))
+        base = one.get(key(r))
         if base and "decode_tok_s" in r:
             r["x_one"] = r["decode_tok_s"] / base
 
@@ -372,10 +375,11 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
     if "concurrency" in sections:  # the default model; on lavapipe too slow to be worth it
         path = e2e_models()["smollm2-135m"]
         prompt = min(cfg["concurrent_prompt"], max(cfg["e2e_contexts"]) // 2)
-        steps += [("concurrency", f"concurrency {n} {b}",
-                   lambda n=n, b=b: [concurrency(model("smollm2-135m", path, b), n, prompt,
-                                                 cfg["decode_tokens"])])
-                  for b in backends if not (b == "vulkan" and cpu_device) for n in CONCURRENCY]
+        steps += [("concurrency", f"concurrency {n} {c} {b}",
+                   lambda n=n, c=c, b=b: [concurrency(model("smollm2-135m", path, b), n, c,
+                                                      prompt, cfg["decode_tokens"])])
+                  for b in backends if not (b == "vulkan" and cpu_device)
+                  for c in ("turbo3", "f16") for n in CONCURRENCY]
     return steps
 
 
@@ -477,12 +481,13 @@ def format_report(rep):
                    "End to end (K and V in the same format; turbo3 = the hardened cache; "
                    "numpy: float32 weights, vulkan: the whole step on the device)"),
              table(rep.get("concurrency", []),
-                   [("model", "model"), ("backend", "backend"), ("seqs", "sequences"),
+                   [("model", "model"), ("backend", "backend"), ("cache", "cache"),
+                    ("seqs", "sequences"),
                     ("prompt_tokens", "prompt each"), ("decode_tokens", "steps"),
                     ("step_ms", "ms/step"), ("decode_tok_s", "decode tok/s (all)"),
                     ("x_one", "x one sequence")],
-                   "Concurrent sequences (nexvk serve -np N): each its own turbo3 cache, decode "
-                   "steps batched into one forward on numpy (one step per sequence on vulkan)")]
+                   "Concurrent sequences (nexvk serve -np N): each its own cache, decode steps "
+                   "batched into one forward on numpy (one step per sequence on vulkan)")]
     bad = sorted({(r["backend"], r["shape"], r["ctx"]) for r in rep["attention"]
                   if r.get("max_abs_diff", 0) > 1e-3})
     if bad:

@@ -25,6 +25,7 @@ class NumpyOps:
         self.cache, self.sparse_v = cache, sparse_v
         self.T, self.segments = 0, []
         self.positions = np.zeros(0, np.int64)  # each row's position in its sequence
+        self.pos = 0  # the start position of a one-segment step (None for several)
         self._tables = {}   # (base, rot) -> (cos, sin), each (capacity, rot/2) float32
         self._scratch = {}  # features -> (rows, features) float32, grown on first need
 
@@ -43,6 +44,7 @@ class NumpyOps:
             raise ValueError("the segments must cover the step's tokens exactly")
         self.T, self.segments = len(tokens), list(segments)
         self.positions = np.concatenate([np.arange(p, p + n) for _, p, n in segments])
+        self.pos = segments[0][1] if len(segments) == 1 else None
         tokens_handle[:self.T] = tokens
 
     def execute(self, key, record):

@@ -25,14 +25,16 @@ def tiny_path(fuzz, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_path):
-    """The base URL of a running `nexvk serve` (stopped after the module's tests)."""
+    """The base URL of a running `nexvk serve` (stopped after the module's tests); its output
+    goes to a file (a pipe nobody reads could fill up and stall it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "nexvk", "serve", "-m", str(tiny_path), "--port", str(port),
            "-np", str(N_PARALLEL), "-c", str(CTX), "--backend", "numpy", "-ctk", "turbo3",
            "-ctv", "turbo3", "-a", "tiny"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tiny_path.with_suffix(".log")
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -43,16 +45,16 @@ def server(tiny_path):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"nexvk serve did not start:\n{proc.stdout.read()}")
+            pytest.fail(f"nexvk serve did not start:\n{log.read_text()}")
         time.sleep(0.2)
     yield url
     proc.terminate()
     try:
-        out = proc.communicate(timeout=30)[0]
+        proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("nexvk serve did not stop on SIGTERM")
-    assert "Traceback" not in out, out
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 @pytest.fixture(scope="module")

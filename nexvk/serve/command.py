@@ -40,8 +40,6 @@ def cmd_serve(args):
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     path = resolve_model(args.model)
-    k_type, v_type, opts = commands.cache_config(args, path)
-    m = Model.load(path, ctx=args.ctx, k_type=k_type, v_type=v_type, backend=args.backend,
-                   device=args.device, seed=args.seed, progress=True, cache_opts=opts)
+    m = Model.load(path, ctx=args.ctx, progress=True, cache=commands.cache_config(args, path))
     serve(m, args.n_parallel, args.host, args.port, args.alias or Path(path).stem)
     return 0

@@ -138,8 +138,8 @@ def create_app(engine, model_name):
                 pass
 
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
-        req = _checked(lambda: engine.submit(ids, body.max_tokens, body.temperature,
-                                             body.top_p, body.seed, stop, emit),
+        req = _checked(lambda: engine.submit(ids, body.max_tokens, emit, body.temperature,
+                                             body.top_p, body.seed, stop),
                        code="context_length_exceeded")
         head = {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind,
                 "created": int(time.time()), "model": model_name}

@@ -72,10 +72,9 @@ class Engine:
         self.pending.put(None)  # wakes an idle worker
         self._thread.join()
 
-    def submit(self, ids, max_tokens, temperature=1.0, top_p=1.0, seed=None, stop=(),
-               emit=print):
-        """Queue a generation (ValueError for a bad setting or a prompt that leaves no room
-        in the context); returns its Request."""
+    def submit(self, ids, max_tokens, emit, temperature=1.0, top_p=1.0, seed=None, stop=()):
+        """Queue a generation whose events go to emit (Request); ValueError for a bad setting
+        or a prompt that leaves no room in the context. Returns the Request."""
         ids = list(ids)
         ctx = self.model.ctx
         if not ids:

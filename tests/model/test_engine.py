@@ -19,7 +19,7 @@ def engine(tiny):
 def _run(engine, ids, max_tokens=4, **kw):
     """Submit and wait: (text, last event)."""
     events = queue.Queue()
-    engine.submit(ids, max_tokens, 0.0, emit=events.put, **kw)
+    engine.submit(ids, max_tokens, events.put, 0.0, **kw)
     text = []
     while True:
         ev = events.get(timeout=120)
@@ -55,7 +55,7 @@ def test_a_failing_request_ends_alone(engine):
 def test_a_request_cancelled_in_the_queue_takes_no_sequence(tiny):
     e = Engine(Model.load(tiny(), ctx=64), 1)  # not started: requests wait in the queue
     events = queue.Queue()
-    req = e.submit([1, 2], 3, emit=events.put)
+    req = e.submit([1, 2], 3, events.put)
     req.cancel()
     e.start()
     try:
@@ -69,6 +69,6 @@ def test_bad_submissions_are_refused(engine):
     for ids, n, msg in (([], 4, "empty"), ([1] * 64, 4, "prompt has 64 tokens"),
                         ([1], 0, "max_tokens")):
         with pytest.raises(ValueError, match=msg):
-            engine.submit(ids, n)
+            engine.submit(ids, n, print)
     with pytest.raises(ValueError, match="top_p"):
-        engine.submit([1], 2, top_p=0.0)
+        engine.submit([1], 2, print, top_p=0.0)

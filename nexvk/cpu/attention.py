@@ -1,0 +1,316 @@
+"""Causal GQA attention read straight from the cache's codes (twin: nexvk.kernels.attention.ref).
+
+The rotated-domain form of the shaders: each query is rotated once into the key format's
+compute domain and scored against centroids times norms (q8_0/q4_0: values times block
+scales; f16: the halves), one key row at a time into a d-float register-sized buffer, never
+a float copy of the context; values are accumulated in the value format's compute domain
+and un-rotated once per query head.
+
+Queries go in blocks of `block` (the score scratch holds block x heads x keys floats). Per
+block, two passes over the block's visible keys, each split into `ns` chunks x KV heads
+(the parallel items; one chunk per thread):
+ pass 1  scores of every query row of the KV head's group -> scratch; per item the
+         running max m and sum l of exp(s - m)
+ (combine the items' m, l: the exact global softmax denominators)
+ pass 2  p = exp(s - M) / L, dropped below the sparse-V threshold (counted), as the
+         shader and ref do; a value row is decoded only when some row of the group needs
+         it, and accumulated into the item's partial sums
+ (sum the partials, un-rotate)
+Every array is given by the caller (the store preallocates them): a call allocates nothing.
+"""
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from nexvk.cpu import half
+from nexvk.cpu.formats import F16, Q4_0, Q8_0, TURBO
+from nexvk.cpu.rotate import rotate, unrotate
+from nexvk.kernels.attention import ref  # noqa: F401  (the numpy twin)
+
+# fastmath without nnan/ninf: the kernels compare against -inf
+FAST = {"reassoc", "contract", "arcp", "nsz", "afn"}
+PARALLEL_WORK = 1 << 18  # key-row x query-row x d products below which one thread runs
+
+
+@dataclass
+class Scratch:
+    """Working arrays of one store, sized for `block` queries of at most `heads` heads
+    over `keys` keys at head_dim d, split into at most `ns` chunks per KV head."""
+    qr: np.ndarray       # (block, heads, d) rotated, scaled queries
+    scores: np.ndarray   # (block, heads, keys)
+    ml: np.ndarray       # (hkv * ns, block, group, 2) per item: max and sum; then M, 1/L
+    w: np.ndarray        # (hkv * ns, block * group) weights of one key row
+    rows: np.ndarray     # (hkv * ns, d) one decoded key or value row per item
+    acc: np.ndarray      # (hkv * ns, block, group, d) partial value sums
+    skips: np.ndarray    # (hkv * ns,) int64
+
+    @classmethod
+    def make(cls, block, heads, hkv, keys, d, ns):
+        n, G = hkv * ns, heads // hkv
+        return cls(np.zeros((block, heads, d), np.float32),
+                   np.zeros((block, heads, keys), np.float32),
+                   np.zeros((n, block, G, 2), np.float32), np.zeros((n, block * G), np.float32),
+                   np.zeros((n, d), np.float32), np.zeros((n, block, G, d), np.float32),
+                   np.zeros(n, np.int64))
+
+
+def attend(kk, vk, kc, ks, vc, vs, sink_k, sink_v, q, pos0, scale, thr, window, out, scr,
+           threads=None):
+    """out (T, H, d) := attention of q (T, H, d) float32 at positions pos0.. over the layer.
+    kk, vk: the K and V formats' Kinds; kc, vc: codes (slots, HKV, words) uint32 viewed as
+    uint8 (slots, HKV, 4 * words); ks, vs: scales (slots, HKV, n) as uint16; sink_k, sink_v:
+    (N, HKV, d) halves as uint16; position p >= N lives in slot (p - N) % slots (the cache's
+    layout). Returns the number of (query, head, key) weights dropped by sparse V."""
+    T, H, d = q.shape
+    hkv = kc.shape[1]
+    block = scr.qr.shape[0]
+    keys = min(pos0 + T, window + block - 1) if window else pos0 + T
+    work = keys * d * min(T, block) * H // hkv
+    ns = max(1, min(numba.get_num_threads() if threads is None else threads,
+                    scr.skips.size // hkv))
+    if work < PARALLEL_WORK:
+        ns = 1
+    return _attend(kk.fid, kk.bits, kk.centroids, kk.signs, kk.inv_sqrt_d, kc, ks, sink_k,
+               vk.fid, vk.bits, vk.centroids, vk.signs, vk.inv_sqrt_d, vc, vs, sink_v,
+               q, pos0, np.float32(scale), np.float32(thr), window, ns, out,
+               scr.qr, scr.scores, scr.ml, scr.w, scr.rows, scr.acc, scr.skips)
+
+
+@njit(cache=True, fastmath=FAST)
+def _decode(fid, bits, cent, codes, scales, out):
+    """out := one row in its compute domain, but for the factor returned (a turbo norm)."""
+    d = out.size
+    if fid == TURBO:
+        if bits == 3:
+            for k in range(d // 8):
+                v = np.uint32(codes[3 * k]) | (np.uint32(codes[3 * k + 1]) << np.uint32(8)) | \
+                    (np.uint32(codes[3 * k + 2]) << np.uint32(16))
+                for j in range(8):
+                    out[8 * k + j] = cent[(v >> np.uint32(3 * j)) & np.uint32(7)]
+        elif bits == 2:
+            for k in range(d // 4):
+                v = codes[k]
+                for j in range(4):
+                    out[4 * k + j] = cent[(v >> np.uint8(2 * j)) & np.uint8(3)]
+        else:
+            for k in range(d // 2):
+                v = codes[k]
+                out[2 * k] = cent[v & np.uint8(15)]
+                out[2 * k + 1] = cent[v >> np.uint8(4)]
+        return half.to_f32(scales[0])
+    if fid == F16:
+        for i in range(d):
+            out[i] = half.to_f32(np.uint32(codes[2 * i]) | (np.uint32(codes[2 * i + 1]) << np.uint32(8)))
+    elif fid == Q8_0:
+        for b in range(d // 32):
+            s = half.to_f32(scales[b])
+            for i in range(32 * b, 32 * b + 32):
+                out[i] = np.float32(np.int32(codes[i] ^ np.uint8(0x80)) - 128) * s
+    else:  # Q4_0
+        for b in range(d // 32):
+            s = half.to_f32(scales[b])
+            for i in range(16 * b, 16 * b + 16):
+                out[2 * i] = np.float32(np.int32(codes[i] & np.uint8(15)) - 8) * s
+                out[2 * i + 1] = np.float32(np.int32(codes[i] >> np.uint8(4)) - 8) * s
+    return np.float32(1)
+
+
+@njit(cache=True, fastmath=FAST)
+def _row(fid, bits, cent, codes, scales, sinks, N, slot, g, out):
+    """Decode key or value row of position-slot `slot` (-1 - p for sink p) of KV head g."""
+    if slot < 0:
+        src = sinks[-1 - slot, g]
+        for i in range(out.size):
+            out[i] = half.to_f32(src[i])
+        return np.float32(1)
+    return _decode(fid, bits, cent, codes[slot, g], scales[slot, g], out)
+
+
+@njit(cache=True, fastmath=FAST)
+def _chunk(lo, nk, ns, c):
+    cs = (nk + ns - 1) // ns
+    j0 = lo + c * cs
+    return j0, min(lo + nk, j0 + cs)
+
+
+@njit(cache=True, fastmath=FAST)
+def _slot0(j, N, nslots):
+    return -1 - j if j < N else (j - N) % nslots
+
+
+@njit(cache=True, fastmath=FAST)
+def _next(slot, j, N, nslots):
+    """The slot of position j + 1 given that of j."""
+    if j + 1 < N:
+        return slot - 1
+    if j + 1 == N:
+        return 0
+    slot += 1
+    return 0 if slot == nslots else slot
+
+
+@njit(cache=True, fastmath=FAST)
+def _scores(it, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
+            scores, ml, rows):
+    """Pass 1 for item it = (KV head g, chunk c)."""
+    g, c = it // ns, it % ns
+    j0, j1 = _chunk(lo, nk, ns, c)
+    d = qr.shape[2]
+    N, nslots = sink_k.shape[0], kc.shape[0]
+    buf = rows[it]
+    for t in range(tb):
+        for r in range(G):
+            ml[it, t, r, 0] = -np.inf
+            ml[it, t, r, 1] = 0
+    if j0 >= j1:
+        return
+    slot = _slot0(j0, N, nslots)
+    for j in range(j0, j1):
+        mult = _row(kf, kbits, kcent, kc, ks, sink_k, N, slot, g, buf)
+        for t in range(tb):
+            age = p0 + t - j
+            if age < 0 or (window > 0 and age >= window):
+                continue
+            for r in range(G):
+                h = g * G + r
+                qv = qr[t, h]
+                s = np.float32(0)
+                for i in range(d):
+                    s += qv[i] * buf[i]
+                s *= mult
+                scores[t, h, j - lo] = s
+                if s > ml[it, t, r, 0]:
+                    ml[it, t, r, 0] = s
+        slot = _next(slot, j, N, nslots)
+    for t in range(tb):
+        a, b = max(j0, p0 + t - window + 1) if window > 0 else j0, min(j1, p0 + t + 1)
+        for r in range(G):
+            h = g * G + r
+            m = ml[it, t, r, 0]
+            acc = np.float32(0)
+            for j in range(a, b):
+                acc += np.exp(scores[t, h, j - lo] - m)
+            ml[it, t, r, 1] = acc
+
+
+@njit(cache=True, fastmath=FAST)
+def _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
+            scores, ml, w, rows, acc, skips):
+    """Pass 2 for item it; ml[g * ns, t, r] holds the global max and 1 / sum."""
+    g, c = it // ns, it % ns
+    j0, j1 = _chunk(lo, nk, ns, c)
+    N, nslots = sink_v.shape[0], vc.shape[0]
+    buf, wt, a = rows[it], w[it], acc[it]
+    a[:tb] = 0
+    n_skip = 0
+    if j0 < j1:
+        slot = _slot0(j0, N, nslots)
+        for j in range(j0, j1):
+            need = False
+            for t in range(tb):
+                age = p0 + t - j
+                visible = age >= 0 and (window == 0 or age < window)
+                for r in range(G):
+                    p = np.float32(0)
+                    if visible:
+                        h = g * G + r
+                        p = np.exp(scores[t, h, j - lo] - ml[g * ns, t, r, 0]) * ml[g * ns, t, r, 1]
+                        if p < thr:
+                            n_skip += 1
+                            p = np.float32(0)
+                    wt[t * G + r] = p
+                    need = need or p > 0
+            if need:
+                mult = _row(vf, vbits, vcent, vc, vs, sink_v, N, slot, g, buf)
+                for t in range(tb):
+                    for r in range(G):
+                        p = wt[t * G + r] * mult
+                        if p != 0:
+                            dst = a[t, r]
+                            for i in range(buf.size):
+                                dst[i] += p * buf[i]
+            slot = _next(slot, j, N, nslots)
+    skips[it] = n_skip
+
+
+@njit(cache=True, parallel=True)
+def _scores_par(n, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
+                scores, ml, rows):
+    for it in prange(n):
+        _scores(it, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
+                scores, ml, rows)
+
+
+@njit(cache=True, parallel=True)
+def _values_par(n, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
+                scores, ml, w, rows, acc, skips):
+    for it in prange(n):
+        _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
+                scores, ml, w, rows, acc, skips)
+
+
+@njit(cache=True, fastmath=FAST)
+def _attend(kf, kbits, kcent, ksigns, kinv, kc, ks, sink_k,
+            vf, vbits, vcent, vsigns, vinv, vc, vs, sink_v,
+            q, pos0, scale, thr, window, ns, out, qr, scores, ml, w, rows, acc, skips):
+    T, H, d = q.shape
+    hkv = kc.shape[1]
+    G = H // hkv
+    block = qr.shape[0]
+    n = hkv * ns
+    skipped = 0
+    for b0 in range(0, T, block):
+        tb = min(block, T - b0)
+        p0 = pos0 + b0
+        lo = max(0, p0 - window + 1) if window > 0 else 0
+        nk = p0 + tb - lo
+        for t in range(tb):
+            for h in range(H):
+                x = qr[t, h]
+                x[:] = q[b0 + t, h]
+                if kf == TURBO:
+                    rotate(x, ksigns, kinv)
+                for i in range(d):
+                    x[i] *= scale
+        if ns > 1:
+            _scores_par(n, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
+                        ns, G, scores, ml, rows)
+        else:
+            for it in range(n):
+                _scores(it, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
+                        ns, G, scores, ml, rows)
+        for g in range(hkv):   # combine the chunks: global max M and 1 / sum
+            for t in range(tb):
+                for r in range(G):
+                    m = -np.inf
+                    for c in range(ns):
+                        m = max(m, ml[g * ns + c, t, r, 0])
+                    s = np.float32(0)
+                    for c in range(ns):
+                        if ml[g * ns + c, t, r, 1] > 0:
+                            s += ml[g * ns + c, t, r, 1] * np.exp(ml[g * ns + c, t, r, 0] - m)
+                    ml[g * ns, t, r, 0] = m
+                    ml[g * ns, t, r, 1] = np.float32(1) / s
+        if ns > 1:
+            _values_par(n, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
+                        thr, scores, ml, w, rows, acc, skips)
+        else:
+            for it in range(n):
+                _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
+                        thr, scores, ml, w, rows, acc, skips)
+        for it in range(n):
+            skipped += skips[it]
+        for t in range(tb):
+            for h in range(H):
+                g, r = h // G, h % G
+                o = out[b0 + t, h]
+                o[:] = acc[g * ns, t, r]
+                for c in range(1, ns):
+                    src = acc[g * ns + c, t, r]
+                    for i in range(d):
+                        o[i] += src[i]
+                if vf == TURBO:
+                    unrotate(o, vsigns, vinv)
+    return skipped

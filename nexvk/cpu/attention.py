@@ -11,8 +11,8 @@ block, two passes over the block's visible keys, each split into `ns` chunks x K
 (the parallel items; one chunk per thread):
  pass 1  scores of every query row of the KV head's group -> scratch; per item the
          running max m and sum l of exp(s - m)
- (combine the items' m, l: the exact global softmax denominators)
- pass 2  p = exp(s - M) / L, dropped below the sparse-V threshold (counted), as the
+ (combine the items' m, l: the exact global softmax; scores hold exp(s - m_item) by now)
+ pass 2  p = exp(s - M) / L (one multiply), dropped below the sparse-V threshold (counted), as the
          shader and ref do; a value row is decoded only when some row of the group needs
          it, and accumulated into the item's partial sums
  (sum the partials, un-rotate)
@@ -40,7 +40,7 @@ class Scratch:
     over `keys` keys at head_dim d, split into at most `ns` chunks per KV head."""
     qr: np.ndarray       # (block, heads, d) rotated, scaled queries
     scores: np.ndarray   # (block, heads, keys)
-    ml: np.ndarray       # (hkv * ns, block, group, 2) per item: max and sum; then M, 1/L
+    ml: np.ndarray       # (hkv * ns, block, group, 2) per item: max and sum; then its weight factor
     w: np.ndarray        # (hkv * ns, block * group) weights of one key row
     rows: np.ndarray     # (hkv * ns, d) one decoded key or value row per item
     acc: np.ndarray      # (hkv * ns, block, group, d) partial value sums
@@ -78,69 +78,68 @@ def attend(kk, vk, kc, ks, vc, vs, sink_k, sink_v, q, pos0, scale, thr, window, 
                scr.qr, scr.scores, scr.ml, scr.w, scr.rows, scr.acc, scr.skips)
 
 
-@njit(cache=True, fastmath=FAST)
-def _decode(fid, bits, cent, codes, scales, out):
-    """out := one row in its compute domain, but for the factor returned (a turbo norm)."""
+@njit(cache=True, fastmath=FAST, inline="always")
+def _decode(fid, bits, cent, codes, scales, sinks, slot, g, out):
+    """out := the row of KV head g in `slot` (-1 - p: sink position p) in its compute
+    domain, but for the factor returned (a turbo norm). Rows are indexed in place: a view
+    per row would cost reference counting on every key."""
     d = out.size
+    if slot < 0:
+        p = -1 - slot
+        for i in range(d):
+            out[i] = half.to_f32(sinks[p, g, i])
+        return np.float32(1)
     if fid == TURBO:
         if bits == 3:
             for k in range(d // 8):
-                v = np.uint32(codes[3 * k]) | (np.uint32(codes[3 * k + 1]) << np.uint32(8)) | \
-                    (np.uint32(codes[3 * k + 2]) << np.uint32(16))
+                v = np.uint32(codes[slot, g, 3 * k]) | \
+                    (np.uint32(codes[slot, g, 3 * k + 1]) << np.uint32(8)) | \
+                    (np.uint32(codes[slot, g, 3 * k + 2]) << np.uint32(16))
                 for j in range(8):
                     out[8 * k + j] = cent[(v >> np.uint32(3 * j)) & np.uint32(7)]
         elif bits == 2:
             for k in range(d // 4):
-                v = codes[k]
+                v = codes[slot, g, k]
                 for j in range(4):
                     out[4 * k + j] = cent[(v >> np.uint8(2 * j)) & np.uint8(3)]
         else:
             for k in range(d // 2):
-                v = codes[k]
+                v = codes[slot, g, k]
                 out[2 * k] = cent[v & np.uint8(15)]
                 out[2 * k + 1] = cent[v >> np.uint8(4)]
-        return half.to_f32(scales[0])
+        return half.to_f32(scales[slot, g, 0])
     if fid == F16:
         for i in range(d):
-            out[i] = half.to_f32(np.uint32(codes[2 * i]) | (np.uint32(codes[2 * i + 1]) << np.uint32(8)))
+            out[i] = half.to_f32(np.uint32(codes[slot, g, 2 * i]) |
+                                 (np.uint32(codes[slot, g, 2 * i + 1]) << np.uint32(8)))
     elif fid == Q8_0:
         for b in range(d // 32):
-            s = half.to_f32(scales[b])
+            s = half.to_f32(scales[slot, g, b])
             for i in range(32 * b, 32 * b + 32):
-                out[i] = np.float32(np.int32(codes[i] ^ np.uint8(0x80)) - 128) * s
+                out[i] = np.float32(np.int32(codes[slot, g, i] ^ np.uint8(0x80)) - 128) * s
     else:  # Q4_0
         for b in range(d // 32):
-            s = half.to_f32(scales[b])
+            s = half.to_f32(scales[slot, g, b])
             for i in range(16 * b, 16 * b + 16):
-                out[2 * i] = np.float32(np.int32(codes[i] & np.uint8(15)) - 8) * s
-                out[2 * i + 1] = np.float32(np.int32(codes[i] >> np.uint8(4)) - 8) * s
+                c = codes[slot, g, i]
+                out[2 * i] = np.float32(np.int32(c & np.uint8(15)) - 8) * s
+                out[2 * i + 1] = np.float32(np.int32(c >> np.uint8(4)) - 8) * s
     return np.float32(1)
 
 
-@njit(cache=True, fastmath=FAST)
-def _row(fid, bits, cent, codes, scales, sinks, N, slot, g, out):
-    """Decode key or value row of position-slot `slot` (-1 - p for sink p) of KV head g."""
-    if slot < 0:
-        src = sinks[-1 - slot, g]
-        for i in range(out.size):
-            out[i] = half.to_f32(src[i])
-        return np.float32(1)
-    return _decode(fid, bits, cent, codes[slot, g], scales[slot, g], out)
-
-
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, inline="always")
 def _chunk(lo, nk, ns, c):
     cs = (nk + ns - 1) // ns
     j0 = lo + c * cs
     return j0, min(lo + nk, j0 + cs)
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, inline="always")
 def _slot0(j, N, nslots):
     return -1 - j if j < N else (j - N) % nslots
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, inline="always")
 def _next(slot, j, N, nslots):
     """The slot of position j + 1 given that of j."""
     if j + 1 < N:
@@ -168,17 +167,16 @@ def _scores(it, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns
         return
     slot = _slot0(j0, N, nslots)
     for j in range(j0, j1):
-        mult = _row(kf, kbits, kcent, kc, ks, sink_k, N, slot, g, buf)
+        mult = _decode(kf, kbits, kcent, kc, ks, sink_k, slot, g, buf)
         for t in range(tb):
             age = p0 + t - j
             if age < 0 or (window > 0 and age >= window):
                 continue
             for r in range(G):
                 h = g * G + r
-                qv = qr[t, h]
                 s = np.float32(0)
                 for i in range(d):
-                    s += qv[i] * buf[i]
+                    s += qr[t, h, i] * buf[i]
                 s *= mult
                 scores[t, h, j - lo] = s
                 if s > ml[it, t, r, 0]:
@@ -190,20 +188,23 @@ def _scores(it, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns
             h = g * G + r
             m = ml[it, t, r, 0]
             acc = np.float32(0)
-            for j in range(a, b):
-                acc += np.exp(scores[t, h, j - lo] - m)
+            for j in range(a, b):   # scores become exp(s - m): one exp per score in all
+                e = np.exp(scores[t, h, j - lo] - m)
+                scores[t, h, j - lo] = e
+                acc += e
             ml[it, t, r, 1] = acc
 
 
 @njit(cache=True, fastmath=FAST)
 def _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
             scores, ml, w, rows, acc, skips):
-    """Pass 2 for item it; ml[g * ns, t, r] holds the global max and 1 / sum."""
+    """Pass 2 for item it: weight = scores (exp(s - m_c) by now) * ml[it, t, r, 0]."""
     g, c = it // ns, it % ns
     j0, j1 = _chunk(lo, nk, ns, c)
     N, nslots = sink_v.shape[0], vc.shape[0]
-    buf, wt, a = rows[it], w[it], acc[it]
-    a[:tb] = 0
+    d = rows.shape[1]
+    buf = rows[it]
+    acc[it, :tb] = 0
     n_skip = 0
     if j0 < j1:
         slot = _slot0(j0, N, nslots)
@@ -215,22 +216,20 @@ def _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
                 for r in range(G):
                     p = np.float32(0)
                     if visible:
-                        h = g * G + r
-                        p = np.exp(scores[t, h, j - lo] - ml[g * ns, t, r, 0]) * ml[g * ns, t, r, 1]
+                        p = scores[t, g * G + r, j - lo] * ml[it, t, r, 0]
                         if p < thr:
                             n_skip += 1
                             p = np.float32(0)
-                    wt[t * G + r] = p
+                    w[it, t * G + r] = p
                     need = need or p > 0
             if need:
-                mult = _row(vf, vbits, vcent, vc, vs, sink_v, N, slot, g, buf)
+                mult = _decode(vf, vbits, vcent, vc, vs, sink_v, slot, g, buf)
                 for t in range(tb):
                     for r in range(G):
-                        p = wt[t * G + r] * mult
+                        p = w[it, t * G + r] * mult
                         if p != 0:
-                            dst = a[t, r]
-                            for i in range(buf.size):
-                                dst[i] += p * buf[i]
+                            for i in range(d):
+                                acc[it, t, r, i] += p * buf[i]
             slot = _next(slot, j, N, nslots)
     skips[it] = n_skip
 
@@ -289,10 +288,14 @@ def _attend(kf, kbits, kcent, ksigns, kinv, kc, ks, sink_k,
                         m = max(m, ml[g * ns + c, t, r, 0])
                     s = np.float32(0)
                     for c in range(ns):
-                        if ml[g * ns + c, t, r, 1] > 0:
-                            s += ml[g * ns + c, t, r, 1] * np.exp(ml[g * ns + c, t, r, 0] - m)
-                    ml[g * ns, t, r, 0] = m
-                    ml[g * ns, t, r, 1] = np.float32(1) / s
+                        it = g * ns + c
+                        f = np.float32(0)
+                        if ml[it, t, r, 1] > 0:
+                            f = np.exp(ml[it, t, r, 0] - m)
+                            s += ml[it, t, r, 1] * f
+                        ml[it, t, r, 0] = f
+                    for c in range(ns):   # a chunk's exp(s - m_c) times this: the weight
+                        ml[g * ns + c, t, r, 0] /= s
         if ns > 1:
             _values_par(n, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
                         thr, scores, ml, w, rows, acc, skips)

@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from nexvk.cpu import half
+from nexvk.cpu.fastexp import exp
 from nexvk.cpu.formats import F16, Q4_0, Q8_0, TURBO
 from nexvk.cpu.rotate import rotate, unrotate
 from nexvk.kernels.attention import ref  # noqa: F401  (the numpy twin)
@@ -41,18 +42,19 @@ class Scratch:
     qr: np.ndarray       # (block, heads, d) rotated, scaled queries
     scores: np.ndarray   # (block, heads, keys)
     ml: np.ndarray       # (hkv * ns, block, group, 2) per item: max and sum; then its weight factor
-    w: np.ndarray        # (hkv * ns, block * group) weights of one key row
     rows: np.ndarray     # (hkv * ns, d) one decoded key or value row per item
+    rows2: np.ndarray    # the same, viewed as uint64 (d / 2) for the two-code copies
     acc: np.ndarray      # (hkv * ns, block, group, d) partial value sums
     skips: np.ndarray    # (hkv * ns,) int64
 
     @classmethod
     def make(cls, block, heads, hkv, keys, d, ns):
         n, G = hkv * ns, heads // hkv
+        rows = np.zeros((n, d), np.float32)
         return cls(np.zeros((block, heads, d), np.float32),
                    np.zeros((block, heads, keys), np.float32),
-                   np.zeros((n, block, G, 2), np.float32), np.zeros((n, block * G), np.float32),
-                   np.zeros((n, d), np.float32), np.zeros((n, block, G, d), np.float32),
+                   np.zeros((n, block, G, 2), np.float32),
+                   rows, rows.view(np.uint64), np.zeros((n, block, G, d), np.float32),
                    np.zeros(n, np.int64))
 
 
@@ -72,41 +74,39 @@ def attend(kk, vk, kc, ks, vc, vs, sink_k, sink_v, q, pos0, scale, thr, window, 
                     scr.skips.size // hkv))
     if work < PARALLEL_WORK:
         ns = 1
-    return _attend(kk.fid, kk.bits, kk.centroids, kk.signs, kk.inv_sqrt_d, kc, ks, sink_k,
-               vk.fid, vk.bits, vk.centroids, vk.signs, vk.inv_sqrt_d, vc, vs, sink_v,
+    return _attend(kk.fid, kk.bits, kk.pairs, kk.signs, kk.inv_sqrt_d, kc, ks, sink_k,
+               vk.fid, vk.bits, vk.pairs, vk.signs, vk.inv_sqrt_d, vc, vs, sink_v,
                q, pos0, np.float32(scale), np.float32(thr), window, ns, out,
-               scr.qr, scr.scores, scr.ml, scr.w, scr.rows, scr.acc, scr.skips)
+               scr.qr, scr.scores, scr.ml, scr.rows, scr.rows2, scr.acc, scr.skips)
 
 
 @njit(cache=True, fastmath=FAST, inline="always")
-def _decode(fid, bits, cent, codes, scales, sinks, slot, g, out):
+def _decode(fid, bits, pairs, codes, scales, sinks, slot, g, out, out2):
     """out := the row of KV head g in `slot` (-1 - p: sink position p) in its compute
-    domain, but for the factor returned (a turbo norm). Rows are indexed in place: a view
-    per row would cost reference counting on every key."""
+    domain, but for the factor returned (a turbo norm); out2 is out viewed as uint64. Rows
+    are indexed in place: a view per row would cost reference counting on every key."""
     d = out.size
     if slot < 0:
         p = -1 - slot
         for i in range(d):
             out[i] = half.to_f32(sinks[p, g, i])
         return np.float32(1)
-    if fid == TURBO:
+    if fid == TURBO:   # two codes at a time: one 64-bit copy of their two centroids
         if bits == 3:
             for k in range(d // 8):
                 v = np.uint32(codes[slot, g, 3 * k]) | \
                     (np.uint32(codes[slot, g, 3 * k + 1]) << np.uint32(8)) | \
                     (np.uint32(codes[slot, g, 3 * k + 2]) << np.uint32(16))
-                for j in range(8):
-                    out[8 * k + j] = cent[(v >> np.uint32(3 * j)) & np.uint32(7)]
+                for j in range(4):
+                    out2[4 * k + j] = pairs[(v >> np.uint32(6 * j)) & np.uint32(63)]
         elif bits == 2:
             for k in range(d // 4):
                 v = codes[slot, g, k]
-                for j in range(4):
-                    out[4 * k + j] = cent[(v >> np.uint8(2 * j)) & np.uint8(3)]
+                out2[2 * k] = pairs[v & np.uint8(15)]
+                out2[2 * k + 1] = pairs[v >> np.uint8(4)]
         else:
             for k in range(d // 2):
-                v = codes[slot, g, k]
-                out[2 * k] = cent[v & np.uint8(15)]
-                out[2 * k + 1] = cent[v >> np.uint8(4)]
+                out2[k] = pairs[codes[slot, g, k]]
         return half.to_f32(scales[slot, g, 0])
     if fid == F16:
         for i in range(d):
@@ -150,55 +150,64 @@ def _next(slot, j, N, nslots):
     return 0 if slot == nslots else slot
 
 
+@njit(cache=True, inline="always")
+def _seen(t, p0, window, j0, j1):
+    """The keys j0 <= j < j1 that query t of the block (at position p0 + t) sees: [a, b)."""
+    a = max(j0, p0 + t - window + 1) if window > 0 else j0
+    return a, max(a, min(j1, p0 + t + 1))
+
+
 @njit(cache=True, fastmath=FAST)
-def _scores(it, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
-            scores, ml, rows):
-    """Pass 1 for item it = (KV head g, chunk c)."""
+def _scores(it, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
+            scores, ml, rows, rows2):
+    """Pass 1 for item it = (KV head g, chunk c): scores, then per query row the chunk's
+    max m and sum l of exp(s - m); the scores become exp(s - m), 0 where not seen."""
     g, c = it // ns, it % ns
     j0, j1 = _chunk(lo, nk, ns, c)
     d = qr.shape[2]
     N, nslots = sink_k.shape[0], kc.shape[0]
     buf = rows[it]
+    if j0 < j1:
+        slot = _slot0(j0, N, nslots)
+        for j in range(j0, j1):
+            mult = _decode(kf, kbits, kpairs, kc, ks, sink_k, slot, g, buf, rows2[it])
+            for t in range(tb):
+                age = p0 + t - j
+                if age < 0 or (window > 0 and age >= window):
+                    continue
+                for r in range(G):
+                    h = g * G + r
+                    s = np.float32(0)
+                    for i in range(d):
+                        s += qr[t, h, i] * buf[i]
+                    scores[t, h, j - lo] = s * mult
+            slot = _next(slot, j, N, nslots)
     for t in range(tb):
-        for r in range(G):
-            ml[it, t, r, 0] = -np.inf
-            ml[it, t, r, 1] = 0
-    if j0 >= j1:
-        return
-    slot = _slot0(j0, N, nslots)
-    for j in range(j0, j1):
-        mult = _decode(kf, kbits, kcent, kc, ks, sink_k, slot, g, buf)
-        for t in range(tb):
-            age = p0 + t - j
-            if age < 0 or (window > 0 and age >= window):
-                continue
-            for r in range(G):
-                h = g * G + r
-                s = np.float32(0)
-                for i in range(d):
-                    s += qr[t, h, i] * buf[i]
-                s *= mult
-                scores[t, h, j - lo] = s
-                if s > ml[it, t, r, 0]:
-                    ml[it, t, r, 0] = s
-        slot = _next(slot, j, N, nslots)
-    for t in range(tb):
-        a, b = max(j0, p0 + t - window + 1) if window > 0 else j0, min(j1, p0 + t + 1)
+        a, b = _seen(t, p0, window, j0, j1)
         for r in range(G):
             h = g * G + r
-            m = ml[it, t, r, 0]
+            row = scores[t, h]
+            m = -np.inf
+            for j in range(a - lo, b - lo):
+                m = max(m, row[j])
             acc = np.float32(0)
-            for j in range(a, b):   # scores become exp(s - m): one exp per score in all
-                e = np.exp(scores[t, h, j - lo] - m)
-                scores[t, h, j - lo] = e
+            for j in range(a - lo, b - lo):   # one exp per score in all
+                e = exp(row[j] - m)
+                row[j] = e
                 acc += e
+            for j in range(j0 - lo, a - lo):
+                row[j] = 0
+            for j in range(b - lo, j1 - lo):
+                row[j] = 0
+            ml[it, t, r, 0] = m
             ml[it, t, r, 1] = acc
 
 
 @njit(cache=True, fastmath=FAST)
-def _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
-            scores, ml, w, rows, acc, skips):
-    """Pass 2 for item it: weight = scores (exp(s - m_c) by now) * ml[it, t, r, 0]."""
+def _values(it, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
+            scores, ml, rows, rows2, acc, skips):
+    """Pass 2 for item it: weights = scores * the item's factor (ml[it, t, r, 0]), those
+    under thr dropped and counted; then the value rows some query row needs."""
     g, c = it // ns, it % ns
     j0, j1 = _chunk(lo, nk, ns, c)
     N, nslots = sink_v.shape[0], vc.shape[0]
@@ -206,27 +215,28 @@ def _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
     buf = rows[it]
     acc[it, :tb] = 0
     n_skip = 0
+    for t in range(tb):
+        a, b = _seen(t, p0, window, j0, j1)
+        for r in range(G):
+            row = scores[t, g * G + r]
+            f = ml[it, t, r, 0]
+            for j in range(a - lo, b - lo):
+                p = row[j] * f
+                drop = p < thr
+                n_skip += drop
+                row[j] = np.float32(0) if drop else p
     if j0 < j1:
         slot = _slot0(j0, N, nslots)
         for j in range(j0, j1):
             need = False
             for t in range(tb):
-                age = p0 + t - j
-                visible = age >= 0 and (window == 0 or age < window)
                 for r in range(G):
-                    p = np.float32(0)
-                    if visible:
-                        p = scores[t, g * G + r, j - lo] * ml[it, t, r, 0]
-                        if p < thr:
-                            n_skip += 1
-                            p = np.float32(0)
-                    w[it, t * G + r] = p
-                    need = need or p > 0
+                    need = need or scores[t, g * G + r, j - lo] > 0
             if need:
-                mult = _decode(vf, vbits, vcent, vc, vs, sink_v, slot, g, buf)
+                mult = _decode(vf, vbits, vpairs, vc, vs, sink_v, slot, g, buf, rows2[it])
                 for t in range(tb):
                     for r in range(G):
-                        p = w[it, t * G + r] * mult
+                        p = scores[t, g * G + r, j - lo] * mult
                         if p != 0:
                             for i in range(d):
                                 acc[it, t, r, i] += p * buf[i]
@@ -235,25 +245,25 @@ def _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
 
 
 @njit(cache=True, parallel=True)
-def _scores_par(n, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
-                scores, ml, rows):
+def _scores_par(n, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
+                scores, ml, rows, rows2):
     for it in prange(n):
-        _scores(it, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
-                scores, ml, rows)
+        _scores(it, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
+                scores, ml, rows, rows2)
 
 
 @njit(cache=True, parallel=True)
-def _values_par(n, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
-                scores, ml, w, rows, acc, skips):
+def _values_par(n, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
+                scores, ml, rows, rows2, acc, skips):
     for it in prange(n):
-        _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
-                scores, ml, w, rows, acc, skips)
+        _values(it, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
+                scores, ml, rows, rows2, acc, skips)
 
 
 @njit(cache=True, fastmath=FAST)
-def _attend(kf, kbits, kcent, ksigns, kinv, kc, ks, sink_k,
-            vf, vbits, vcent, vsigns, vinv, vc, vs, sink_v,
-            q, pos0, scale, thr, window, ns, out, qr, scores, ml, w, rows, acc, skips):
+def _attend(kf, kbits, kpairs, ksigns, kinv, kc, ks, sink_k,
+            vf, vbits, vpairs, vsigns, vinv, vc, vs, sink_v,
+            q, pos0, scale, thr, window, ns, out, qr, scores, ml, rows, rows2, acc, skips):
     T, H, d = q.shape
     hkv = kc.shape[1]
     G = H // hkv
@@ -274,12 +284,12 @@ def _attend(kf, kbits, kcent, ksigns, kinv, kc, ks, sink_k,
                 for i in range(d):
                     x[i] *= scale
         if ns > 1:
-            _scores_par(n, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
-                        ns, G, scores, ml, rows)
+            _scores_par(n, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
+                        ns, G, scores, ml, rows, rows2)
         else:
             for it in range(n):
-                _scores(it, kf, kbits, kcent, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
-                        ns, G, scores, ml, rows)
+                _scores(it, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
+                        ns, G, scores, ml, rows, rows2)
         for g in range(hkv):   # combine the chunks: global max M and 1 / sum
             for t in range(tb):
                 for r in range(G):
@@ -291,18 +301,18 @@ def _attend(kf, kbits, kcent, ksigns, kinv, kc, ks, sink_k,
                         it = g * ns + c
                         f = np.float32(0)
                         if ml[it, t, r, 1] > 0:
-                            f = np.exp(ml[it, t, r, 0] - m)
+                            f = exp(ml[it, t, r, 0] - m)
                             s += ml[it, t, r, 1] * f
                         ml[it, t, r, 0] = f
                     for c in range(ns):   # a chunk's exp(s - m_c) times this: the weight
                         ml[g * ns + c, t, r, 0] /= s
         if ns > 1:
-            _values_par(n, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
-                        thr, scores, ml, w, rows, acc, skips)
+            _values_par(n, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
+                        thr, scores, ml, rows, rows2, acc, skips)
         else:
             for it in range(n):
-                _values(it, vf, vbits, vcent, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
-                        thr, scores, ml, w, rows, acc, skips)
+                _values(it, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
+                        thr, scores, ml, rows, rows2, acc, skips)
         for it in range(n):
             skipped += skips[it]
         for t in range(tb):

@@ -22,6 +22,7 @@ class Kind:
     thresholds: np.ndarray    # float32 (15,): its cell boundaries, +inf-padded
     signs: np.ndarray         # float32 (d,): the rotation's diagonal (ones when not rotated)
     inv_sqrt_d: np.float32
+    pairs: np.ndarray         # uint64 (256,): two codes (low first) -> their two centroids
 
 
 def kind(fmt):
@@ -32,5 +33,10 @@ def kind(fmt):
     if isinstance(fmt, Turbo):
         cent[:len(fmt.centroids)] = fmt.centroids
         thr[:len(fmt.thresholds)] = fmt.thresholds
-        return Kind(TURBO, fmt.bits, cent, thr, fmt.signs, inv_sqrt(d))
-    return Kind(_IDS[fmt.name], 0, cent, thr, np.ones(d, np.float32), inv_sqrt(d))
+        b = fmt.bits
+        v = np.arange(1 << 2 * b)
+        pairs = np.zeros((256, 2), np.float32)
+        pairs[v] = np.stack([cent[v & ((1 << b) - 1)], cent[v >> b]], axis=1)
+        return Kind(TURBO, b, cent, thr, fmt.signs, inv_sqrt(d), pairs.view(np.uint64)[:, 0])
+    return Kind(_IDS[fmt.name], 0, cent, thr, np.ones(d, np.float32), inv_sqrt(d),
+                np.zeros(256, np.uint64))

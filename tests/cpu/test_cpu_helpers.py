@@ -1,9 +1,9 @@
-"""nexvk.cpu.half and nexvk.cpu.rotate against numpy: bit-identical."""
+"""nexvk.cpu.half, rotate and fastexp against numpy: bit-identical, or within stated ulps."""
 import numpy as np
 import pytest
 from numba import njit
 
-from nexvk.cpu import half, rotate
+from nexvk.cpu import fastexp, half, rotate
 from nexvk.quant import hadamard
 
 
@@ -55,3 +55,22 @@ def test_rotation_is_bit_identical(rng, d):
     for row in z:
         rotate.unrotate(row, s, rotate.inv_sqrt(d))
     np.testing.assert_array_equal(z, hadamard.unrotate(y, s))
+
+
+@njit(cache=True)
+def _exp(x, out):
+    for i in range(x.size):
+        out[i] = fastexp.exp(x[i])
+
+
+def test_fast_exp_is_within_a_few_ulp(rng):
+    x = np.concatenate([rng.uniform(-87, 88, 100_000),
+                        [-87, -1e-7, 0, 1e-7, 1, 88]]).astype(np.float32)
+    out = np.zeros_like(x)
+    _exp(x, out)
+    want = np.exp(x.astype(np.float64))
+    assert (np.abs(out - want) / want).max() < 4e-7
+    under = np.float32([-87.5, -1e3, -np.inf])
+    out = np.ones_like(under)
+    _exp(under, out)
+    assert (out == 0).all()

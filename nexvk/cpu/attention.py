@@ -116,7 +116,7 @@ def _decode(fid, bits, pairs, codes, scales, sinks, slot, g, out, out2):
         for b in range(d // 32):
             s = half.to_f32(scales[slot, g, b])
             for i in range(32 * b, 32 * b + 32):
-                out[i] = np.float32(np.int32(codes[slot, g, i] ^ np.uint8(0x80)) - 128) * s
+                out[i] = np.float32(np.int8(codes[slot, g, i])) * s
     else:  # Q4_0
         for b in range(d // 32):
             s = half.to_f32(scales[slot, g, b])

@@ -26,8 +26,8 @@ import numba
 import numpy as np
 
 from nexvk import bench
-from nexvk.cache import _NumpyStore
-from nexvk.cpu.store import CpuStore
+from nexvk.cache.numpy_store import NumpyStore
+from nexvk.cache.cpu_store import CpuStore
 from nexvk.quant.formats import make
 
 LAYERS = {"smollm2-135m": 30, "8b-class": 32}
@@ -36,7 +36,7 @@ F16_BUDGET = 200 << 20
 
 def stores(cls, fmt, shape, ctx, n_layers, k, v):
     H, hkv, d = bench.SHAPES[shape]
-    g = SimpleNamespace(n_layers=n_layers, n_kv_heads=hkv, head_dim=d, max_heads=H,
+    g = SimpleNamespace(n_layers=n_layers, n_kv_heads=hkv, head_dim=d, head_dim_v=d, max_heads=H,
                         kfmts=[make(fmt, d)] * n_layers, vfmts=[make(fmt, d)] * n_layers,
                         windows=[0] * n_layers, slots=[ctx] * n_layers, sinks=[0] * n_layers)
     st = cls(g)
@@ -69,7 +69,7 @@ def main():
             if a.prefill:
                 T, n_layers = min(a.prefill, ctx), 1
                 q = np.random.default_rng(2).standard_normal((T, H, d), dtype=np.float32)
-            configs = [("numpy f16", stores(_NumpyStore, "f16", shape, ctx, 1, k, v), 0)]
+            configs = [("numpy f16", stores(NumpyStore, "f16", shape, ctx, 1, k, v), 0)]
             for fmt in ("f16", "turbo3"):
                 st = stores(CpuStore, fmt, shape, ctx, n_layers, k, v)
                 configs += [(f"cpu {fmt} {t}t", st, t) for t in threads]

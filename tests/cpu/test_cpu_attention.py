@@ -5,10 +5,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from nexvk.cache import _NumpyStore, ring_slots
+from nexvk.cache.layout import ring_slots
+from nexvk.cache.numpy_store import NumpyStore
 from nexvk.cpu import attention as attn
-from nexvk.cpu import store as cpu_store
-from nexvk.cpu.store import CpuStore
+from nexvk.cache import cpu_store
+from nexvk.cache.cpu_store import CpuStore
 from nexvk.quant.formats import make
 
 PAIRS = [("f16", "f16"), ("q8_0", "q4_0"), ("q4_0", "q8_0"), ("turbo2", "turbo4"),
@@ -17,7 +18,7 @@ PAIRS = [("f16", "f16"), ("q8_0", "q4_0"), ("q4_0", "q8_0"), ("turbo2", "turbo4"
 
 def _geometry(k, v, hkv, d, capacity, heads, window=0, sinks=0, max_batch=64):
     slots = ring_slots(capacity, window, max_batch)
-    return SimpleNamespace(n_layers=1, n_kv_heads=hkv, head_dim=d, max_heads=heads,
+    return SimpleNamespace(n_layers=1, n_kv_heads=hkv, head_dim=d, head_dim_v=d, max_heads=heads,
                            kfmts=[make(k, d, 3)], vfmts=[make(v, d, 3)], windows=[window],
                            slots=[slots], sinks=[0 if window else sinks])
 
@@ -53,7 +54,7 @@ def _check(rng, ref, st, T, n, H, d, thr):
 def test_decode_and_prefill(rng, k, v, hkv, group, d):
     H = hkv * group
     g = _geometry(k, v, hkv, d, 160, H, sinks=1)
-    ref, st = _NumpyStore(g), CpuStore(g)
+    ref, st = NumpyStore(g), CpuStore(g)
     _fill(rng, [ref, st], hkv, d, 101)
     _check(rng, ref, st, 1, 101, H, d, 0.0)        # decode
     _check(rng, ref, st, 17, 101, H, d, 0.0)       # prefill: causal over the last 17
@@ -67,7 +68,7 @@ def test_sinks_and_key_rewrites(rng, sinks, k, v):
     """Positions 0-2 alone (sinks only, or a mix), then keys rewritten alone (values None:
     how the hardened cache re-encodes its sinks once the key mean is known)."""
     g = _geometry(k, v, 2, 64, 64, 6, sinks=sinks)
-    ref, st = _NumpyStore(g), CpuStore(g)
+    ref, st = NumpyStore(g), CpuStore(g)
     _fill(rng, [ref, st], 2, 64, 3, step=2)
     _check(rng, ref, st, 1, 3, 6, 64, 0.0)
     _check(rng, ref, st, 3, 3, 6, 64, 0.0)
@@ -84,7 +85,7 @@ def test_sinks_and_key_rewrites(rng, sinks, k, v):
 def test_ring_window(rng, k, v, window, T):
     """A sliding-window layer's ring wraps several times; queries see window keys."""
     g = _geometry(k, v, 2, 64, 400, 8, window=window, max_batch=24)
-    ref, st = _NumpyStore(g), CpuStore(g)
+    ref, st = NumpyStore(g), CpuStore(g)
     _fill(rng, [ref, st], 2, 64, 300, step=20)
     _check(rng, ref, st, T, 300, 8, 64, 0.0)
     _check(rng, ref, st, T, 300, 8, 64, 1e-3)
@@ -97,7 +98,7 @@ def test_chunks_threads_and_query_blocks(rng, monkeypatch, threads):
     monkeypatch.setattr(attn, "PARALLEL_WORK", 0)
     monkeypatch.setattr(cpu_store, "_SCORE_BYTES", 4 * 6 * 200 * 5)   # 5 queries per block
     g = _geometry("turbo3", "turbo4", 2, 64, 200, 6, sinks=1)
-    ref, st = _NumpyStore(g), CpuStore(g)
+    ref, st = NumpyStore(g), CpuStore(g)
     assert st.scr.qr.shape[0] == 5
     _fill(rng, [ref, st], 2, 64, 173)
     import numba
@@ -112,7 +113,7 @@ def test_chunks_threads_and_query_blocks(rng, monkeypatch, threads):
 
 def test_more_heads_than_sized_for(rng):
     g = _geometry("turbo3", "turbo3", 1, 64, 40, 2)
-    ref, st = _NumpyStore(g), CpuStore(g)
+    ref, st = NumpyStore(g), CpuStore(g)
     _fill(rng, [ref, st], 1, 64, 40)
     _check(rng, ref, st, 3, 40, 8, 64, 0.0)
 
@@ -127,9 +128,9 @@ def test_decode_allocates_nothing_inside_the_kernels(rng):
 import tracemalloc, numpy as np
 from numba.core.runtime import rtsys
 from types import SimpleNamespace
-from nexvk.cpu.store import CpuStore
+from nexvk.cache.cpu_store import CpuStore
 from nexvk.quant.formats import make
-g = SimpleNamespace(n_layers=1, n_kv_heads=2, head_dim=64, max_heads=4, windows=[0],
+g = SimpleNamespace(n_layers=1, n_kv_heads=2, head_dim=64, head_dim_v=64, max_heads=4, windows=[0],
                     kfmts=[make("turbo3", 64)], vfmts=[make("turbo3", 64)], slots=[600], sinks=[1])
 st, rng = CpuStore(g), np.random.default_rng(0)
 kv = rng.standard_normal((2, 64)).astype(np.float32)

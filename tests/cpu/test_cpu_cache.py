@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 
 from nexvk import KVCache
-from nexvk.cpu.store import CpuStore
+from nexvk.cache.cpu_store import CpuStore
 
 
 def _pair(**kw):
-    ref = KVCache(backend="numpy", **kw)
-    cpu = KVCache(backend="numpy", **kw)
-    cpu._impl = CpuStore(cpu._impl.c)    # the same geometry, the cpu store
+    ref, cpu = KVCache(backend="numpy", **kw), KVCache(backend="cpu", **kw)
+    assert type(cpu._impl) is CpuStore
     return ref, cpu
 
 

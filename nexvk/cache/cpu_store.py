@@ -1,14 +1,14 @@
-"""The cpu backend's cache store: the numpy store's arrays, written and read by numba kernels.
+"""The cpu store: the numpy store's arrays, written and read by numba kernels (nexvk/cpu/).
 
-Same layout as the numpy store (codes (slots - sinks, HKV, words) uint32, scales float16,
-float16 sink rows; position p >= sinks in slot (p - sinks) % (slots - sinks)), so either
-store can read what the other wrote. New rows are encoded by nexvk.cpu.quantize (codes
-identical to numpy's); attention runs on the codes in nexvk.cpu.attention. The scratch of
-both is allocated here, once: a decode step allocates only its small output array.
+Same arrays as the numpy store (it is one, with append and attention replaced), so either
+can read what the other wrote. New rows are encoded by nexvk.cpu.quantize (codes identical to
+numpy's); attention runs on the codes in nexvk.cpu.attention. The scratch of both is
+allocated here, once: a decode step allocates only its small output array.
 """
 import numba
 import numpy as np
 
+from nexvk.cache.numpy_store import NumpyStore
 from nexvk.cpu import attention as attn
 from nexvk.cpu import quantize
 from nexvk.cpu.formats import kind
@@ -18,27 +18,21 @@ from nexvk.quant.formats import LANES
 _SCORE_BYTES = 16 << 20  # the score scratch: decides how many queries go per block
 
 
-class CpuStore:
-    """Host arrays per layer as the numpy store keeps them (see the module docstring)."""
+class CpuStore(NumpyStore):
+    """The numpy store's host arrays (see NumpyStore), kept by compiled kernels."""
 
-    def __init__(self, c):
-        self.c = c
-        d, hkv = c.head_dim, c.n_kv_heads
-        self.k, self.v, self.sink_k, self.sink_v = [], [], [], []
-        self.kinds, self.views = [], []
-        for kfmt, vfmt, n, S in zip(c.kfmts, c.vfmts, c.slots, c.sinks):
-            for store, fmt in ((self.k, kfmt), (self.v, vfmt)):
-                store.append((np.zeros((n - S, hkv, fmt.words), np.uint32),
-                              np.zeros((n - S, hkv, fmt.n_scales), np.float16)))
-            self.sink_k.append(np.zeros((S, hkv, d), np.float16))
-            self.sink_v.append(np.zeros((S, hkv, d), np.float16))
-            self.kinds.append((kind(kfmt), kind(vfmt)))
-            (kc, ks), (vc, vs) = self.k[-1], self.v[-1]
-            # what the kernels read: codes as bytes, halves as their bits
-            self.views.append((kc.view(np.uint8), ks.view(np.uint16), vc.view(np.uint8),
-                               vs.view(np.uint16), self.sink_k[-1].view(np.uint16),
-                               self.sink_v[-1].view(np.uint16)))
-        self.work = np.zeros(LANES + d, np.float32)
+    def __init__(self, c, transform=None, device=None):
+        if c.head_dim_v != c.head_dim:
+            raise ValueError(f"the cpu store needs keys and values of one head_dim, got "
+                             f"{c.head_dim} and {c.head_dim_v}")
+        super().__init__(c)
+        self.kinds = [(kind(kf), kind(vf)) for kf, vf in zip(c.kfmts, c.vfmts)]
+        # what the kernels read: codes as bytes, halves as their bits
+        self.views = [(kc.view(np.uint8), ks.view(np.uint16), vc.view(np.uint8),
+                       vs.view(np.uint16), sk.view(np.uint16), sv.view(np.uint16))
+                      for ((kc, ks), (vc, vs), sk, sv) in zip(self.k, self.v, self.sink_k,
+                                                              self.sink_v)]
+        self.work = np.zeros(LANES + c.head_dim, np.float32)
         self._scratch(c.max_heads)
 
     def _scratch(self, heads):
@@ -47,10 +41,6 @@ class CpuStore:
         block = max(1, min(64, _SCORE_BYTES // (4 * heads * keys)))
         self.scr = attn.Scratch.make(block, heads, c.n_kv_heads, keys, c.head_dim,
                                      numba.config.NUMBA_NUM_THREADS)
-
-    @property
-    def arrays(self):
-        return [a for pair in self.k + self.v for a in pair] + self.sink_k + self.sink_v
 
     def append(self, layer, n, kf, vf):
         """Rows kf, vf (T*HKV, d) float32 at positions n..n+T-1; vf None rewrites keys only."""

@@ -186,19 +186,17 @@ def _scores(it, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window, n
         a, b = _seen(t, p0, window, j0, j1)
         for r in range(G):
             h = g * G + r
-            row = scores[t, h]
-            m = -np.inf
-            for j in range(a - lo, b - lo):
-                m = max(m, row[j])
+            scores[t, h, j0 - lo:a - lo] = 0
+            scores[t, h, b - lo:j1 - lo] = 0
+            seen = scores[t, h, a - lo:b - lo]   # loops from 0: no index wraparound, SIMD
+            m = np.float32(-np.inf)
+            for j in range(seen.size):
+                m = max(m, seen[j])
             acc = np.float32(0)
-            for j in range(a - lo, b - lo):   # one exp per score in all
-                e = exp(row[j] - m)
-                row[j] = e
+            for j in range(seen.size):   # one exp per score in all
+                e = exp(seen[j] - m)
+                seen[j] = e
                 acc += e
-            for j in range(j0 - lo, a - lo):
-                row[j] = 0
-            for j in range(b - lo, j1 - lo):
-                row[j] = 0
             ml[it, t, r, 0] = m
             ml[it, t, r, 1] = acc
 
@@ -218,13 +216,13 @@ def _values(it, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G
     for t in range(tb):
         a, b = _seen(t, p0, window, j0, j1)
         for r in range(G):
-            row = scores[t, g * G + r]
+            seen = scores[t, g * G + r, a - lo:b - lo]
             f = ml[it, t, r, 0]
-            for j in range(a - lo, b - lo):
-                p = row[j] * f
+            for j in range(seen.size):
+                p = seen[j] * f
                 drop = p < thr
                 n_skip += drop
-                row[j] = np.float32(0) if drop else p
+                seen[j] = np.float32(0) if drop else p
     if j0 < j1:
         slot = _slot0(j0, N, nslots)
         for j in range(j0, j1):

@@ -20,7 +20,7 @@ from nexvk.model.gguf import open_gguf
 from nexvk.model.ops_numpy import NumpyOps
 from nexvk.model.sample import Sampler
 from nexvk.model.tokenizer import Tokenizer
-from nexvk.model.weights import Weights, layer_shapes
+from nexvk.model.weights import Weights, model_refs
 
 STEP_ROWS = (1, 16, 64, 256)  # device step shapes below the batch (rows per step)
 
@@ -35,7 +35,9 @@ class Model:
         from nexvk.cache import KVCache, check_sparse_v
         check_sparse_v(sparse_v)
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
-        self.arch = a = Arch.from_config(cfg)
+        # the RoPE factor tensor for this context (Phi-3: long or short) in the Arch
+        a = Arch.from_config(cfg)
+        self.arch = a = a.with_rope_factors(weights.rope_factors(a, ctx))
         self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
         self.backend, self.device, self.sparse_v, self.seed = backend, device, sparse_v, seed
         self.cache_opts = dict(cache_opts or {})
@@ -249,13 +251,9 @@ def load_weights(g, a, backend, device=None, progress=False):
         from nexvk.model.ops_vulkan import weight_loader
         dev = get_device(device)
         tag = f"weights{next(_weight_ids)}/"
-        names = {f"blk.{i}.{n}.weight": shape for i in range(a.n_layers)
-                 for n, shape in layer_shapes(a).items()}
-        names.update({"token_embd.weight": (a.vocab_size, a.dim), "output_norm.weight": (a.dim,)})
-        if g.has_tensor("output.weight"):
-            names["output.weight"] = (a.vocab_size, a.dim)
         try:
-            w = Weights.load(g, a, progress=progress, loader=weight_loader(dev, g, tag, names))
+            w = Weights.load(g, a, progress=progress,
+                             loader=weight_loader(dev, g, tag, model_refs(a, g)))
         except BaseException:
             dev.release(tag)
             raise

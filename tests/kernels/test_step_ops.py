@@ -51,6 +51,15 @@ def test_add(device, rng):
     assert np.array_equal(add.run(device, x, y), add.ref(x, y))
 
 
+def test_add_bias_row(device, rng):
+    """One row b added to every row (a projection's bias): each row gets exactly b."""
+    x = rng.standard_normal((4, 577)).astype(np.float32)
+    b = rng.standard_normal(577).astype(np.float32)
+    got = add.run(device, x, b)
+    assert np.array_equal(got, add.ref(x, b))
+    assert np.array_equal(got[3], x[3] + b)
+
+
 def test_upload_words_lands_at_the_offset(device, monkeypatch, rng):
     """Through several staging chunks (a small chunk forces three) into a host-visible
     buffer we can read back; the words around the target stay as they were."""

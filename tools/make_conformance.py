@@ -14,7 +14,9 @@ Q8_0 file come from the same transformers model with its matrices replaced by th
 dequantization, so both files are held to the same tolerance.
 
 <family>.npz holds, per case, the context the test loads the model with, the token ids and
-transformers' logits for every position (one forward over the whole sequence).
+transformers' logits for every position (one forward over the whole sequence), and the same
+with every key and value rounded to float16 after RoPE (logits_f16kv_N), which is what an
+f16 KV cache stores: nexvk with an f16 cache must match that far more closely.
 
 Tokenizer fixtures (tokenizer_<pre>.gguf + .json): a 256-byte alphabet plus merges learnt
 from a small text, and the ids of test strings as the reference computes them: each
@@ -25,8 +27,10 @@ module, then a plain rank-ordered byte-level BPE written here, independent of ne
 Needs the `conformance` extra (torch, transformers): `pip install torch==2.13.0 transformers`.
 Run: python tools/make_conformance.py   (rewrites tests/conformance/)
 """
+import contextlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import gguf
@@ -312,11 +316,29 @@ def reference_logits(model, cases, seed, vocab):
     g = np.random.default_rng(seed + 1)
     out = {}
     for i, (ctx, n) in enumerate(cases):
-        ids = g.integers(0, vocab, n)
+        ids = torch.tensor(g.integers(0, vocab, n)[None])
         with torch.no_grad():
-            logits = model(torch.tensor(ids[None])).logits[0].float().numpy()
-        out[f"ctx_{i}"], out[f"tokens_{i}"], out[f"logits_{i}"] = np.int64(ctx), ids, logits
+            logits = model(ids).logits[0].float().numpy()
+            with f16_keys_values(model):
+                f16kv = model(ids).logits[0].float().numpy()
+        out[f"ctx_{i}"], out[f"tokens_{i}"] = np.int64(ctx), ids[0].numpy()
+        out[f"logits_{i}"], out[f"logits_f16kv_{i}"] = logits, f16kv
     return out
+
+
+@contextlib.contextmanager
+def f16_keys_values(model):
+    """The model's eager attention with keys and values rounded to float16 (after RoPE)."""
+    mod = sys.modules[type(model).__module__]
+    orig = mod.eager_attention_forward
+
+    def rounded(module, q, k, v, *args, **kw):
+        return orig(module, q, k.half().float(), v.half().float(), *args, **kw)
+    mod.eager_attention_forward = rounded
+    try:
+        yield
+    finally:
+        mod.eager_attention_forward = orig
 
 
 def make_family(name, seed):

@@ -5,8 +5,12 @@ The fixtures (GGUF + expected logits) come from tools/make_conformance.py, which
 and transformers; these tests need neither. Bound: max |nexvk - transformers| over a
 position's logits <= 1e-3 of that position's largest |logit|, for the F32 files and for the
 Q8_0 files (whose reference is transformers with the same dequantized matrices), with an f16
-cache, after one prefill and after decoding the last tokens one at a time. The KV formats'
-KL divergence from f16 is reported per family (`-s` shows the table).
+cache, after one prefill and after decoding the last tokens one at a time. That error is the
+f16 cache's rounding (up to 9e-4 on phi3): against transformers with its keys and values
+rounded to float16 (the fixtures' second reference) the bound is TOL_F16KV, five times
+tighter (measured: 2e-6 .. 8e-5; what remains is a key or value rounding the other way where
+torch and nexvk differ in a last bit before rounding). The KV formats' KL divergence from f16 is reported per
+family (`-s` shows the table).
 
 A backend is one BACKENDS entry: a name for Model.load and whether it needs the device. On
 lavapipe every model shape compiles its own pipelines (minutes for all eight files), so the
@@ -30,6 +34,7 @@ QUANTS = ("f32", "q8_0")
 BACKENDS = {"numpy": False, "vulkan": True}   # name -> needs a Vulkan device
 DECODE = 4                                    # tokens decoded one at a time after the prefill
 TOL = 1e-3
+TOL_F16KV = 2e-4
 
 
 @pytest.fixture
@@ -46,11 +51,13 @@ def _runs():
             if not device or q == "f32" or f == "phi3"]
 
 
-def cases(family, quant):
-    """[(ctx, tokens, transformers' logits)] of a fixture."""
+def cases(family, quant, f16kv=False):
+    """[(ctx, tokens, transformers' logits)] of a fixture; f16kv: the logits of transformers
+    with its keys and values rounded to float16."""
     z = np.load(HERE / f"{family}.{quant}.npz")
     n = len([k for k in z.files if k.startswith("tokens_")])
-    return [(int(z[f"ctx_{i}"]), z[f"tokens_{i}"], z[f"logits_{i}"]) for i in range(n)]
+    key = "logits_f16kv_" if f16kv else "logits_"
+    return [(int(z[f"ctx_{i}"]), z[f"tokens_{i}"], z[f"{key}{i}"]) for i in range(n)]
 
 
 def rel_err(got, want):
@@ -60,17 +67,19 @@ def rel_err(got, want):
 
 @pytest.mark.parametrize("family,quant,backend", _runs(), indirect=["backend"])
 def test_logits_match_transformers(family, quant, backend):
-    for ctx, tokens, want in cases(family, quant):
+    for (ctx, tokens, want), (_, _, want16) in zip(cases(family, quant), cases(family, quant, True)):
         m = Model.load(HERE / f"{family}.{quant}.gguf", ctx=ctx, backend=backend)
         prefill = m.forward(tokens, 0).copy()
-        err = rel_err(prefill, want)
-        assert err.max() <= TOL, f"{family} ctx {ctx} prefill: position {err.argmax()} {err.max():.2e}"
         m.reset()
         n = len(tokens) - DECODE
         rows = [m.forward(tokens[:n], 0, last_only=True).copy()]
         rows += [m.forward([t], m.pos).copy() for t in tokens[n:]]
-        err = rel_err(np.concatenate(rows), want[n - 1:])
-        assert err.max() <= TOL, f"{family} ctx {ctx} decode: step {err.argmax()} {err.max():.2e}"
+        decode = np.concatenate(rows)
+        for what, got, first in (("prefill", prefill, 0), ("decode", decode, n - 1)):
+            for ref, tol in ((want, TOL), (want16, TOL_F16KV)):
+                err = rel_err(got, ref[first:])
+                assert err.max() <= tol, (f"{family} ctx {ctx} {what}: row {err.argmax()} "
+                                          f"{err.max():.2e} > {tol}")
 
 
 def test_fixtures_exercise_what_they_claim():

@@ -116,8 +116,9 @@ def _kld(p, q):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cache_formats_kld(family, capsys):
     """Mean KL(f16 || format) over the prefill positions for each KV format (numpy), reported;
-    every format must stay a distribution close to f16's (finite, below 0.5 nats), and q8_0
-    closer than the 3-bit formats."""
+    every format must stay a distribution close to f16's (finite, below 0.5 nats), q8_0
+    closer than the 3-bit formats, and on qwen2 (large key biases, the case the hardened
+    cache's centring is for) hardened turbo3 closer than plain."""
     ctx, tokens, _ = cases(family, "f32")[0]
     m = Model.load(HERE / f"{family}.f32.gguf", ctx=ctx)
     ref = m.forward(tokens, 0).copy()
@@ -129,6 +130,8 @@ def test_cache_formats_kld(family, capsys):
         print(f"\n{family} KLD vs f16: " + ", ".join(f"{k} {v:.2e}" for k, v in kld.items()))
     assert all(np.isfinite(v) and v < 0.5 for v in kld.values()), kld
     assert kld["q8_0"] < min(kld["turbo3"], kld["turbo3 plain"]), kld
+    if family == "qwen2":
+        assert kld["turbo3"] < kld["turbo3 plain"], kld
 
 
 @pytest.mark.parametrize("pre", ["qwen2", "llama-bpe"])

@@ -12,8 +12,8 @@ tighter (measured: 2e-6 .. 8e-5; what remains is a key or value rounding the oth
 torch and nexvk differ in a last bit before rounding). The KV formats' KL divergence from f16 is reported per
 family (`-s` shows the table).
 
-A backend is one BACKENDS entry: a name for Model.load and whether it needs the device. On
-lavapipe every model shape compiles its own pipelines (minutes for all eight files), so the
+Every backend in nexvk's registry (nexvk.backends) is compared: a new one joins by being
+registered. On lavapipe every model shape compiles its own pipelines (minutes for all eight files), so the
 device runs the F32 files and, of the Q8_0 ones, Phi-3's: the one whose fused tensors are
 read as row ranges of quantized blocks.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nexvk.backends import BACKENDS as REGISTRY
 from nexvk.model.eval import _log_softmax
 from nexvk.model.gguf import open_gguf
 from nexvk.model.model import Model
@@ -31,7 +32,7 @@ from nexvk.model.tokenizer import Tokenizer
 HERE = Path(__file__).resolve().parent
 FAMILIES = ("llama3", "qwen2", "qwen3", "phi3")
 QUANTS = ("f32", "q8_0")
-BACKENDS = {"numpy": False, "vulkan": True}   # name -> needs a Vulkan device
+BACKENDS = {name: b.device for name, b in REGISTRY.items()}   # name -> needs a Vulkan device
 DECODE = 4                                    # tokens decoded one at a time after the prefill
 TOL = 1e-3
 TOL_F16KV = 2e-4

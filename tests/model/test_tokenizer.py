@@ -102,3 +102,11 @@ def test_sentencepiece_space_prefix_and_byte_fallback():
     pieces = [tok.hf.id_to_token(i) for i in tok.encode("a é", bos=False)]
     assert pieces == ["\u2581a", "\u2581", "<0xC3>", "<0xA9>"]
     assert tok.decode(tok.encode("a é", bos=False)) == "a é"
+
+
+def test_unknown_pre_tokenizer_is_an_error():
+    """A byte-level BPE whose tokenizer.ggml.pre nexvk does not know is refused by name,
+    never tokenized with another pre-tokenizer's rules."""
+    from nexvk.model.tokenizer import _pre_tokenizer
+    with pytest.raises(ValueError, match="pre-tokenizer 'deepseek-v3' is not supported"):
+        _pre_tokenizer("deepseek-v3")

@@ -34,7 +34,9 @@ class Model:
         self.config = c = _config(cache, k_type, v_type, backend, device, sparse_v, seed,
                                   max_batch, cache_opts)
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
-        self.arch = a = Arch.from_config(cfg)
+        # the RoPE factor tensor for this context (Phi-3: long or short) in the Arch
+        a = Arch.from_config(cfg)
+        self.arch = a = a.with_rope_factors(weights.rope_factors(a, ctx))
         self.ctx = ctx
         B = min(c.max_batch, ctx)
         if c.backend != weights.backend:

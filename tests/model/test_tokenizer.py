@@ -131,3 +131,11 @@ def test_sentencepiece_keeps_long_control_tokens_and_refuses_huge_vocabularies(m
     monkeypatch.setattr("nexvk.model.tokenizer.MAX_TOKENS", 200)
     with pytest.raises(ValueError, match="tokens in the vocabulary, over the 200"):
         Tokenizer(_SentencePieceFile([("a", -1.0)]))
+
+
+def test_unknown_pre_tokenizer_is_an_error():
+    """A byte-level BPE whose tokenizer.ggml.pre nexvk does not know is refused by name,
+    never tokenized with another pre-tokenizer's rules."""
+    from nexvk.model.tokenizer import _pre_tokenizer
+    with pytest.raises(ValueError, match="pre-tokenizer 'deepseek-v3' is not supported"):
+        _pre_tokenizer("deepseek-v3")

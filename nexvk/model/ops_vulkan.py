@@ -124,6 +124,7 @@ class VulkanOps:
         g = self.record(key, record)
         self.cache.advance(self.pos, self.T)
         g.run()
+        self.store.check_scores()
         skipped, total = (int(n) for n in self.store.stats.host[:2])
         self.cache.stats = {"skipped": skipped, "total": total,
                             "skip_rate": skipped / total if total else 0.0}
@@ -254,13 +255,14 @@ def load_weights(g, a, device=None, progress=False):
     from nexvk.model.weights import Weights, model_refs
     dev = get_device(device)
     tag = f"weights{next(_weight_ids)}/"
-    try:
-        w = Weights.load(g, a, progress=progress,
-                         loader=weight_loader(dev, g, tag, model_refs(a, g)))
-    except BaseException:
-        dev.release(tag)
-        raise
-    finally:
-        upload.release(dev)  # the staging buffer and copy pipeline
+    with dev.lock:  # one upload at a time: they share the device's staging buffer
+        try:
+            w = Weights.load(g, a, progress=progress,
+                             loader=weight_loader(dev, g, tag, model_refs(a, g)))
+        except BaseException:
+            dev.release(tag)
+            raise
+        finally:
+            upload.release(dev)  # the staging buffer and copy pipeline
     weakref.finalize(w, dev.release, tag)
     return w

@@ -38,9 +38,11 @@ class KVCache:
       with a turbo format, else 0; a sliding-window layer keeps none);
     layer_types: other K/V formats for some layers, "0-1:q8_0/q8_0" or {0: ("q8_0", "q8_0")};
     key_mean: (n_layers, n_kv_heads, head_dim) key means, e.g. a model file's statistics
-      (nexvk.model.keystats; Model.load passes them). Without it each layer's keys are centred on the mean of the non-sink keys of the append
-      that holds its first non-sink position (the whole prompt when a model prefills it; one
-      token when a sequence is decoded token by token); sink rows that came earlier are
+      (nexvk.model.keystats; Model.load passes them). Without it each layer's keys are
+      centred on the mean of the non-sink keys of the append that holds its first non-sink
+      position (the whole prompt when a model prefills it; one token when a sequence is
+      decoded token by token), so the transform depends on how a sequence arrives, and
+      truncate() forgets tables fitted on positions it forgets; sink rows that came earlier are
       re-encoded then.
     key_scale: (n_layers, n_kv_heads, head_dim) positive channel scales (keys are stored
       times the scale, queries divided by it), or False for none. Default: fitted with the

@@ -251,8 +251,9 @@ def cmd_calibrate(args):
     path = resolve_model(args.model)
     if args.key_stats:
         from nexvk.model.keystats import key_stats
-        mean, _ = key_stats(path, progress=True, refresh=True)
-        print(f"key statistics of {path.name}: {mean.shape[0]} layers, recomputed")
+        n = key_stats(path, progress=True, refresh=True).n
+        print(f"key statistics of {path.name}: {n.shape[1]} layers, {int(n[:, 0].sum())} "
+              "positions, recomputed")
         return 0
     missing = [f for f, v in (("-f", args.file), ("--bits", args.bits), ("--name", args.name))
                if v is None]

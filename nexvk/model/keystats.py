@@ -17,34 +17,46 @@ import numpy as np
 
 from nexvk.quant.transform import channel_scale
 
-RECIPE = {"version": 1, "tokens": 512, "rounds": 2, "top_k": 40, "seed": 0}
+RECIPE = {"version": 2, "tokens": 2048, "rounds": 2, "top_k": 40, "seed": 0, "block": 256}
 
 
 class Moments:
-    """Sums of k, k^2 and the grouped q^2 per (layer, KV head, channel), from cache appends."""
+    """Sums of k, k^2 and the grouped q^2 per (block of `block` positions, layer, KV head,
+    channel), from cache appends. The keys a cache stores are after RoPE, whose slow pairs
+    turn with the position, so their mean depends on the positions a cache holds: tables()
+    counts the blocks below a capacity."""
 
-    def __init__(self, n_layers, n_kv_heads, head_dim, skip=1):
-        shape = (n_layers, n_kv_heads, head_dim)
-        self.n = np.zeros(n_layers)
+    def __init__(self, n_layers, n_kv_heads, head_dim, n_blocks=1, block=1 << 30, skip=1):
+        shape = (n_blocks, n_layers, n_kv_heads, head_dim)
+        self.n = np.zeros(shape[:2])
         self.k, self.k2, self.q2 = (np.zeros(shape) for _ in range(3))
+        self.block = block
         self.skip = skip  # positions before this one are not counted (sinks)
 
     def __call__(self, layer, pos0, k, q):
         """A KVCache observer: the keys k (T, HKV, d) and queries q (T, H, d) at pos0.."""
-        s = max(0, self.skip - pos0)
-        k = k[s:].astype(np.float64)
         T, hkv, d = k.shape
-        self.n[layer] += T
-        self.k[layer] += k.sum(0)
-        self.k2[layer] += (k * k).sum(0)
-        q = q[s:].astype(np.float64).reshape(T, hkv, q.shape[1] // hkv, d)
-        self.q2[layer] += (q * q).mean(axis=2).sum(0)
+        q = q.reshape(T, hkv, q.shape[1] // hkv, d)
+        a, last = max(0, self.skip - pos0), len(self.n) - 1
+        while a < T:  # rows a..e-1 fall in block b
+            b = min((pos0 + a) // self.block, last)
+            e = T if b == last else min(T, (b + 1) * self.block - pos0)
+            kb, qb = k[a:e].astype(np.float64), q[a:e].astype(np.float64)
+            self.n[b, layer] += e - a
+            self.k[b, layer] += kb.sum(0)
+            self.k2[b, layer] += (kb * kb).sum(0)
+            self.q2[b, layer] += (qb * qb).mean(axis=2).sum(0)
+            a = e
 
-    def tables(self):
-        """(mean, scale), float16 (L, HKV, d) each, as KeyTransform.fit makes them."""
-        n = self.n[:, None, None]
-        mean = self.k / n
-        scale = channel_scale(self.q2 / n, np.maximum(self.k2 / n - mean ** 2, 0.0))
+    def tables(self, capacity=None):
+        """(mean, scale), float16 (L, HKV, d) each, as KeyTransform.fit makes them, from the
+        blocks of positions below `capacity` (default: all)."""
+        nb = len(self.n) if capacity is None else max(1, min(len(self.n),
+                                                            -(-capacity // self.block)))
+        n = self.n[:nb].sum(0)[:, None, None]
+        mean = self.k[:nb].sum(0) / n
+        scale = channel_scale(self.q2[:nb].sum(0) / n,
+                              np.maximum(self.k2[:nb].sum(0) / n - mean ** 2, 0.0))
         return mean.astype(np.float16), scale.astype(np.float16)
 
 
@@ -52,53 +64,62 @@ def calibration_tokens(model, n, rounds, top_k, seed):
     """n token ids the model writes itself (see the module docstring)."""
     rng = np.random.default_rng(seed)
     vocab = model.arch.vocab_size
+    k = min(top_k, vocab)
     bos = model.tokenizer.bos_id
     x = rng.integers(0, vocab, n)
     x[0] = 0 if bos is None else bos
+    B = model.state.B
     for _ in range(rounds):
         model.reset()
-        logits = model.forward(x, 0)                               # (n, vocab)
-        k = min(top_k, vocab)
-        for r in range(0, n - 1, 32):  # in blocks of rows: a vocab of 262k is 1 MiB a row
-            block = logits[r:min(r + 32, n - 1)]
-            top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-            z = np.take_along_axis(block, top, 1) + rng.gumbel(size=top.shape)
-            x[r + 1:r + 1 + len(block)] = top[np.arange(len(block)), z.argmax(1)]
+        for s in range(0, n - 1, B):  # a slice's samples feed the next slice at once
+            logits = model.forward(x[s:s + B], s)                  # (rows, vocab)
+            for r in range(0, len(logits), 32):  # a vocab of 262k is 1 MiB a row
+                block = logits[r:r + 32][:n - 1 - s - r]
+                if not len(block):
+                    break
+                top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+                z = np.take_along_axis(block, top, 1) + rng.gumbel(size=top.shape)
+                x[s + r + 1:s + r + 1 + len(block)] = top[np.arange(len(block)), z.argmax(1)]
     return x
 
 
 def compute(path, progress=False):
-    """(mean, scale) of the model file at `path` by RECIPE, on the host."""
+    """The Moments of the model file at `path` by RECIPE, on the host."""
     from nexvk.cache.config import CacheConfig
     from nexvk.model.model import Model
     r = RECIPE
-    m = Model.load(path, ctx=r["tokens"], progress=progress,
-                   cache=CacheConfig("f16", "f16", max_batch=r["tokens"]))
+    m = Model.load(path, ctx=r["tokens"], progress=progress, cache=CacheConfig("f16", "f16"))
     x = calibration_tokens(m, r["tokens"], r["rounds"], r["top_k"], r["seed"])
     a = m.arch
-    moments = Moments(a.n_layers, a.n_kv_heads, a.head_dim)
+    moments = Moments(a.n_layers, a.n_kv_heads, a.head_dim, -(-r["tokens"] // r["block"]),
+                      r["block"])
     m.cache.observer = moments
     m.reset()
     m.forward(x, 0, last_only=True)
-    return moments.tables()
+    return moments
 
 
 def key_stats(path, progress=False, refresh=False):
-    """(mean, scale) of the model file at `path`: from the cache directory, or computed (and
-    saved there) when missing, stale or refresh=True."""
+    """The Moments of the model file at `path` (tables(capacity) gives a cache's mean and
+    scale): from the cache directory, or computed (and saved there) when missing, stale or
+    refresh=True."""
     from nexvk.model.fetch import home, sha256
     digest = sha256(path)
     out = home() / "keystats" / f"{digest[:32]}.npz"
+    parts = ("n", "k", "k2", "q2")
     if out.is_file() and not refresh:
         try:
             with np.load(out) as f:
                 if json.loads(str(f["recipe"])) == RECIPE:
-                    return f["mean"], f["scale"]
+                    m = Moments(*f["k"].shape[1:], len(f["n"]), RECIPE["block"])
+                    for name in parts:
+                        getattr(m, name)[:] = f[name]
+                    return m
         except (OSError, ValueError, KeyError):
             pass  # unreadable: computed again below
-    mean, scale = compute(path, progress)
+    m = compute(path, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
-    np.savez(tmp, mean=mean, scale=scale, recipe=json.dumps(RECIPE))
+    np.savez(tmp, recipe=json.dumps(RECIPE), **{name: getattr(m, name) for name in parts})
     tmp.replace(out)
-    return mean, scale
+    return m

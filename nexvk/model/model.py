@@ -31,14 +31,14 @@ class Model:
         """cache: the CacheConfig of the model's KV cache (its backend must be the one the
         weights were loaded for); or, as before CacheConfig, the keyword arguments.
         source: the GGUF file, whose key statistics (nexvk.model.keystats) a hardened cache
-        uses when its config gives none; key_stats: those (mean, scale), when known. A model
-        without either fits them per sequence (KVCache's key_mean, key_scale)."""
+        uses when its config gives none; key_stats: those (keystats.Moments), when known.
+        A model without either fits them per sequence (KVCache's key_mean, key_scale)."""
         from nexvk.cache import KVCache
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
         self.arch = a = Arch.from_config(cfg)
         self.source, self._key_stats = source, key_stats
         self.config = c = self._with_stats(_config(cache, k_type, v_type, backend, device,
-                                                   sparse_v, seed, max_batch, cache_opts))
+                                                   sparse_v, seed, max_batch, cache_opts), ctx)
         self.ctx = ctx
         B = min(c.max_batch, ctx)
         if c.backend != weights.backend:
@@ -64,9 +64,9 @@ class Model:
         self.pos = 0
         self.stats = {}
 
-    def _with_stats(self, c):
-        """The CacheConfig c with the model's key statistics, where its cache transforms keys
-        and c gives none."""
+    def _with_stats(self, c, ctx):
+        """The CacheConfig c with the model's key statistics over positions below ctx, where
+        its cache transforms keys and c gives none."""
         spec = c.spec(self.arch.n_layers)
         if c.key_mean is not None or not any(map(spec.transformed, range(spec.n_layers))):
             return c
@@ -75,7 +75,7 @@ class Model:
             self._key_stats = key_stats(self.source)
         if self._key_stats is None:
             return c
-        mean, scale = self._key_stats
+        mean, scale = self._key_stats.tables(ctx)
         return c.replace(key_mean=mean, key_scale=scale if c.key_scale is None else c.key_scale)
 
     # the cache configuration's parts, as attributes (read by callers before CacheConfig)

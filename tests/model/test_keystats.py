@@ -30,11 +30,27 @@ def test_moments_give_the_tables_a_fit_on_the_same_keys_gives(rng):
         assert np.allclose(scale[layer], t.scale[layer], rtol=2e-3)
 
 
+def test_moments_by_position_block_count_the_positions_below_a_capacity(rng):
+    L, hkv, H, d = 1, 1, 2, 16
+    k = rng.standard_normal((40, hkv, d)) + np.linspace(0, 1, 40)[:, None, None]
+    q = rng.standard_normal((40, H, d))
+    m = keystats.Moments(L, hkv, d, n_blocks=3, block=8, skip=1)
+    for a, b in ((0, 5), (5, 6), (6, 23), (23, 40)):   # the last block takes the rest
+        m(0, a, k[a:b], q[a:b])
+    assert m.n[:, 0].tolist() == [7, 8, 24]
+    t = KeyTransform(L, hkv, d, [True])
+    for cap, rows in ((9, 16), (16, 16), (17, 40), (100, 40), (None, 40)):
+        t.fit(0, k[1:rows], q[1:rows])
+        mean, scale = m.tables(cap)
+        assert np.allclose(mean, t.mean, atol=2e-3) and np.allclose(scale, t.scale, rtol=2e-3)
+
+
 def test_statistics_are_cached_per_file_and_refreshed_on_demand(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("NEXVK_HOME", str(tmp_path))
     monkeypatch.setitem(keystats.RECIPE, "tokens", 24)
+    monkeypatch.setitem(keystats.RECIPE, "block", 8)
     path = tiny()
-    mean, scale = keystats.key_stats(path)
+    mean, scale = keystats.key_stats(path).tables()
     assert mean.shape == scale.shape == (2, 1, 16) and (scale > 0).all()
     assert len(list((tmp_path / "keystats").glob("*.npz"))) == 1
 
@@ -42,13 +58,14 @@ def test_statistics_are_cached_per_file_and_refreshed_on_demand(tiny, tmp_path, 
         raise AssertionError("computed again")
     real = keystats.compute
     monkeypatch.setattr(keystats, "compute", fail)
-    again = keystats.key_stats(path)           # from the cache directory
+    again = keystats.key_stats(path).tables()          # from the cache directory
     assert np.array_equal(again[0], mean) and np.array_equal(again[1], scale)
     monkeypatch.setattr(keystats, "compute", real)
-    fresh = keystats.key_stats(path, refresh=True)   # the same recipe: the same tables
-    assert np.array_equal(fresh[0], mean) and np.array_equal(fresh[1], scale)
-    m = Model.load(path, ctx=16, cache=TURBO)
-    assert np.array_equal(m.config.key_mean, mean) and m.cache.transform.ready.all()
+    fresh = keystats.key_stats(path, refresh=True)      # the same recipe: the same tables
+    assert np.array_equal(fresh.tables()[0], mean) and np.array_equal(fresh.tables()[1], scale)
+    m = Model.load(path, ctx=16, cache=TURBO)           # a cache of 16 positions: 2 blocks
+    assert np.array_equal(m.config.key_mean, fresh.tables(16)[0])
+    assert not np.array_equal(m.config.key_mean, mean) and m.cache.transform.ready.all()
     assert m.with_cache("turbo4", "turbo3").cache.transform.ready.all()
 
 

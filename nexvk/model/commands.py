@@ -148,8 +148,8 @@ def add_parsers(sub):
     p.add_argument("--name", default=None, help="preset name, for --preset NAME")
     p.add_argument("--key-stats", action="store_true",
                    help="only recompute the model's key statistics (the hardened cache's key "
-                        "mean and scale, fitted on text the model writes itself; kept in the "
-                        "user cache directory) and exit")
+                        "mean and scale, fitted on text the model writes itself, or with -f "
+                        "on that text; kept in the user cache directory) and exit")
     p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=512,
                    help="window length, and the context the bits are counted at (default: 512)")
     p.add_argument("--chunks", type=int, default=1,
@@ -251,7 +251,8 @@ def cmd_calibrate(args):
     path = resolve_model(args.model)
     if args.key_stats:
         from nexvk.model.keystats import key_stats
-        n = key_stats(path, progress=True, refresh=True).n
+        text = None if args.file is None else _read_text(args.file)
+        n = key_stats(path, progress=True, refresh=True, text=text).n
         print(f"key statistics of {path.name}: {n.shape[1]} layers, {int(n[:, 0].sum())} "
               "positions, recomputed")
         return 0

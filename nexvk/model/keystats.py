@@ -9,7 +9,8 @@ tokens records each layer's keys and queries as the cache receives them (after R
 the statistics are their moments over every position but the first (a sink). They run on the
 host (the numpy backend, an f16 cache), whatever backend the model then uses, and are cached
 in <nexvk home>/keystats/ under the file's sha256; `nexvk calibrate --key-stats` recomputes
-them. docs/hardening.md has the measurements behind the recipe.
+them (with -f TEXT: from that text instead, e.g. a sample of what the model will read).
+docs/hardening.md has the measurements behind the recipe.
 """
 import json
 
@@ -83,13 +84,20 @@ def calibration_tokens(model, n, rounds, top_k, seed):
     return x
 
 
-def compute(path, progress=False):
-    """The Moments of the model file at `path` by RECIPE, on the host."""
+def compute(path, progress=False, text=None):
+    """The Moments of the model file at `path` by RECIPE, on the host; with `text`, from BOS
+    and that text's first tokens instead of tokens the model writes."""
     from nexvk.cache.config import CacheConfig
     from nexvk.model.model import Model
     r = RECIPE
     m = Model.load(path, ctx=r["tokens"], progress=progress, cache=CacheConfig("f16", "f16"))
-    x = calibration_tokens(m, r["tokens"], r["rounds"], r["top_k"], r["seed"])
+    if text is None:
+        x = calibration_tokens(m, r["tokens"], r["rounds"], r["top_k"], r["seed"])
+    else:
+        x = np.array(m.tokenizer.encode(text, bos=True)[:r["tokens"]])
+        if len(x) < 2 * r["block"]:
+            raise ValueError(f"key statistics need at least {2 * r['block']} tokens of text, "
+                             f"got {len(x)}")
     a = m.arch
     moments = Moments(a.n_layers, a.n_kv_heads, a.head_dim, -(-r["tokens"] // r["block"]),
                       r["block"])
@@ -99,10 +107,10 @@ def compute(path, progress=False):
     return moments
 
 
-def key_stats(path, progress=False, refresh=False):
+def key_stats(path, progress=False, refresh=False, text=None):
     """The Moments of the model file at `path` (tables(capacity) gives a cache's mean and
     scale): from the cache directory, or computed (and saved there) when missing, stale or
-    refresh=True."""
+    refresh=True; text: compute them from this text (saved until the next refresh)."""
     from nexvk.model.fetch import home, sha256
     digest = sha256(path)
     out = home() / "keystats" / f"{digest[:32]}.npz"
@@ -110,16 +118,23 @@ def key_stats(path, progress=False, refresh=False):
     if out.is_file() and not refresh:
         try:
             with np.load(out) as f:
-                if json.loads(str(f["recipe"])) == RECIPE:
+                saved = json.loads(str(f["recipe"]))
+                if {k: v for k, v in saved.items() if k != "text"} == RECIPE:
                     m = Moments(*f["k"].shape[1:], len(f["n"]), RECIPE["block"])
                     for name in parts:
                         getattr(m, name)[:] = f[name]
                     return m
         except (OSError, ValueError, KeyError):
             pass  # unreadable: computed again below
-    m = compute(path, progress)
+    m = compute(path, progress, text)
+    recipe = RECIPE if text is None else dict(RECIPE, text=sha256_text(text))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
-    np.savez(tmp, recipe=json.dumps(RECIPE), **{name: getattr(m, name) for name in parts})
+    np.savez(tmp, recipe=json.dumps(recipe), **{name: getattr(m, name) for name in parts})
     tmp.replace(out)
     return m
+
+
+def sha256_text(text):
+    import hashlib
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]

@@ -145,5 +145,10 @@ def test_cli_first_append_and_key_stats_refresh(tiny, tmp_path, monkeypatch, cap
     assert rc == 2 and "first_append must be a number of tokens in 1..16" in err
     rc, out, _ = run(["calibrate", "-m", path, "--key-stats"], capsys)
     assert rc == 0 and "key statistics" in out
+    before = keystats.key_stats(path).tables()
+    monkeypatch.setitem(keystats.RECIPE, "block", 8)
+    rc, out, _ = run(["calibrate", "-m", path, "--key-stats", "-f", str(text)], capsys)
+    from_text = keystats.key_stats(path).tables()      # kept: the recipe plus the text's hash
+    assert rc == 0 and not np.array_equal(from_text[0], before[0])
     rc, _, err = run(["calibrate", "-m", path], capsys)
     assert rc == 2 and "calibrate needs -f, --bits, --name" in err

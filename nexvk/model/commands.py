@@ -113,7 +113,8 @@ def add_parsers(sub):
                    help="nucleus sampling threshold (default: 1.0 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampler and codec seed (default: 0)")
     p.add_argument("--chat", action="store_true",
-                   help="wrap the prompt as one user turn of the model's ChatML template")
+                   help="send the prompt as one user turn of the model's chat template "
+                        "(ChatML when the file has none)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("ppl", help="perplexity of a text file (llama.cpp perplexity semantics)")

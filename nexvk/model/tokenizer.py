@@ -12,11 +12,18 @@ Two vocabulary kinds, each rebuilt as a HuggingFace `tokenizers.Tokenizer`:
 In both, control and user-defined tokens become added tokens matched in the raw text first, so
 `<|im_start|>` or Gemma's "\n\n" maps to its single id.
 """
+import threading
+
 from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, normalizers
 from tokenizers import pre_tokenizers as pt
 
+from nexvk.model.chat import ChatTemplate
+
 # token_type values (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# end-of-turn tokens of the common chat formats (ChatML, Gemma, Llama 3, Phi-3)
+_END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
 
 _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
            r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -92,7 +99,8 @@ def _sentencepiece(g, vocab, tokens):
 
 
 class Tokenizer:
-    """encode(text) -> list[int], decode(ids) -> str, plus bos/eos ids and the chat template."""
+    """encode(text) -> list[int], decode(ids) -> str, bos/eos/stop ids, and the chat template:
+    render_chat(messages) -> str, encode_chat(messages) -> list[int]."""
 
     def __init__(self, g):
         model = g.meta("tokenizer.ggml.model", None)
@@ -116,6 +124,7 @@ class Tokenizer:
                  for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)]
         tok.add_tokens(added)
         self.hf = tok
+        self._lock = threading.Lock()
         self.n_vocab = len(tokens)
         self.bos_id = _token_id(g, "bos", self.n_vocab)
         self.eos_id = _token_id(g, "eos", self.n_vocab)
@@ -123,15 +132,22 @@ class Tokenizer:
         self.chat_template = g.meta("tokenizer.chat_template", None)
         if self.chat_template is not None and not isinstance(self.chat_template, str):
             raise ValueError(f"{g.path.name}: tokenizer.chat_template must be a string")
-        # generation stops at any end-of-turn/end-of-text id the file names
+        self.template = ChatTemplate(self)
+        # generation stops at any end-of-turn/end-of-text id the file names, and at the
+        # end-of-turn tokens of the common templates when the chat template writes one
         stop = {_token_id(g, k, self.n_vocab) for k in ("eos", "eot", "eom")}
-        if "<|im_end|>" in vocab and self.chat_template and "<|im_end|>" in self.chat_template:
-            stop.add(vocab["<|im_end|>"])
+        stop |= {vocab[t] for t in _END_OF_TURN if t in vocab and t in self.template.source}
         self.stop_ids = {s for s in stop if s is not None}
 
-    def encode(self, text, bos=None):
-        """Token ids of `text`; a BOS id first when `bos` (default: the file's add_bos_token)."""
-        ids = self.hf.encode(text, add_special_tokens=False).ids
+    def encode(self, text, bos=None, control=True):
+        """Token ids of `text`; a BOS id first when `bos` (default: the file's add_bos_token).
+        control=False reads control tokens' text (e.g. "<|im_end|>") as plain text."""
+        with self._lock:  # encode_special_tokens is a setting of the shared HF tokenizer
+            self.hf.encode_special_tokens = not control
+            try:
+                ids = self.hf.encode(text, add_special_tokens=False).ids
+            finally:
+                self.hf.encode_special_tokens = False
         if (self.add_bos if bos is None else bos) and self.bos_id is not None:
             ids = [int(self.bos_id)] + ids
         return ids
@@ -139,15 +155,12 @@ class Tokenizer:
     def decode(self, ids):
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
-    def chat(self, prompt):
-        """`prompt` wrapped as one user turn with the model's ChatML template (ValueError if
-        the file has no ChatML-style chat template)."""
-        t = self.chat_template or ""
-        if "<|im_start|>" not in t:
-            raise ValueError("--chat needs a ChatML-style tokenizer.chat_template in the model")
-        system = ""
-        if "You are" in t:  # the default system turn the template inserts (e.g. SmolLM2)
-            start = t.index("You are")
-            system = t[start:t.index("<|im_end|>", start)]
-        head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-        return f"{head}<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    def render_chat(self, messages, add_generation_prompt=True):
+        """The prompt text of a conversation, from the file's chat template (ChatML when it
+        has none): messages [{"role": "system"/"user"/"assistant", "content": str}, ...]."""
+        return self.template.render(messages, add_generation_prompt)
+
+    def encode_chat(self, messages, add_generation_prompt=True):
+        """Token ids of render_chat(messages), with control tokens only where the template
+        put them: text inside messages is always plain text (nexvk/model/chat.py)."""
+        return self.template.encode(messages, add_generation_prompt)

@@ -51,11 +51,6 @@ def test_bpe_merges_words(tok):
     assert len(tok.encode("The quick brown fox")) == 4
 
 
-def test_chat_template(tok):
-    s = tok.chat("Hi")
-    assert s.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-
-
 class _SentencePieceFile:
     """The tokenizer.ggml.* metadata of a tiny SentencePiece vocabulary, as open_gguf gives it."""
 

@@ -278,8 +278,8 @@ def resolve_backend(backend, device=None, numpy_bytes=None):
     float32 weights + KV, when known) takes at most half the available memory; beyond that
     the device path, which keeps the weights as stored. With no device: numpy. It says which
     and why on stderr. Asking for vulkan without a device fails clearly later, in Device()."""
-    if backend not in ("numpy", "vulkan", "auto"):
-        raise ValueError(f"unknown backend {backend!r}; use 'numpy', 'vulkan' or 'auto'")
+    if backend not in ("numpy", "cpu", "vulkan", "auto"):
+        raise ValueError(f"unknown backend {backend!r}; use 'numpy', 'cpu', 'vulkan' or 'auto'")
     if backend != "auto":
         return backend
     devs = probe.devices()

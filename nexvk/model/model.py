@@ -31,7 +31,7 @@ class Model:
 
     def __init__(self, cfg, weights, tokenizer, ctx, k_type="f16", v_type="f16",
                  backend="numpy", device=None, sparse_v=None, seed=0, max_batch=MAX_BATCH,
-                 cache_opts=None):
+                 cache_opts=None, threads=None):
         from nexvk.cache import KVCache, check_sparse_v
         check_sparse_v(sparse_v)
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
@@ -39,16 +39,22 @@ class Model:
         self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
         self.backend, self.device, self.sparse_v, self.seed = backend, device, sparse_v, seed
         self.cache_opts = dict(cache_opts or {})
+        self.threads = threads
         B = min(max_batch, ctx)
         if backend != weights.backend:
             raise ValueError(f"these weights were loaded for the {weights.backend} backend, "
                              f"not {backend}: load the model with backend={backend!r}")
         self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, ctx, k_type=k_type,
-                             v_type=v_type, backend=backend, device=device, seed=seed,
+                             v_type=v_type, backend="numpy" if backend == "cpu" else backend,
+                             device=device, seed=seed,
                              n_heads=a.n_heads, max_batch=B, window=list(a.window),
                              **self.cache_opts)
-        if backend == "numpy":
-            self.ops = NumpyOps(self.cache, sparse_v)
+        if backend in ("numpy", "cpu"):
+            if backend == "cpu":
+                from nexvk.cpu.ops import CpuOps
+                self.ops = CpuOps(self.cache, sparse_v, threads)
+            else:
+                self.ops = NumpyOps(self.cache, sparse_v)
             self.state = State(a, B, self.ops)
             self._states = {}
         else:
@@ -69,8 +75,9 @@ class Model:
     @classmethod
     def load(cls, path=None, ctx=2048, k_type="f16", v_type="f16", backend="numpy",
              device=None, sparse_v=None, seed=0, progress=False, max_batch=MAX_BATCH,
-             cache_opts=None):
-        """Load a GGUF (the default SmolLM2 when path is None) with a ctx-token KV cache."""
+             cache_opts=None, threads=None):
+        """Load a GGUF (the default SmolLM2 when path is None) with a ctx-token KV cache;
+        threads: the cpu backend's (default: every core)."""
         from nexvk.model.fetch import resolve_model
         if ctx <= 0:
             raise ValueError(f"context must be positive, got {ctx}")
@@ -92,15 +99,16 @@ class Model:
         t0 = time.perf_counter()
         w = load_weights(g, Arch.from_config(cfg), backend, device, progress)
         m = cls(cfg, w, tok, ctx, k_type, v_type, backend, device, sparse_v, seed, max_batch,
-                cache_opts)
+                cache_opts, threads)
         m.stats["load_s"] = time.perf_counter() - t0
         return m
 
     def with_cache(self, k_type=None, v_type=None, **kw):
         """A model sharing these weights with a fresh cache of other formats."""
         args = dict(ctx=self.ctx, k_type=k_type or self.k_type, v_type=v_type or self.v_type,
-                    backend=self.cache.backend, device=self.device, sparse_v=self.sparse_v,
-                    seed=self.seed, max_batch=self.state.B, cache_opts=self.cache_opts)
+                    backend=self.backend, device=self.device, sparse_v=self.sparse_v,
+                    seed=self.seed, max_batch=self.state.B, cache_opts=self.cache_opts,
+                    threads=self.threads)
         args.update(kw)
         return Model(self.cfg, self.w, self.tokenizer, **args)
 
@@ -243,6 +251,9 @@ def load_weights(g, a, backend, device=None, progress=False):
     stored in device buffers (vulkan), freed with the Weights object."""
     if backend == "numpy":
         w = Weights.load(g, a, progress=progress)
+    elif backend == "cpu":
+        from nexvk.cpu.weights import loader
+        w = Weights.load(g, a, progress=progress, loader=loader(g))
     else:
         from nexvk.device.manager import get_device
         from nexvk.kernels import upload

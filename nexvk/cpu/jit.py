@@ -1,0 +1,55 @@
+"""numba for the cpu backend: imported here only, with its on-disk kernel cache and threads.
+
+Compiled kernels are cached on disk (cache=True), so a second process starts without
+compiling: beside the modules when the package directory is writable, else under the user
+cache directory (nexvk.model.fetch.home()/numba), set before numba is imported.
+fastmath: reassociation and contraction (what lets LLVM vectorize float sums) but not
+"no NaNs / no infs", so non-finite values propagate as in numpy.
+"""
+import os
+
+from nexvk.model.fetch import home
+
+
+def _cache_dir():
+    if not os.environ.get("NUMBA_CACHE_DIR") and \
+            not os.access(os.path.dirname(os.path.abspath(__file__)), os.W_OK):
+        os.environ["NUMBA_CACHE_DIR"] = str(home() / "numba")
+
+
+_cache_dir()
+try:
+    import numba
+except ImportError:  # the backend registry says why and falls back to numpy
+    numba = None
+
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def available():
+    """Whether numba imports (the cpu backend needs it)."""
+    return numba is not None
+
+
+def kernel(fn=None, parallel=False):
+    """A compiled kernel: numba.njit with the disk cache, fastmath as above, the GIL released."""
+    def wrap(f):
+        return numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=parallel)(f)
+    return wrap(fn) if fn is not None else wrap
+
+
+def max_threads():
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def set_threads(n):
+    """Threads for the compiled kernels (and OpenBLAS: one owner of the cores per phase,
+    the same count); None = every core. ValueError beyond the cores numba started with."""
+    if n is None:
+        n = max_threads()
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_threads():
+        raise ValueError(f"threads must be an integer in 1..{max_threads()}, got {n!r}")
+    numba.set_num_threads(n)
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(n, user_api="blas")
+    return n

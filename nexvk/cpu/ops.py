@@ -1,0 +1,49 @@
+"""The cpu Ops: forward.py's calls executed at once by the compiled kernels of nexvk/cpu.
+
+The contract is NumpyOps' (handles are (rows, features) float32 arrays, each op acts on the
+first n = min(T, rows) rows), and so is everything that is not arithmetic: buffers, the
+step's T and position, the RoPE tables, attention through the KV cache. Weights are
+CpuWeights (weights.py) held as stored. Products: decode rows (n = 1) go to mul_mv on the
+compiled kernels' threads, prefill rows (n > 1) to mul_mm (BLAS). Scratch grows on the first
+step of each kind and is reused, so a decode step allocates nothing.
+"""
+import numpy as np
+
+from nexvk.cpu import add, get_rows, glu, jit, mul_mm, mul_mv, rms_norm, rope
+from nexvk.model.ops_numpy import NumpyOps
+
+
+class CpuOps(NumpyOps):
+    def __init__(self, cache, sparse_v=None, threads=None):
+        super().__init__(cache, sparse_v)
+        self.threads = jit.set_threads(threads)
+        self._mv = mul_mv.scratch(self.threads, 0)
+        self._panel = np.empty(0, np.float32)
+
+    def embed(self, table, tokens, out, scale=1.0):
+        get_rows.run(table, tokens, self.T, out, scale)
+
+    def rms_norm(self, x, w, eps, out, group=0):
+        rms_norm.run(x, w, eps, self._n(x), out, group)
+
+    def linear(self, x, w, out, accumulate=False):
+        n = self._n(x)
+        if n == 1:
+            if self._mv.shape[1] < w.d.shape[1]:
+                self._mv = mul_mv.scratch(self.threads, w.d.shape[1])
+            mul_mv.run(w, x[0], out[0], accumulate, self._mv, self.threads)
+            return
+        if self._panel.size < mul_mm.panel_floats(w):
+            self._panel = np.empty(mul_mm.panel_floats(w), np.float32)
+        tmp = self._tmp(n, w.rows) if accumulate else None
+        mul_mm.run(w, x[:n], out[:n], accumulate, self._panel, tmp)
+
+    def rope(self, x, head_dim, rot_dims, base, neox):
+        cos, sin = self._table(base, rot_dims)
+        rope.run(x, cos, sin, self.pos, self._n(x), head_dim, rot_dims, neox)
+
+    def glu(self, gate, up, out, act):
+        glu.run(gate, up, self._n(gate), act, out)
+
+    def add(self, x, y):
+        add.run(x, y, self._n(x))

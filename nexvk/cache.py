@@ -31,8 +31,9 @@ class KVCache:
     """A KV cache of n_layers x capacity tokens x n_kv_heads vectors of head_dim, with key
     and value formats chosen independently from nexvk.FORMATS.
 
-    backend: "numpy" (reference), "vulkan" (device `device`, else NEXVK_DEVICE, else the
-    best) or "auto" (vulkan when a device exists, else numpy with a message).
+    backend: "numpy" (reference), "cpu" (the numpy store for now), "vulkan" (device
+    `device`, else NEXVK_DEVICE, else the best) or "auto" (vulkan on a GPU, else cpu, with a
+    message).
     n_heads: query heads the attention calls will use (default: sized for up to 8x
     n_kv_heads); giving it lets the vulkan backend build every pipeline at construction.
     max_batch: most rows per device dispatch; longer appends and prefills are chunked.
@@ -102,10 +103,10 @@ class KVCache:
                               head_dim=self.head_dim, max_heads=self.max_heads, kfmts=self.kfmts,
                               vfmts=self.vfmts, windows=self.windows, slots=self.slots,
                               sinks=self.layer_sinks, transform=self.transform)
-        if self.backend == "numpy":
-            self._impl = _NumpyStore(geo)
-        else:
+        if self.backend == "vulkan":
             self._impl = _VulkanStore(geo, device, max_batch, n_heads)
+        else:  # numpy, and cpu until its compiled store lands
+            self._impl = _NumpyStore(geo)
 
     @property
     def nbytes(self):

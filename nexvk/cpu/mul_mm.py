@@ -21,29 +21,32 @@ def ref(w, x, y=None):
     return out if y is None else (y + out).astype(np.float32)
 
 
-def _deq(q, d, m, c, b, p, col):
-    """p[b*BL + i, col + r] = d * q[c, b, i, r] + m for the chunk's R rows (typed per q.dtype)."""
+def _deq(q, d, m, c, p, col):
+    """p[b*BL + i, col + r] = d * q[c, b, i, r] + m for chunk c (typed per q.dtype)."""
 
 
 @numba.extending.overload(_deq)
-def _deq_impl(q, d, m, c, b, p, col):
+def _deq_impl(q, d, m, c, p, col):
     if q.dtype == numba.types.uint8:
-        def nib(q, d, m, c, b, p, col):
+        def nib(q, d, m, c, p, col):
             L = q.shape[2]
-            for i in range(L):
-                lo, hi = p[2 * L * b + i], p[2 * L * b + L + i]
-                for r in range(R):
-                    v = q[c, b, i, r]
-                    lo[col + r] = d[c, b, r] * np.float32(v & 15) + m[c, b, r]
-                    hi[col + r] = d[c, b, r] * np.float32(v >> 4) + m[c, b, r]
+            for b in range(q.shape[1]):
+                db, mb = d[c, b], m[c, b]
+                for i in range(L):
+                    qi, lo, hi = q[c, b, i], p[2 * L * b + i], p[2 * L * b + L + i]
+                    for r in range(R):
+                        lo[col + r] = db[r] * np.float32(qi[r] & 15) + mb[r]
+                        hi[col + r] = db[r] * np.float32(qi[r] >> 4) + mb[r]
         return nib
 
-    def one(q, d, m, c, b, p, col):
+    def one(q, d, m, c, p, col):
         L = q.shape[2]
-        for i in range(L):
-            row = p[L * b + i]
-            for r in range(R):
-                row[col + r] = d[c, b, r] * np.float32(q[c, b, i, r]) + m[c, b, r]
+        for b in range(q.shape[1]):
+            db, mb = d[c, b], m[c, b]
+            for i in range(L):
+                qi, row = q[c, b, i], p[L * b + i]
+                for r in range(R):
+                    row[col + r] = db[r] * np.float32(qi[r]) + mb[r]
     return one
 
 
@@ -51,8 +54,7 @@ def _deq_impl(q, d, m, c, b, p, col):
 def _dequantize(q, d, m, c0, c1, p):
     """Chunks c0..c1-1 into p (K, >= (c1 - c0) * R)."""
     for c in range(c0, c1):
-        for b in range(q.shape[1]):
-            _deq(q, d, m, c, b, p, (c - c0) * R)
+        _deq(q, d, m, c, p, (c - c0) * R)
 
 
 def panel_floats(w):

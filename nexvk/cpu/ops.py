@@ -3,7 +3,7 @@
 The contract is NumpyOps' (handles are (rows, features) float32 arrays, each op acts on the
 first n = min(T, rows) rows), and so is everything that is not arithmetic: buffers, the
 step's T and position, the RoPE tables, attention through the KV cache. Weights are
-CpuWeights (weights.py) held as stored. Products: decode rows (n = 1) go to mul_mv on the
+CpuWeights (weights.py) held as stored. Products: decode rows (n <= MV_ROWS) go to mul_mv on the
 compiled kernels' threads, prefill rows (n > 1) to mul_mm (BLAS). Scratch grows on the first
 step of each kind and is reused, so a decode step allocates nothing.
 """
@@ -11,6 +11,8 @@ import numpy as np
 
 from nexvk.cpu import add, get_rows, glu, jit, mul_mm, mul_mv, rms_norm, rope
 from nexvk.model.ops_numpy import NumpyOps
+
+MV_ROWS = 8  # prefill steps of at most this many rows run mul_mv row by row
 
 
 class CpuOps(NumpyOps):
@@ -28,10 +30,11 @@ class CpuOps(NumpyOps):
 
     def linear(self, x, w, out, accumulate=False):
         n = self._n(x)
-        if n == 1:
+        if n <= MV_ROWS:  # a few rows: one mat-vec each beats dequantizing the whole weight
             if self._mv.shape[1] < w.d.shape[1]:
                 self._mv = mul_mv.scratch(self.threads, w.d.shape[1])
-            mul_mv.run(w, x[0], out[0], accumulate, self._mv, self.threads)
+            for t in range(n):
+                mul_mv.run(w, x[t], out[t], accumulate, self._mv, self.threads)
             return
         if self._panel.size < mul_mm.panel_floats(w):
             self._panel = np.empty(mul_mm.panel_floats(w), np.float32)

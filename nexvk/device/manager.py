@@ -272,12 +272,12 @@ def get_device(device=None):
 
 
 def resolve_backend(backend, device=None, numpy_bytes=None):
-    """'numpy', 'vulkan' or 'auto'. auto picks vulkan when a device was named (argument or
-    NEXVK_DEVICE) or a GPU exists. With only a CPU Vulkan driver (lavapipe) it runs numpy,
-    which is faster on the same cores, while what numpy would hold (numpy_bytes: a model's
-    float32 weights + KV, when known) takes at most half the available memory; beyond that
-    the device path, which keeps the weights as stored. With no device: numpy. It says which
-    and why on stderr. Asking for vulkan without a device fails clearly later, in Device()."""
+    """'numpy', 'cpu', 'vulkan' or 'auto'. auto picks vulkan when a device was named (argument
+    or NEXVK_DEVICE) or a GPU exists; otherwise the cpu backend (compiled kernels on the same
+    cores, weights as stored: faster than a CPU Vulkan driver and than numpy), or numpy when
+    numba is missing. It says which and why on stderr. Asking for vulkan without a device
+    fails clearly later, in Device(). (numpy_bytes: unused, kept for callers until the
+    backend registry replaces this function.)"""
     if backend not in ("numpy", "cpu", "vulkan", "auto"):
         raise ValueError(f"unknown backend {backend!r}; use 'numpy', 'cpu', 'vulkan' or 'auto'")
     if backend != "auto":
@@ -286,19 +286,15 @@ def resolve_backend(backend, device=None, numpy_bytes=None):
     if device is not None or os.environ.get("NEXVK_DEVICE") or \
             any(d["type"] != "cpu" for d in devs):
         return "vulkan"
-    if not devs:
-        why = f"no Vulkan device ({probe.last_error() or 'none found'})"
-    else:
-        avail = available_memory()
-        if numpy_bytes and avail and numpy_bytes > avail / 2:
-            print(f"nexvk: the numpy backend would hold {numpy_bytes / 2**20:.0f} MiB (float32 "
-                  f"weights + KV), over half of the {avail / 2**20:.0f} MiB available; using "
-                  f"vulkan on {devs[0]['name']}, which keeps the weights as stored",
-                  file=sys.stderr)
-            return "vulkan"
-        why = (f"only a CPU Vulkan driver ({devs[0]['name']}): numpy is faster on the same "
-               "cores; pass --backend vulkan to use it anyway")
-    print(f"nexvk: {why}; using numpy", file=sys.stderr)
+    why = (f"only a CPU Vulkan driver ({devs[0]['name']})" if devs else
+           f"no Vulkan device ({probe.last_error() or 'none found'})")
+    from nexvk.cpu import jit
+    if jit.available():
+        print(f"nexvk: {why}; using the cpu backend (compiled kernels on {jit.max_threads()} "
+              "threads)", file=sys.stderr)
+        return "cpu"
+    print(f"nexvk: {why} and numba is not installed (pip install numba for the cpu "
+          "backend); using numpy", file=sys.stderr)
     return "numpy"
 
 

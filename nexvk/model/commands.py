@@ -47,9 +47,12 @@ def cache_config(args, model_path):
 
 
 def _device_flags(p):
-    p.add_argument("--backend", choices=("auto", "numpy", "vulkan"), default="auto",
-                   help="where the KV cache and attention run; auto = vulkan when a device "
-                        "exists, else numpy (default: auto)")
+    p.add_argument("--backend", choices=("auto", "cpu", "numpy", "vulkan"), default="auto",
+                   help="where the step runs: vulkan (a Vulkan device), cpu (compiled kernels, "
+                        "weights as stored), numpy (the float32 reference); auto = vulkan on "
+                        "a GPU, else cpu (default: auto)")
+    p.add_argument("-t", "--threads", type=int, default=None,
+                   help="cpu backend threads (default: every core)")
     p.add_argument("--device", type=int, default=None,
                    help="Vulkan device index from `nexvk devices` (default: the first)")
 
@@ -187,7 +190,7 @@ def cmd_run(args):
     k_type, v_type, opts = cache_config(args, path)
     m = Model.load(path, ctx=args.ctx, k_type=k_type, v_type=v_type,
                    backend=args.backend, device=args.device, sparse_v=args.sparse_v,
-                   seed=args.seed, progress=True, cache_opts=opts)
+                   seed=args.seed, progress=True, cache_opts=opts, threads=args.threads)
 
     def emit(piece):
         sys.stdout.write(piece)
@@ -209,7 +212,7 @@ def cmd_run(args):
     print(f"KV cache: {c.spec.describe()}, {bits:.3f} bits/value, "
           f"{c.nbytes / 2**20:.2f} MiB for {args.ctx} tokens ({c.length(0)} used; f16 would "
           f"take {f16_bytes / 2**20:.2f} MiB, {f16_bytes / c.nbytes:.1f}x more), "
-          f"backend {c.backend}", file=err)
+          f"backend {m.backend}", file=err)
     if args.sparse_v:
         st = c.stats
         print(f"sparse V (last step): skipped {st['skipped']} of {st['total']} "
@@ -226,7 +229,8 @@ def cmd_ppl(args):
     k_type, v_type, opts = cache_config(args, model)
     r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, k_type=k_type,
                    v_type=v_type, kld=args.kld, backend=args.backend, device=args.device,
-                   sparse_v=args.sparse_v, bos_insert=args.bos_insert, cache_opts=opts)
+                   sparse_v=args.sparse_v, bos_insert=args.bos_insert, cache_opts=opts,
+                   threads=args.threads)
     print("\n".join(format_result(r)))
     return 0
 

@@ -53,7 +53,7 @@ def windows_of(tok, text, ctx, chunks=None, bos=None, bos_insert=False):
 
 def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
                backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
-               kld_base=None, bos_insert=False, cache_opts=None):
+               kld_base=None, bos_insert=False, cache_opts=None, threads=None):
     """Perplexity of `text` (see the module docstring); returns a dict:
     ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the configuration in
     words), bits_per_value (all metadata included, at ctx) and, with kld=True,
@@ -78,7 +78,7 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
     else:
         model = Model.load(model_or_path, ctx=ctx, k_type=k_type, v_type=v_type, backend=backend,
                            device=device, sparse_v=sparse_v, seed=seed, progress=progress,
-                           cache_opts=cache_opts)
+                           cache_opts=cache_opts, threads=threads)
     spec = model.cache.spec
     is_f16 = set(spec.k_types + spec.v_types) == {"f16"} and not sparse_v
     ref = None  # the f16 model, made on first need

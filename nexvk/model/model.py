@@ -45,8 +45,7 @@ class Model:
             raise ValueError(f"these weights were loaded for the {weights.backend} backend, "
                              f"not {backend}: load the model with backend={backend!r}")
         self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, ctx, k_type=k_type,
-                             v_type=v_type, backend="numpy" if backend == "cpu" else backend,
-                             device=device, seed=seed,
+                             v_type=v_type, backend=backend, device=device, seed=seed,
                              n_heads=a.n_heads, max_batch=B, window=list(a.window),
                              **self.cache_opts)
         if backend in ("numpy", "cpu"):
@@ -155,14 +154,14 @@ class Model:
     def _chunk(self, last_only):
         """Most tokens per step: B, or on the device fewer when every row's logits come back
         (one logits buffer must stay under the storage-buffer limit)."""
-        if self.cache.backend == "numpy" or last_only:
+        if self.cache.backend != "vulkan" or last_only:
             return self.state.B
         fit = self.cache.store.dev.max_buffer_bytes // (4 * self.arch.vocab_size)
         return max(1, min(self.state.B, fit))
 
     def _state_for(self, T, logits):
         """(key, State) of the step shape that runs T tokens with these logits."""
-        if self.cache.backend == "numpy":
+        if self.cache.backend != "vulkan":
             return None, self.state
         # the smallest step shape that holds T rows: a step's kernels cover all its rows, so
         # a 10-token prompt in a 512-row step would pay for 512 (each shape: one State and

@@ -89,18 +89,28 @@ class CpuWeight:
         return (f"CpuWeight({self.wtype.name}, {self.rows} x {self.cols}, "
                 f"{self.nbytes / 2**20:.1f} MiB)")
 
-    @classmethod
-    def empty(cls, wt, rows, cols):
-        wt = ggml_types.get(wt)
+    @staticmethod
+    def layout(kind, rows, cols):
+        """(q shape, q dtype, d and m shape, BL) of a (rows, cols) weight of this type."""
+        wt = ggml_types.get(kind)
         wt.check_cols(cols)
         bl = 16 if wt.name == "q6_k" else 32
         S, C = cols // bl, -(-rows // R)
         if wt.name in ("q4_0", "q4_1", "q4_k"):
-            q = np.zeros((C, S, bl // 2, R), np.uint8)
-        else:
-            q = np.zeros((C, S, bl, R), np.float32 if wt.name in ("f32", "f16") else np.int8)
-        return cls(wt, rows, cols, q, np.zeros((C, S, R), np.float32),
-                   np.zeros((C, S, R), np.float32), bl)
+            return (C, S, bl // 2, R), np.uint8, (C, S, R), bl
+        return (C, S, bl, R), np.float32 if wt.name in ("f32", "f16") else np.int8, (C, S, R), bl
+
+    @staticmethod
+    def held_bytes(kind, rows, cols):
+        """Bytes a (rows, cols) weight of this type takes in this layout (nexvk plan)."""
+        qs, dt, ds, _ = CpuWeight.layout(kind, rows, cols)
+        return int(np.prod(qs)) * np.dtype(dt).itemsize + 2 * 4 * int(np.prod(ds))
+
+    @classmethod
+    def empty(cls, kind, rows, cols):
+        qs, dt, ds, bl = cls.layout(kind, rows, cols)
+        return cls(kind, rows, cols, np.zeros(qs, dt), np.zeros(ds, np.float32),
+                   np.zeros(ds, np.float32), bl)
 
     def fill(self, r0, raw):
         """Rows r0.. from their raw GGUF bytes; r0 a multiple of R."""

@@ -125,3 +125,11 @@ def test_decode_steps_allocate_nothing(cpu_model):
     _nrt_python.memsys_disable_stats()
     assert len(set(counts)) == 1 and counts[0][0] == counts[0][1], set(counts)
     assert late - early < 64 * 1024, (early, late)
+
+
+def test_plan_counts_the_cpu_weights_exactly(cpu_model, model_path):
+    from nexvk.model.plan import plan
+    p = plan(model_path, 2048, "turbo3", "turbo3")
+    assert p.weights_cpu_bytes == cpu_model.w.nbytes
+    assert p.totals["cpu"] == p.weights_cpu_bytes + p.kv[p.label] + p.cpu_working_bytes
+    assert p.totals["cpu"] < p.totals["numpy"] / 3

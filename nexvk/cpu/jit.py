@@ -43,13 +43,18 @@ def max_threads():
 
 
 def set_threads(n):
-    """Threads for the compiled kernels (and OpenBLAS: one owner of the cores per phase,
-    the same count); None = every core. ValueError beyond the cores numba started with."""
+    """Threads for the compiled kernels; None = every core. ValueError beyond the cores
+    numba started with."""
     if n is None:
         n = max_threads()
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_threads():
         raise ValueError(f"threads must be an integer in 1..{max_threads()}, got {n!r}")
     numba.set_num_threads(n)
+    return n
+
+
+def blas_threads(n):
+    """OpenBLAS (numpy's BLAS) threads: n while BLAS owns the cores (prefill products), 1
+    while the compiled kernels do (decode), so that the two never spin against each other."""
     from threadpoolctl import threadpool_limits
     threadpool_limits(n, user_api="blas")
-    return n

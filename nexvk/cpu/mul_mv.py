@@ -13,7 +13,9 @@ import numpy as np
 from nexvk.cpu.jit import kernel, numba
 from nexvk.cpu.weights import R
 
-SERIAL_BYTES = 1 << 20   # weight bytes below which one thread does the whole product
+SERIAL_BYTES = 256 << 10  # weight bytes below which one thread does the whole product
+# (a parallel region costs ~20 us to start on a quiet core and far more on a busy one: at
+# ~8 G weights/s a thread, SmolLM2's 576 x 576 products (166 KiB) gain nothing from two)
 
 
 def ref(w, x, y=None):

@@ -3,9 +3,10 @@
 The contract is NumpyOps' (handles are (rows, features) float32 arrays, each op acts on the
 first n = min(T, rows) rows), and so is everything that is not arithmetic: buffers, the
 step's T and position, the RoPE tables, attention through the KV cache. Weights are
-CpuWeights (weights.py) held as stored. Products: decode rows (n <= MV_ROWS) go to mul_mv on the
-compiled kernels' threads, prefill rows (n > 1) to mul_mm (BLAS). Scratch grows on the first
-step of each kind and is reused, so a decode step allocates nothing.
+CpuWeights (weights.py) held as stored. Products: decode rows (n <= MV_ROWS) go to mul_mv on
+the compiled kernels' threads, prefill rows to mul_mm (BLAS), and BLAS gets the threads only
+in prefill steps. Scratch grows on the first step of each kind and is reused, so a decode
+step allocates nothing.
 """
 import numpy as np
 
@@ -21,6 +22,14 @@ class CpuOps(NumpyOps):
         self.threads = jit.set_threads(threads)
         self._mv = mul_mv.scratch(self.threads, 0)
         self._panel = np.empty(0, np.float32)
+        self._blas = None                     # BLAS threads now: 1 (decode) or self.threads
+
+    def set_step(self, tokens_handle, tokens, pos):
+        super().set_step(tokens_handle, tokens, pos)
+        want = 1 if self.T <= MV_ROWS else self.threads   # one owner of the cores per phase
+        if want != self._blas:
+            jit.blas_threads(want)
+            self._blas = want
 
     def embed(self, table, tokens, out, scale=1.0):
         get_rows.run(table, tokens, self.T, out, scale)

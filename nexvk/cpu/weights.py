@@ -160,6 +160,14 @@ class CpuWeight:
         return w.transpose(0, 3, 1, 2).reshape(-1, self.cols)[:self.rows]
 
 
+def load_weights(g, a, device=None, progress=False):
+    """The model's Weights for the cpu backend (device: unused, as for numpy)."""
+    from nexvk.model.weights import Weights
+    w = Weights.load(g, a, progress=progress, loader=loader(g))
+    w.backend = "cpu"
+    return w
+
+
 def loader(g):
     """loader(name, shape) for Weights.load: matrices as CpuWeights read from the file in
     chunks, vectors (norm weights) as float32."""

@@ -251,8 +251,8 @@ def load_weights(g, a, backend, device=None, progress=False):
     if backend == "numpy":
         w = Weights.load(g, a, progress=progress)
     elif backend == "cpu":
-        from nexvk.cpu.weights import loader
-        w = Weights.load(g, a, progress=progress, loader=loader(g))
+        from nexvk.cpu.weights import load_weights as load_cpu
+        return load_cpu(g, a, device, progress)
     else:
         from nexvk.device.manager import get_device
         from nexvk.kernels import upload

@@ -47,13 +47,19 @@ def max_threads():
     return numba.config.NUMBA_NUM_THREADS
 
 
-def set_threads(n):
-    """Threads for the compiled kernels; None = every core. ValueError beyond the cores
-    numba started with."""
+def check_threads(n):
+    """n, or every core for None; ValueError unless an integer in 1..the cores numba started
+    with."""
     if n is None:
-        n = max_threads()
+        return max_threads()
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_threads():
         raise ValueError(f"threads must be an integer in 1..{max_threads()}, got {n!r}")
+    return n
+
+
+def set_threads(n):
+    """Threads for the compiled kernels (check_threads(n)); returns the count."""
+    n = check_threads(n)
     numba.set_num_threads(n)
     return n
 

@@ -69,6 +69,9 @@ def _early_checks(args):
     if args.ctx < 1:
         raise ValueError(f"-c/--ctx-size must be a positive number of tokens, got {args.ctx}")
     check_sparse_v(args.sparse_v)
+    if args.threads is not None:
+        from nexvk.cpu import jit
+        jit.check_threads(args.threads)
 
 
 def add_parsers(sub):

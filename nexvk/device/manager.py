@@ -11,7 +11,6 @@ NOTE: the barrier is `kp.OpBarrier`, a binding that tools/setup.sh patches into 
 (its Python API has no compute-to-compute barrier).
 """
 import os
-import sys
 import threading
 
 import numpy as np
@@ -269,33 +268,6 @@ def get_device(device=None):
     if index not in _default:
         _default[index] = Device(index)
     return _default[index]
-
-
-def resolve_backend(backend, device=None, numpy_bytes=None):
-    """'numpy', 'cpu', 'vulkan' or 'auto'. auto picks vulkan when a device was named (argument
-    or NEXVK_DEVICE) or a GPU exists; otherwise the cpu backend (compiled kernels on the same
-    cores, weights as stored: faster than a CPU Vulkan driver and than numpy), or numpy when
-    numba is missing. It says which and why on stderr. Asking for vulkan without a device
-    fails clearly later, in Device(). (numpy_bytes: unused, kept for callers until the
-    backend registry replaces this function.)"""
-    if backend not in ("numpy", "cpu", "vulkan", "auto"):
-        raise ValueError(f"unknown backend {backend!r}; use 'numpy', 'cpu', 'vulkan' or 'auto'")
-    if backend != "auto":
-        return backend
-    devs = probe.devices()
-    if device is not None or os.environ.get("NEXVK_DEVICE") or \
-            any(d["type"] != "cpu" for d in devs):
-        return "vulkan"
-    why = (f"only a CPU Vulkan driver ({devs[0]['name']})" if devs else
-           f"no Vulkan device ({probe.last_error() or 'none found'})")
-    from nexvk.cpu import jit
-    if jit.available():
-        print(f"nexvk: {why}; using the cpu backend (compiled kernels on {jit.max_threads()} "
-              "threads)", file=sys.stderr)
-        return "cpu"
-    print(f"nexvk: {why} and numba is not installed (pip install numba for the cpu "
-          "backend); using numpy", file=sys.stderr)
-    return "numpy"
 
 
 def available_memory():

@@ -132,13 +132,8 @@ class CpuWeight:
 
     @classmethod
     def from_bytes(cls, kind, raw, rows, cols):
-        wt = ggml_types.get(kind)
-        raw = np.asarray(raw, np.uint8).reshape(-1)
-        if raw.size != wt.file_bytes(rows, cols):
-            raise ValueError(f"{wt.name} ({rows}, {cols}) is {wt.file_bytes(rows, cols)} bytes "
-                             f"in a GGUF, got {raw.size}")
-        rb = wt.file_bytes(1, cols)
-        return cls.load(wt, rows, cols, lambda a, b: raw[a * rb:b * rb])
+        """From the raw GGUF bytes of the whole tensor."""
+        return cls.load(kind, rows, cols, ggml_types.bytes_reader(kind, raw, rows, cols, "weight"))
 
     @classmethod
     def load(cls, kind, rows, cols, read_rows):
@@ -172,21 +167,9 @@ def loader(g):
     """loader(name, shape) for Weights.load: matrices as CpuWeights read from the file in
     chunks, vectors (norm weights) as float32."""
     def load(name, shape):
-        t = g.tensors.get(name)
-        if t is None:
-            raise ValueError(f"{g.path.name}: missing tensor '{name}'")
-        got = tuple(int(n) for n in reversed(t.shape))
-        if got != shape:
-            raise ValueError(f"{g.path.name}: {name} has shape {got}, metadata implies {shape}")
+        t = g.shaped(name, shape)
         if len(shape) == 1:
             return np.ascontiguousarray(g.tensor(name).reshape(-1), np.float32)
-        wt = ggml_types.get(t.tensor_type)
-        rb = wt.file_bytes(1, shape[1])
-
-        def read(a, b):
-            got = np.fromfile(g.path, np.uint8, count=(b - a) * rb, offset=t.data_offset + a * rb)
-            if got.size != (b - a) * rb:
-                raise ValueError(f"{g.path}: tensor {name} is cut short (rows {a}..{b})")
-            return got
-        return CpuWeight.load(wt, *shape, read)
+        return CpuWeight.load(t.tensor_type, *shape, ggml_types.file_reader(
+            t.tensor_type, g.path, t.data_offset, shape[1], name))
     return load

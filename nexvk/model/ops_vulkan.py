@@ -212,12 +212,7 @@ def weight_loader(dev, g, tag, shapes):
     `shapes` ({name: shape} of every tensor that will be loaded)."""
     arenas = WeightArenas(dev, tag)
     for name, shape in shapes.items():
-        t = g.tensors.get(name)
-        if t is None:
-            raise ValueError(f"{g.path.name}: missing tensor '{name}'")
-        got = tuple(int(n) for n in reversed(t.shape))
-        if got != shape:
-            raise ValueError(f"{g.path.name}: {name} has shape {got}, metadata implies {shape}")
+        t = g.shaped(name, shape)
         if len(shape) == 1:
             arenas.place(name, shape[0], 1)
         else:

@@ -27,6 +27,13 @@ def timed(fn, n=15):
     return np.median(ts) * 1e3, min(ts) * 1e3
 
 
+def one_thread(fn):
+    def run():
+        with jit.one_blas_thread():
+            fn()
+    return run
+
+
 def main():
     g = open_gguf(fetch_default(progress=False))
     w = load_weights(g, Arch.from_config(Config.from_gguf(g)))
@@ -47,7 +54,7 @@ def main():
 
     runs = [(f"cpu mul_mv, {n} thread(s)", lambda n=n: cpu(n)) for n in (1, jit.max_threads())]
     runs += [("numpy sgemv, OpenBLAS default threads", sgemv),
-             ("numpy sgemv, OpenBLAS 1 thread", lambda: jit.blas_threads(1) or sgemv())]
+             ("numpy sgemv, OpenBLAS 1 thread", one_thread(sgemv))]
     for name, fn in runs:
         med, best = timed(fn)
         print(f"{name:<40} median {med:7.1f} ms  best {best:7.1f} ms per token "

@@ -64,8 +64,13 @@ def set_threads(n):
     return n
 
 
-def blas_threads(n):
-    """OpenBLAS (numpy's BLAS) threads: n while BLAS owns the cores (prefill products), 1
-    while the compiled kernels do (decode), so that the two never spin against each other."""
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(n, user_api="blas")
+_blas = []  # the threadpoolctl controller, made on first use
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS (OpenBLAS) runs on the calling thread alone: the cpu
+    backend owns the cores with its own threads (mul_mm.py says why)."""
+    if not _blas:
+        from threadpoolctl import ThreadpoolController
+        _blas.append(ThreadpoolController())
+    return _blas[0].limit(limits=1, user_api="blas")

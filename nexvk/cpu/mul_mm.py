@@ -1,10 +1,12 @@
 """Y = X W^T for a prefill step (T > 1 rows), W a CpuWeight: the twin of kernels/mul_mm.py.
 
-Row panels of W are dequantized (one thread, a loop over the panel's rows innermost) into a
-reused float32 scratch of at most PANEL_FLOATS, laid out (K, rows) as the chunked layout
-gives it, and multiplied by numpy's BLAS sgemm, which owns the cores in this phase (the
-compiled kernels run on one thread meanwhile: OpenBLAS and numba threads both busy on the
-same cores slow each other down several times; cpu-kernels.md). Measured here, dequantizing
+Row panels of W are dequantized (a loop over the panel's rows innermost) into a reused
+float32 scratch of at most PANEL_FLOATS, laid out (K, rows) as the chunked layout gives it,
+and multiplied by numpy's BLAS sgemm. With a thread pool the weight's chunks are split into
+one contiguous run per worker, each with its own panel, and each worker's sgemm runs on one
+OpenBLAS thread (the caller limits it): OpenBLAS's own threads spin-wait for each other, and
+on a machine with other load one of them is off the core most of the time (SmolLM2, a
+60-token step, load average 17: 34 s with two OpenBLAS threads, 2.8 s with one). Dequantizing
 is a few % of the product at 64+ rows, so a tiled compiled kernel would gain little.
 """
 import numpy as np
@@ -58,27 +60,40 @@ def _dequantize(q, d, m, c0, c1, p):
 
 
 def panel_floats(w):
-    """Scratch floats run() needs for this weight."""
+    """Scratch floats a panel for this weight needs."""
     return min(w.q.shape[0] * R, max(R, PANEL_FLOATS // w.cols // R * R)) * w.cols
 
 
-def run(w, x, y, add=False, panel=None, tmp=None):
-    """y[:, :w.rows] (+)= x @ W^T;  x (n, K), y (n, >= w.rows) float32. panel: a float32
-    scratch of >= panel_floats(w); tmp: (n, >= panel rows) float32 when add (else unused)."""
-    K, C = w.cols, w.q.shape[0]
-    n = len(x)
-    if panel is None:
-        panel = np.empty(panel_floats(w), np.float32)
+def _part(w, x, y, add, c_lo, c_hi, panel, tmp):
+    K, n = w.cols, len(x)
     per = max(1, panel.size // K // R)     # chunks a panel holds
-    for c0 in range(0, C, per):
-        c1 = min(C, c0 + per)
+    for c0 in range(c_lo, c_hi, per):
+        c1 = min(c_hi, c0 + per)
         r0, r1 = c0 * R, min(w.rows, c1 * R)
         p = panel[:K * (c1 - c0) * R].reshape(K, (c1 - c0) * R)
         _dequantize(w.q, w.d, w.m, c0, c1, p)
         if add:
-            t = tmp[:n, :r1 - r0] if tmp is not None else np.empty((n, r1 - r0), np.float32)
+            t = tmp[:n, :r1 - r0]
             np.matmul(x, p[:, :r1 - r0], out=t)
             y[:, r0:r1] += t
         else:
             np.matmul(x, p[:, :r1 - r0], out=y[:, r0:r1])
+
+
+def run(w, x, y, add=False, panels=None, tmps=None, pool=None):
+    """y[:, :w.rows] (+)= x @ W^T;  x (n, K), y (n, >= w.rows) float32. panels: one float32
+    scratch of >= panel_floats(w) per part (default: one, made here); tmps: as many
+    (>= n, >= w.rows) float32 when add; pool: a concurrent.futures executor running the
+    parts (default: in turn, on this thread)."""
+    panels = panels or [np.empty(panel_floats(w), np.float32)]
+    tmps = tmps or [np.empty((len(x), w.rows), np.float32) if add else None for _ in panels]
+    C = w.q.shape[0]
+    k = min(len(panels), C)
+    jobs = [(w, x, y, add, i * C // k, (i + 1) * C // k, panels[i], tmps[i]) for i in range(k)]
+    if pool is None or k == 1:
+        for job in jobs:
+            _part(*job)
+    else:
+        for f in [pool.submit(_part, *job) for job in jobs]:
+            f.result()
     return y

@@ -4,10 +4,13 @@ The contract is NumpyOps' (handles are (rows, features) float32 arrays, each op 
 first n = min(T, rows) rows), and so is everything that is not arithmetic: buffers, the
 step's T and position, the RoPE tables, attention through the KV cache. Weights are
 CpuWeights (weights.py) held as stored. Products: decode rows (n <= MV_ROWS) go to mul_mv on
-the compiled kernels' threads, prefill rows to mul_mm (BLAS), and BLAS gets the threads only
-in prefill steps. Scratch grows on the first step of each kind and is reused, so a decode
-step allocates nothing.
+the compiled kernels' threads, prefill rows to mul_mm on a pool of as many Python threads,
+each with its part of the weight's rows and its own panel, while OpenBLAS runs on one thread
+per caller for the whole step (mul_mm.py says why). Scratch grows on the first step of each
+kind and is reused, so a decode step allocates nothing.
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from nexvk.cpu import add, get_rows, glu, jit, mul_mm, mul_mv, rms_norm, rope
@@ -21,15 +24,13 @@ class CpuOps(NumpyOps):
         super().__init__(cache, sparse_v)
         self.threads = jit.set_threads(threads)
         self._mv = mul_mv.scratch(self.threads, 0)
-        self._panel = np.empty(0, np.float32)
-        self._blas = None                     # BLAS threads now: 1 (decode) or self.threads
+        self._panels = [np.empty(0, np.float32)] * self.threads   # per mul_mm part
+        self._tmps = [np.empty((0, 0), np.float32)] * self.threads
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def set_step(self, tokens_handle, tokens, pos):
-        super().set_step(tokens_handle, tokens, pos)
-        want = 1 if self.T <= MV_ROWS else self.threads   # one owner of the cores per phase
-        if want != self._blas:
-            jit.blas_threads(want)
-            self._blas = want
+    def execute(self, key, record):
+        with jit.one_blas_thread():
+            record()
 
     def embed(self, table, tokens, out, scale=1.0):
         get_rows.run(table, tokens, self.T, out, scale)
@@ -45,10 +46,16 @@ class CpuOps(NumpyOps):
             for t in range(n):
                 mul_mv.run(w, x[t], out[t], accumulate, self._mv, self.threads)
             return
-        if self._panel.size < mul_mm.panel_floats(w):
-            self._panel = np.empty(mul_mm.panel_floats(w), np.float32)
-        tmp = self._tmp(n, w.rows) if accumulate else None
-        mul_mm.run(w, x[:n], out[:n], accumulate, self._panel, tmp)
+        if self._panels[0].size < mul_mm.panel_floats(w):
+            self._panels = [np.empty(mul_mm.panel_floats(w), np.float32) for _ in self._panels]
+        tmps = None
+        if accumulate:
+            t = self._tmps[0]
+            if t.shape[0] < n or t.shape[1] < w.rows:
+                shape = (max(n, t.shape[0]), max(w.rows, t.shape[1]))
+                self._tmps = [np.empty(shape, np.float32) for _ in self._tmps]
+            tmps = self._tmps
+        mul_mm.run(w, x[:n], out[:n], accumulate, self._panels, tmps, self._pool)
 
     def rope(self, x, head_dim, rot_dims, base, neox):
         cos, sin = self._table(base, rot_dims)

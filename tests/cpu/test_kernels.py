@@ -56,18 +56,22 @@ def test_mul_mv_threads_split_a_large_product(rng):
 
 
 @pytest.mark.parametrize("kind", TYPES)
-@pytest.mark.parametrize("panel_rows", [None, R])
-def test_mul_mm_matches_its_twin(rng, kind, panel_rows):
-    rows, cols, T = 2 * R + 7, 512, 13
+@pytest.mark.parametrize("panel_rows,parts", [(None, 1), (R, 1), (R, 2), (2 * R, 3)])
+def test_mul_mm_matches_its_twin(rng, kind, panel_rows, parts):
+    """Panels of one chunk or more, the chunks split over 1-3 workers of a pool."""
+    from concurrent.futures import ThreadPoolExecutor
+    rows, cols, T = 3 * R + 7, 512, 13
     w, wf = weight(kind, rows, cols, 3)
     x = rng.standard_normal((T, cols)).astype(np.float32)
-    panel = None if panel_rows is None else np.empty(panel_rows * cols, np.float32)
-    y = np.zeros((T, rows), np.float32)
-    mul_mm.run(w, x, y, panel=panel)
-    assert rel(y, mul_mm.ref(wf, x)) < 1e-5
-    y0 = y.copy()
-    mul_mm.run(w, x, y, add=True, panel=panel)
-    assert rel(y, mul_mm.ref(wf, x, y0)) < 1e-5
+    panels = None if panel_rows is None else \
+        [np.empty(panel_rows * cols, np.float32) for _ in range(parts)]
+    with ThreadPoolExecutor(parts) as pool:
+        y = np.zeros((T, rows), np.float32)
+        mul_mm.run(w, x, y, panels=panels, pool=pool)
+        assert rel(y, mul_mm.ref(wf, x)) < 1e-5
+        y0 = y.copy()
+        mul_mm.run(w, x, y, add=True, panels=panels, pool=pool)
+        assert rel(y, mul_mm.ref(wf, x, y0)) < 1e-5
 
 
 @pytest.mark.parametrize("kind", TYPES)

@@ -32,9 +32,8 @@ class Backend:
 BACKENDS = {b.name: b for b in (
     Backend("numpy", "nexvk.model.ops_numpy:NumpyOps", "nexvk.cache.numpy_store:NumpyStore",
             "nexvk.model.ops_numpy:load_weights", "nexvk.quant:Codec", device=False),
-    # cpu: numba-compiled Ops over weights as stored; the numpy cache store until the
-    # compiled one lands (nexvk/cpu, issue 14)
-    Backend("cpu", "nexvk.cpu.ops:CpuOps", "nexvk.cache.numpy_store:NumpyStore",
+    # cpu: numba-compiled Ops over weights as stored, the KV cache in numba kernels (nexvk/cpu)
+    Backend("cpu", "nexvk.cpu.ops:CpuOps", "nexvk.cache.cpu_store:CpuStore",
             "nexvk.cpu.weights:load_weights", "nexvk.quant:Codec", device=False, threads=True),
     Backend("vulkan", "nexvk.model.ops_vulkan:VulkanOps", "nexvk.cache.vulkan_store:VulkanStore",
             "nexvk.model.ops_vulkan:load_weights", "nexvk.kernels.codec:VulkanCodec",

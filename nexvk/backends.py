@@ -21,6 +21,7 @@ class Backend:
     weights: str    # weight loader: load(gguf, arch, device, progress) -> Weights
     codec: str      # codec class: codec(name, head_dim, seed[, device=])
     device: bool    # runs on a Vulkan device
+    threads: bool = False  # its Ops take threads= (the cpu backend's -t)
 
     def get(self, part):
         """The class or function `part` ("ops", "store", "weights", "codec") names."""
@@ -31,13 +32,12 @@ class Backend:
 BACKENDS = {b.name: b for b in (
     Backend("numpy", "nexvk.model.ops_numpy:NumpyOps", "nexvk.cache.numpy_store:NumpyStore",
             "nexvk.model.ops_numpy:load_weights", "nexvk.quant:Codec", device=False),
+    # cpu: numba-compiled Ops over weights as stored, the KV cache in numba kernels (nexvk/cpu)
+    Backend("cpu", "nexvk.cpu.ops:CpuOps", "nexvk.cache.cpu_store:CpuStore",
+            "nexvk.cpu.weights:load_weights", "nexvk.quant:Codec", device=False, threads=True),
     Backend("vulkan", "nexvk.model.ops_vulkan:VulkanOps", "nexvk.cache.vulkan_store:VulkanStore",
             "nexvk.model.ops_vulkan:load_weights", "nexvk.kernels.codec:VulkanCodec",
             device=True),
-    # the KV cache in numba kernels (nexvk/cpu/); its model Ops and weights are numpy's until
-    # the cpu Ops of issue 14 take their place
-    Backend("cpu", "nexvk.model.ops_numpy:NumpyOps", "nexvk.cache.cpu_store:CpuStore",
-            "nexvk.model.ops_numpy:load_weights", "nexvk.quant:Codec", device=False),
 )}
 
 
@@ -51,12 +51,12 @@ def backend(name):
 
 def resolve(name, device=None, numpy_bytes=None):
     """The backend name to run: `name` itself, or for "auto": vulkan when a device was named
-    (argument or NEXVK_DEVICE) or a GPU exists. With only a CPU Vulkan driver (lavapipe) it
-    runs numpy, which is faster on the same cores, while what numpy would hold (numpy_bytes:
-    a model's float32 weights + KV, when known) takes at most half the available memory;
-    beyond that the device path, which keeps the weights as stored. With no device: numpy.
-    It says which and why on stderr. Asking for vulkan without a device fails clearly later,
-    in Device()."""
+    (argument or NEXVK_DEVICE) or a GPU exists; otherwise cpu (compiled kernels on the same
+    cores, weights as stored: faster than numpy or a CPU Vulkan driver). Only when numba is
+    missing: numpy, or with a CPU Vulkan driver (lavapipe) the device path when what numpy
+    would hold (numpy_bytes: a model's float32 weights + KV, when known) takes over half the
+    available memory. It says which and why on stderr. Asking for vulkan without a device
+    fails clearly later, in Device()."""
     from nexvk.device import manager, probe
     if name != "auto":
         b = backend(name)
@@ -67,17 +67,21 @@ def resolve(name, device=None, numpy_bytes=None):
     if device is not None or os.environ.get("NEXVK_DEVICE") or \
             any(d["type"] != "cpu" for d in devs):
         return "vulkan"
-    if not devs:
-        why = f"no Vulkan device ({probe.last_error() or 'none found'})"
-    else:
+    why = (f"only a CPU Vulkan driver ({devs[0]['name']})" if devs else
+           f"no Vulkan device ({probe.last_error() or 'none found'})")
+    from nexvk.cpu import jit
+    if jit.available():
+        print(f"nexvk: {why}; using the cpu backend (compiled kernels, {jit.max_threads()} "
+              "threads)", file=sys.stderr)
+        return "cpu"
+    why += " and numba is not installed (pip install numba for the cpu backend)"
+    if devs:
         avail = manager.available_memory()
         if numpy_bytes and avail and numpy_bytes > avail / 2:
-            print(f"nexvk: the numpy backend would hold {numpy_bytes / 2**20:.0f} MiB (float32 "
-                  f"weights + KV), over half of the {avail / 2**20:.0f} MiB available; using "
-                  f"vulkan on {devs[0]['name']}, which keeps the weights as stored",
+            print(f"nexvk: {why}; the numpy backend would hold {numpy_bytes / 2**20:.0f} MiB "
+                  f"(float32 weights + KV), over half of the {avail / 2**20:.0f} MiB available; "
+                  f"using vulkan on {devs[0]['name']}, which keeps the weights as stored",
                   file=sys.stderr)
             return "vulkan"
-        why = (f"only a CPU Vulkan driver ({devs[0]['name']}): numpy is faster on the same "
-               "cores; pass --backend vulkan to use it anyway")
     print(f"nexvk: {why}; using numpy", file=sys.stderr)
     return "numpy"

@@ -16,6 +16,7 @@ The codec, attention and memory sections measure the formats as such (plain=True
 end-to-end rows run the default (hardened) turbo3 next to plain turbo3 and f16.
 """
 import json
+import os
 import platform
 import sys
 import time
@@ -71,10 +72,15 @@ def device_info(device=None):
     return {k: d.get(k) for k in ("index", "name", "driver", "type", "api_version", "memory_bytes")}
 
 
-def resolve_backends(backend="both", device=None, log=print):
-    """Backends to run: 'numpy', 'vulkan' or 'both'; vulkan is dropped (with a message) when
-    there is no Vulkan device."""
-    want = ["numpy", "vulkan"] if backend == "both" else [backend]
+def resolve_backends(backend="all", device=None, log=print):
+    """Backends to run: 'numpy', 'cpu', 'vulkan', 'both' (numpy and vulkan) or 'all'; vulkan
+    is dropped (with a message) when there is no Vulkan device, cpu when numba is missing."""
+    want = {"both": ["numpy", "vulkan"], "all": ["numpy", "cpu", "vulkan"]}.get(backend, [backend])
+    if "cpu" in want:
+        from nexvk.cpu import jit
+        if not jit.available():
+            log("numba is not installed: no cpu backend rows")
+            want = [b for b in want if b != "cpu"]
     if "vulkan" in want and device_info(device) is None:
         from nexvk.device.probe import last_error
         log(f"no Vulkan device found ({last_error() or 'no driver'}): running numpy only")
@@ -232,11 +238,19 @@ def e2e_models():
     return out
 
 
-def load_model(path, ctx, backend="numpy", device=None):
+def load_model(path, ctx, backend="numpy", device=None, threads=None):
     """A model whose weights are held as `backend` holds them (numpy: float32 on the host;
-    vulkan: GGUF blocks on the device), with a ctx-token context."""
+    cpu: GGUF blocks on the host; vulkan: GGUF blocks on the device), with a ctx-token
+    context; threads: the cpu backend's."""
     import nexvk
-    return nexvk.Model.load(path, ctx=ctx, backend=backend, device=device)
+    return nexvk.Model.load(path, ctx=ctx, backend=backend, device=device, threads=threads)
+
+
+def _prompt_ids(tokenizer, n):
+    ids = list(tokenizer.encode(E2E_TEXT * (n // 20 + 1)))[:n]
+    if len(ids) < n:
+        raise ValueError(f"prompt text gives only {len(ids)} tokens")
+    return ids
 
 
 def e2e(model, cache="turbo3", ctx=512, decode_tokens=64, name="smollm2-135m"):
@@ -244,11 +258,11 @@ def e2e(model, cache="turbo3", ctx=512, decode_tokens=64, name="smollm2-135m"):
     of `ctx` tokens: a prompt of ctx - decode_tokens, then decode_tokens steps."""
     prompt_tokens = ctx - decode_tokens
     fmt, opts = E2E_CACHES[cache]
-    row = {"model": name, "cache": cache, "backend": model.cache.backend, "ctx": ctx,
+    row = {"model": name, "cache": cache, "backend": model.backend, "ctx": ctx,
            "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens}
     try:
         m = model.with_cache(fmt, fmt, ctx=ctx, cache_opts=opts)
-        ids = _prompt_ids(m, prompt_tokens)
+        ids = _prompt_ids(m.tokenizer, prompt_tokens)
         m.forward(ids[:2], 0)  # warm up (device steps are recorded on first use)
         m.reset()
         t0 = time.perf_counter()
@@ -267,14 +281,6 @@ def e2e(model, cache="turbo3", ctx=512, decode_tokens=64, name="smollm2-135m"):
     return row
 
 
-def _prompt_ids(model, n):
-    """n token ids of E2E_TEXT repeated."""
-    ids = list(model.tokenizer.encode(E2E_TEXT * (n // 20 + 1)))[:n]
-    if len(ids) < n:
-        raise ValueError(f"prompt text gives only {len(ids)} tokens")
-    return ids
-
-
 def concurrency(model, n_seqs, cache="turbo3", prompt_tokens=128, decode_tokens=64,
                 name="smollm2-135m"):
     """Aggregate greedy-decode tokens/s of n_seqs sequences, each with its own `cache`
@@ -287,7 +293,7 @@ def concurrency(model, n_seqs, cache="turbo3", prompt_tokens=128, decode_tokens=
     try:
         seqs = [model.with_cache(fmt, fmt, cache_opts=opts) for _ in range(n_seqs)]
         batch = Batch(model, n_seqs)
-        ids = _prompt_ids(model, prompt_tokens)
+        ids = _prompt_ids(model.tokenizer, prompt_tokens)
         toks = [int(np.argmax(s.forward(ids, 0, last_only=True)[0])) for s in seqs]
         batch.step(seqs, toks)  # warm up
         t0 = time.perf_counter()
@@ -295,6 +301,51 @@ def concurrency(model, n_seqs, cache="turbo3", prompt_tokens=128, decode_tokens=
             toks = [int(t) for t in np.argmax(batch.step(seqs, toks), axis=1)]
         dt = time.perf_counter() - t0
         row.update(decode_tok_s=n_seqs * decode_tokens / dt, step_ms=1e3 * dt / decode_tokens)
+    except Exception as e:  # noqa: BLE001
+        _error_row(row, e)
+    return row
+
+
+PEER_CACHES = ("f16", "q8_0")  # llama.cpp's KV types run side by side with ours
+
+
+def peer_available():
+    """Whether llama-cpp-python imports (the optional peer: docs/benchmarks.md says how to
+    install it)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def e2e_peer(path, tokenizer, cache="f16", ctx=512, decode_tokens=64, name="smollm2-135m",
+             threads=None):
+    """The e2e row of llama.cpp (llama-cpp-python) on the same file, prompt tokens, greedy
+    decode steps and threads (default: every core), flash attention, a `cache` KV type."""
+    import llama_cpp
+    from nexvk.cpu import jit
+    prompt_tokens = ctx - decode_tokens
+    threads = threads or jit.max_threads()
+    row = {"model": name, "cache": cache, "backend": f"llama.cpp {llama_cpp.__version__}",
+           "ctx": ctx, "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens,
+           "peer": True}
+    try:
+        kv = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}[cache]
+        llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, n_ubatch=min(ctx, 512),
+                              n_threads=threads, n_threads_batch=threads, flash_attn=True,
+                              type_k=kv, type_v=kv, logits_all=False, verbose=False)
+        ids = _prompt_ids(tokenizer, prompt_tokens)
+        llm.eval(ids[:2])  # warm up
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        t1 = time.perf_counter()
+        for _ in range(decode_tokens):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        t2 = time.perf_counter()
+        row.update(prefill_tok_s=prompt_tokens / (t1 - t0), decode_tok_s=decode_tokens / (t2 - t1),
+                   prefill_s=t1 - t0, decode_s=t2 - t1)
     except Exception as e:  # noqa: BLE001
         _error_row(row, e)
     return row
@@ -311,9 +362,22 @@ def add_one_ratio(rows):
             r["x_one"] = r["decode_tok_s"] / base
 
 
+def add_peer_ratio(rows):
+    """Set row['x_peer'] = decode tok/s / llama.cpp's with an f16 cache, same model and ctx."""
+    peer = {(r["model"], r["ctx"]): r for r in rows
+            if r.get("peer") and r["cache"] == "f16" and "decode_tok_s" in r}
+    for r in rows:
+        base = peer.get((r["model"], r["ctx"]))
+        if base and "decode_tok_s" in r:
+            r["x_peer"] = r["decode_tok_s"] / base["decode_tok_s"]
+            r["x_peer_prefill"] = r["prefill_tok_s"] / base["prefill_tok_s"]
+
+
 # ---- the whole run -------------------------------------------------------------------------
-def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
-    """The run as a list of (section, label, fn() -> list of rows)."""
+def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None, peer=False,
+         threads=None):
+    """The run as a list of (section, label, fn() -> list of rows); peer: llama.cpp e2e rows
+    next to ours (same file, prompt and threads)."""
     import nexvk
     cfg = QUICK if quick else FULL
     sections = sections or SECTIONS
@@ -329,7 +393,7 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
         data = lambda: x or x.append(gaussian(cfg["codec_vectors"], 128)) or x  # noqa: E731
         steps += [("codec", f"codec {f} {b}", lambda f=f, b=b: [codec_throughput(
                       f, b, cfg["codec_vectors"], device=device, x=data()[0])])
-                  for b in backends for f in nexvk.FORMATS]
+                  for b in backends if b != "cpu" for f in nexvk.FORMATS]
     if "attention" in sections:
         for shape in SHAPES:
             for ctx in cfg["contexts"]:
@@ -353,7 +417,7 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
     def model(name, path, b):
         if (name, b) not in models:
             models.clear()
-            models[name, b] = load_model(path, max(cfg["e2e_contexts"]), b, device)
+            models[name, b] = load_model(path, max(cfg["e2e_contexts"]), b, device, threads)
         return models[name, b]
     # a CPU Vulkan driver (lavapipe) prefills at a few tokens/s: there the device rows
     # run the default model at the first context only (a GPU runs them all)
@@ -361,6 +425,12 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
     if "e2e" in sections:
         def e2e_step(name, path, b, cache, ctx):
             return [e2e(model(name, path, b), cache, ctx, cfg["decode_tokens"], name)]
+
+        def peer_step(name, path, cache, ctx):
+            from nexvk.model.gguf import open_gguf
+            from nexvk.model.tokenizer import Tokenizer
+            return [e2e_peer(path, Tokenizer(open_gguf(path)), cache, ctx,
+                             cfg["decode_tokens"], name, threads)]
         for name, path in e2e_models().items():
             for b in backends:
                 ctxs = cfg["e2e_contexts"] if name == "smollm2-135m" else cfg["e2e_contexts"][:1]
@@ -372,6 +442,11 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
                            lambda name=name, path=path, b=b, c=c, ctx=ctx:
                                e2e_step(name, path, b, c, ctx))
                           for ctx in ctxs for c in E2E_CACHES]
+            if peer:
+                ctxs = cfg["e2e_contexts"] if name == "smollm2-135m" else cfg["e2e_contexts"][:1]
+                steps += [("e2e", f"e2e {name} {c} llama.cpp ctx {ctx}",
+                           lambda name=name, path=path, c=c, ctx=ctx: peer_step(name, path, c, ctx))
+                          for ctx in ctxs for c in PEER_CACHES]
     if "concurrency" in sections:  # the default model; on lavapipe too slow to be worth it
         path = e2e_models()["smollm2-135m"]
         prompt = min(cfg["concurrent_prompt"], max(cfg["e2e_contexts"]) // 2)
@@ -391,20 +466,27 @@ def _guarded(label, fn):
         return [{"step": label, "error": f"{type(e).__name__}: {e}"}]
 
 
-def run_all(device=None, quick=False, progress=True, backends=None, sections=None, log=None):
-    """Run every benchmark; returns the report {meta, memory, error, codec, attention, e2e}."""
+def run_all(device=None, quick=False, progress=True, backends=None, sections=None, log=None,
+            peer=False, threads=None):
+    """Run every benchmark; returns the report {meta, memory, error, codec, attention, e2e}.
+    peer: llama.cpp e2e rows too (when llama-cpp-python imports; a message otherwise)."""
     import nexvk
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    backends = list(backends or resolve_backends("both", device, log))
+    backends = list(backends or resolve_backends("all", device, log))
+    if peer and not peer_available():
+        log("--peer: llama-cpp-python is not installed (docs/benchmarks.md: how to build it); "
+            "no llama.cpp rows")
+        peer = False
     dev = device_info(device) if "vulkan" in backends else None
     report = {"meta": {"nexvk": nexvk.__version__, "quick": quick, "backends": backends,
                        "device": dev, "host": platform.node(), "machine": platform.machine(),
                        "python": platform.python_version(), "numpy": np.__version__,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       "sparse_v": SPARSE_V, "peak_keys": PEAK_KEYS, "peak_logit": PEAK_LOGIT},
+                       "sparse_v": SPARSE_V, "peak_keys": PEAK_KEYS, "peak_logit": PEAK_LOGIT,
+                       "loadavg": os.getloadavg(), "threads": threads},
               "memory": [], "error": [], "codec": [], "attention": [], "e2e": [],
               "concurrency": []}
-    steps = plan(quick, backends, device, sections)
+    steps = plan(quick, backends, device, sections, peer, threads)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -420,6 +502,7 @@ def run_all(device=None, quick=False, progress=True, backends=None, sections=Non
         bar.close()
     add_f16_ratio(report["attention"])
     add_one_ratio(report["concurrency"])
+    add_peer_ratio(report["e2e"])
     report["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report["meta"]["elapsed_s"] = time.perf_counter() - t0
     return report
@@ -455,7 +538,8 @@ def format_report(rep):
     head = (f"nexvk {m['nexvk']} bench{' --quick' if m['quick'] else ''}: backends "
             f"{', '.join(m['backends'])}; device: "
             f"{dev['name'] + ' / ' + dev['driver'] if dev else 'none'}; {m['started']}, "
-            f"{m.get('elapsed_s', 0):.0f} s\n")
+            f"{m.get('elapsed_s', 0):.0f} s; load average at start "
+            f"{' '.join(f'{x:.2f}' for x in m.get('loadavg', ()))}\n")
     parts = [head,
              table(rep["memory"], [("shape", "shape"), ("format", "format"), ("bits_per_value", "bits/value"),
                                    ("bytes_per_token_layer", "bytes/token/layer"),
@@ -477,9 +561,14 @@ def format_report(rep):
                                 ("backend", "backend"), ("prompt_tokens", "prompt"),
                                 ("prefill_tok_s", "prefill tok/s"), ("decode_tokens", "decoded"),
                                 ("decode_tok_s", "decode tok/s"),
-                                ("kv_mib", "KV MiB"), ("bits_per_value", "bits/value")],
+                                ("kv_mib", "KV MiB"), ("bits_per_value", "bits/value")]
+                   + ([("x_peer_prefill", "prefill x llama.cpp"),
+                       ("x_peer", "decode x llama.cpp")]
+                      if any("x_peer" in r for r in rep["e2e"]) else []),
                    "End to end (K and V in the same format; turbo3 = the hardened cache; "
-                   "numpy: float32 weights, vulkan: the whole step on the device)"),
+                   "numpy: float32 weights, cpu: compiled kernels with weights as stored, "
+                   "vulkan: the whole step on the device; x llama.cpp: over llama.cpp's "
+                   "f16-cache row in the same run)"),
              table(rep.get("concurrency", []),
                    [("model", "model"), ("backend", "backend"), ("cache", "cache"),
                     ("seqs", "sequences"),
@@ -487,7 +576,7 @@ def format_report(rep):
                     ("step_ms", "ms/step"), ("decode_tok_s", "decode tok/s (all)"),
                     ("x_one", "x one sequence")],
                    "Concurrent sequences (nexvk serve -np N): each its own cache, decode steps "
-                   "batched into one forward on numpy (one step per sequence on vulkan)")]
+                   "batched into one forward on numpy and cpu (one step per sequence on vulkan)")]
     bad = sorted({(r["backend"], r["shape"], r["ctx"]) for r in rep["attention"]
                   if r.get("max_abs_diff", 0) > 1e-3})
     if bad:
@@ -555,7 +644,13 @@ def add_parser(sub):
                        "same run as the baseline.")
     p.add_argument("--device", type=int, default=None, help="Vulkan device index (see `nexvk devices`)")
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute on a CPU)")
-    p.add_argument("--backend", choices=("numpy", "vulkan", "both"), default="both")
+    p.add_argument("--backend", choices=("numpy", "cpu", "vulkan", "both", "all"), default="all",
+                   help="both = numpy and vulkan; all = numpy, cpu and vulkan (default)")
+    p.add_argument("--peer", action="store_true",
+                   help="e2e: also run llama.cpp (llama-cpp-python, when installed) on the same "
+                        "file, prompt and threads, and print our ratio to it")
+    p.add_argument("-t", "--threads", type=int, default=None,
+                   help="threads of the cpu backend and of llama.cpp (default: every core)")
     p.add_argument("--only", nargs="+", choices=SECTIONS,
                    help="run only these sections")
     p.add_argument("--plot", metavar="DIR", help="write PNG charts to DIR")
@@ -569,7 +664,8 @@ def cmd_bench(args):
     """Handler of `nexvk bench`; returns the exit code."""
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     backends = resolve_backends(args.backend, args.device, log)
-    rep = run_all(args.device, args.quick, not args.no_progress, backends, args.only, log)
+    rep = run_all(args.device, args.quick, not args.no_progress, backends, args.only, log,
+                  args.peer, args.threads)
     print(format_report(rep))
     if args.json:
         with open(args.json, "w") as f:

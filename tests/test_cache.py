@@ -154,21 +154,26 @@ def test_vulkan_without_device_fails_clearly(monkeypatch):
         KVCache(1, 1, 64, 8, backend="vulkan", plain=True)
 
 
-def test_auto_backend_falls_back_to_numpy_with_a_message(monkeypatch, capsys):
+def test_auto_backend_without_a_gpu_is_cpu_and_numpy_without_numba(monkeypatch, capsys):
+    from nexvk.cpu import jit
     from nexvk.device import probe
     monkeypatch.setattr(probe, "devices", lambda refresh=False: [])
     monkeypatch.delenv("NEXVK_DEVICE", raising=False)
     c = KVCache(1, 1, 64, 8, backend="auto")
+    assert c.backend == "cpu"
+    assert "no Vulkan device" in capsys.readouterr().err
+    monkeypatch.setattr(jit, "available", lambda: False)
+    c = KVCache(1, 1, 64, 8, backend="auto")
     assert c.backend == "numpy"
-    assert "using numpy" in capsys.readouterr().err
+    assert "numba is not installed" in capsys.readouterr().err
 
 
-def test_auto_backend_prefers_numpy_over_a_cpu_driver_and_vulkan_on_a_gpu(monkeypatch, capsys):
+def test_auto_backend_prefers_cpu_over_a_cpu_driver_and_vulkan_on_a_gpu(monkeypatch, capsys):
     from nexvk import backends
     from nexvk.device import probe
     monkeypatch.delenv("NEXVK_DEVICE", raising=False)
     monkeypatch.setattr(probe, "devices", lambda refresh=False: [{"type": "cpu", "name": "llvmpipe"}])
-    assert backends.resolve("auto") == "numpy"
+    assert backends.resolve("auto") == "cpu"
     assert "CPU Vulkan driver (llvmpipe)" in capsys.readouterr().err
     assert backends.resolve("auto", device=0) == "vulkan"   # named: the user asked
     monkeypatch.setattr(probe, "devices", lambda refresh=False: [
@@ -180,15 +185,17 @@ def test_auto_backend_prefers_numpy_over_a_cpu_driver_and_vulkan_on_a_gpu(monkey
 
 def test_auto_backend_takes_the_cpu_driver_when_float32_weights_would_crowd_memory(
         monkeypatch, capsys):
-    """On a CPU-only driver, numpy while its float32 weights + KV take at most half the
-    available memory; beyond that the device path (weights as stored), saying why."""
+    """Without numba, on a CPU-only driver: numpy while its float32 weights + KV take at most
+    half the available memory; beyond that the device path (weights as stored), saying why."""
     from nexvk import backends
+    from nexvk.cpu import jit
     from nexvk.device import manager, probe
+    monkeypatch.setattr(jit, "available", lambda: False)
     monkeypatch.delenv("NEXVK_DEVICE", raising=False)
     monkeypatch.setattr(probe, "devices", lambda refresh=False: [{"type": "cpu", "name": "llvmpipe"}])
     monkeypatch.setattr(manager, "available_memory", lambda: 8 << 30)
     assert backends.resolve("auto", numpy_bytes=3 << 30) == "numpy"
-    assert "numpy is faster" in capsys.readouterr().err
+    assert "numba is not installed" in capsys.readouterr().err
     assert backends.resolve("auto", numpy_bytes=5 << 30) == "vulkan"
     err = capsys.readouterr().err
     assert "would hold 5120 MiB" in err and "8192 MiB available" in err and "llvmpipe" in err

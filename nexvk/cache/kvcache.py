@@ -23,8 +23,9 @@ class KVCache:
     """A KV cache of n_layers x capacity tokens x n_kv_heads vectors of head_dim, with key
     and value formats chosen independently from nexvk.FORMATS.
 
-    backend: "numpy" (reference), "vulkan" (device `device`, else NEXVK_DEVICE, else the
-    best) or "auto" (vulkan when a device exists, else numpy with a message).
+    backend: "numpy" (reference), "cpu" (the cpu backend's store: nexvk.backends), "vulkan"
+    (device `device`, else NEXVK_DEVICE, else the best) or "auto" (vulkan on a GPU, else cpu,
+    with a message).
     n_heads: query heads the attention calls will use (default: sized for up to 8x
     n_kv_heads); giving it lets the vulkan backend build every pipeline at construction.
     max_batch: most rows per device dispatch; longer appends and prefills are chunked.

@@ -290,6 +290,31 @@ def count_nonfinite(kind, raw):
     return sum(int(np.count_nonzero((b[:, o + 1] & 0x7C) == 0x7C)) for o in wt.halves)
 
 
+def bytes_reader(kind, raw, rows, cols, name):
+    """read(r0, r1) -> the raw GGUF bytes of rows r0..r1-1 of a whole tensor's bytes `raw`
+    (its size checked here)."""
+    wt = get(kind)
+    raw = np.asarray(raw, np.uint8).reshape(-1)
+    if raw.size != wt.file_bytes(rows, cols):
+        raise ValueError(f"{name}: {wt.name} ({rows}, {cols}) is {wt.file_bytes(rows, cols)} "
+                         f"bytes, got {raw.size}")
+    rb = wt.file_bytes(1, cols)
+    return lambda a, b: raw[a * rb:b * rb]
+
+
+def file_reader(kind, path, offset, cols, name):
+    """read(r0, r1) -> the raw bytes of rows r0..r1-1 of a tensor stored at byte `offset` of
+    a GGUF file, with plain file reads (ValueError when the file is cut short)."""
+    rb = get(kind).file_bytes(1, cols)
+
+    def read(a, b):
+        got = np.fromfile(path, np.uint8, count=(b - a) * rb, offset=offset + a * rb)
+        if got.size != (b - a) * rb:
+            raise ValueError(f"{path}: tensor {name} is cut short (rows {a}..{b})")
+        return got
+    return read
+
+
 def split(kind, raw, rows, cols):
     """Raw GGUF bytes of a (rows, cols) tensor -> its q, h and s streams (flat uint32)."""
     wt = get(kind)

@@ -82,26 +82,14 @@ class DeviceWeight:
     @classmethod
     def from_bytes(cls, dev, name, kind, raw, rows, cols, max_rows=None):
         """From the raw GGUF bytes of the whole tensor."""
-        wt = ggml_types.get(kind)
-        raw = np.asarray(raw, np.uint8).reshape(-1)
-        if raw.size != wt.file_bytes(rows, cols):
-            raise ValueError(f"{name}: {wt.name} ({rows}, {cols}) is {wt.file_bytes(rows, cols)} "
-                             f"bytes, got {raw.size}")
-        rb = wt.file_bytes(1, cols)
-        return cls.upload(dev, name, wt, rows, cols, lambda a, b: raw[a * rb:b * rb], max_rows)
+        return cls.upload(dev, name, kind, rows, cols,
+                          ggml_types.bytes_reader(kind, raw, rows, cols, name), max_rows)
 
     @classmethod
     def from_file(cls, dev, name, path, offset, kind, rows, cols, max_rows=None, parts=None):
         """From a tensor stored at byte `offset` of a GGUF file, read with plain file reads."""
-        wt = ggml_types.get(kind)
-        rb = wt.file_bytes(1, cols)
-
-        def read(a, b):
-            got = np.fromfile(path, np.uint8, count=(b - a) * rb, offset=offset + a * rb)
-            if got.size != (b - a) * rb:
-                raise ValueError(f"{path}: tensor {name} is cut short (rows {a}..{b})")
-            return got
-        return cls.upload(dev, name, wt, rows, cols, read, max_rows, parts)
+        return cls.upload(dev, name, kind, rows, cols,
+                          ggml_types.file_reader(kind, path, offset, cols, name), max_rows, parts)
 
 
 class WeightArenas:

@@ -4,14 +4,14 @@ A sequence is a Model from `Model.with_cache` (the weights shared, its own compr
 and position). `Batch(model, n)` holds the Ops and State of a step of up to n rows, and
 `step(seqs, tokens)` runs one next token per sequence, each at its own position against its
 own cache (NumpyOps.set_segments), giving every sequence the logits it would get alone.
-Only NumpyOps steps several sequences at once (its rope and attention read `positions` and
-`segments`); with any other Ops each sequence runs its own step (same results, no shared
-weight read). NOTE: the vulkan step's dynamic words hold one start position and one cache.
+Ops that declare `batches` (numpy, cpu: their rope and attention read `positions` and
+`segments`) step several sequences at once; with any other Ops each sequence runs its own
+step (same results, no shared weight read). NOTE: the vulkan step's dynamic words hold one
+start position and one cache.
 """
 import numpy as np
 
 from nexvk.model.forward import State, forward
-from nexvk.model.ops_numpy import NumpyOps
 
 
 class Batch:
@@ -20,8 +20,8 @@ class Batch:
             raise ValueError(f"a batch needs at least one row, got {n!r}")
         self.model, self.n = model, n
         self.ops = self.state = None
-        if type(model.ops) is NumpyOps:  # a derived Ops may read only `pos` (one segment)
-            self.ops = NumpyOps(model.cache, model.sparse_v)
+        if getattr(model.ops, "batches", False):
+            self.ops = model.ops.fresh()
             self.state = State(model.arch, n, self.ops)
 
     def step(self, seqs, tokens):

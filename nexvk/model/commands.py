@@ -53,8 +53,11 @@ def cache_config(args, model_path):
 def _device_flags(p):
     from nexvk.backends import BACKENDS
     p.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
-                   help="where the KV cache and attention run; auto = vulkan when a device "
-                        "exists, else numpy (default: auto)")
+                   help="where the step runs: vulkan (a Vulkan device), cpu (compiled kernels, "
+                        "weights as stored), numpy (the float32 reference); auto = vulkan on "
+                        "a GPU, else cpu (default: auto)")
+    p.add_argument("-t", "--threads", type=int, default=None,
+                   help="cpu backend threads (default: every core)")
     p.add_argument("--device", type=int, default=None,
                    help="Vulkan device index from `nexvk devices` (default: the first)")
 
@@ -71,6 +74,9 @@ def _early_checks(args):
     if args.ctx < 1:
         raise ValueError(f"-c/--ctx-size must be a positive number of tokens, got {args.ctx}")
     check_sparse_v(args.sparse_v)
+    if args.threads is not None:
+        from nexvk.cpu import jit
+        jit.check_threads(args.threads)
 
 
 def add_parsers(sub):
@@ -200,7 +206,8 @@ def cmd_run(args):
     # bytes that are not UTF-8 (a str with surrogate escapes) are replaced, as ppl reads files
     prompt = os.fsencode(args.prompt).decode("utf-8", errors="replace")
     path = resolve_model(args.model)
-    m = Model.load(path, ctx=args.ctx, progress=True, cache=cache_config(args, path))
+    m = Model.load(path, ctx=args.ctx, progress=True, cache=cache_config(args, path),
+                   threads=args.threads)
 
     def emit(piece):
         sys.stdout.write(piece)
@@ -239,7 +246,7 @@ def cmd_ppl(args):
     with open(args.file, encoding="utf-8", errors="replace") as text:  # read as a stream
         r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, kld=args.kld,
                        bos_insert=args.bos_insert, cache=cache_config(args, model),
-                       first_append=args.first_append)
+                       first_append=args.first_append, threads=args.threads)
     print("\n".join(format_result(r)))
     return 0
 

@@ -123,7 +123,7 @@ def _forward(model, window, first_append=None):
 def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
                backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
                kld_base=None, bos_insert=False, cache_opts=None, *, cache=None,
-               first_append=None):
+               first_append=None, threads=None):
     """Perplexity of `text` (a str or a text file object; see the module docstring); returns
     a dict: ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the
     configuration in words), bits_per_value (all metadata included, at ctx) and, with kld=True,
@@ -140,7 +140,8 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
     bos_insert: windows of BOS + ctx-1 text tokens instead of llama.cpp's (module docstring).
     first_append: how a window arrives in the cache: its first P tokens in one forward call,
     then the rest in calls of APPEND tokens (None: the whole window in one prefill), as a
-    chat or a short prompt fills it; the f16 reference is always one prefill."""
+    chat or a short prompt fills it; the f16 reference is always one prefill.
+    threads: the cpu backend's, for a model loaded here."""
     from nexvk.model.model import Model
     if ctx < 4:
         raise ValueError(f"ctx must be at least 4 for perplexity, got {ctx}")
@@ -160,11 +161,12 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
             opts = {} if cache_opts is None else {"cache_opts": cache_opts}
             model = base_model.with_cache(k_type, v_type, ctx=ctx, sparse_v=sparse_v, **opts)
     elif cache is not None:
-        model = Model.load(model_or_path, ctx=ctx, progress=progress, cache=cache)
+        model = Model.load(model_or_path, ctx=ctx, progress=progress, cache=cache,
+                           threads=threads)
     else:
         model = Model.load(model_or_path, ctx=ctx, k_type=k_type, v_type=v_type, backend=backend,
                            device=device, sparse_v=sparse_v, seed=seed, progress=progress,
-                           cache_opts=cache_opts)
+                           cache_opts=cache_opts, threads=threads)
     k_type, v_type, sparse_v = model.config.k_type, model.config.v_type, model.config.sparse_v
     spec = model.cache.spec
     is_f16 = set(spec.k_types + spec.v_types) == {"f16"} and not sparse_v

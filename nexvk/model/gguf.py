@@ -250,6 +250,16 @@ class GGUFFile:
             raise ValueError(f"{self.path.name}: missing tensor '{name}'")
         return t
 
+    def shaped(self, name, shape):
+        """The TensorInfo of `name`, checked to have numpy shape `shape` (GGUF dims
+        reversed); ValueError naming a missing or misshapen tensor."""
+        t = self._tensor(name)
+        got = tuple(int(n) for n in reversed(t.shape))
+        if got != tuple(shape):
+            raise ValueError(f"{self.path.name}: {name} has shape {got}, metadata implies "
+                             f"{tuple(shape)}")
+        return t
+
     def raw(self, name):
         """The stored bytes of tensor `name`, np.uint8 (n_bytes,), read (not mapped)."""
         t = self._tensor(name)

@@ -2,7 +2,8 @@
 
 `Model.load(path, ctx, cache=CacheConfig(...))` reads the file's Config, checks that its family is
 supported (arch.py), loads the named weights (weights.py) and runs `forward.forward` through an
-Ops backend: numpy (ops_numpy.py: float32 weights, each op executed at once) or vulkan
+Ops backend: numpy (ops_numpy.py: float32 weights, each op executed at once), cpu
+(nexvk/cpu: compiled kernels, weights as stored, each op executed at once) or vulkan
 (ops_vulkan.py: weights in their GGUF formats on the device, each step shape recorded once
 into one graph and replayed, one submission per step). The KV cache (numpy or vulkan store)
 is the only thing that knows the KV formats; it keeps only the window on sliding-window layers.
@@ -27,12 +28,13 @@ class Model:
 
     def __init__(self, cfg, weights, tokenizer, ctx, k_type="f16", v_type="f16",
                  backend="numpy", device=None, sparse_v=None, seed=0, max_batch=MAX_BATCH,
-                 cache_opts=None, *, cache=None, source=None, key_stats=None):
+                 cache_opts=None, *, cache=None, source=None, key_stats=None, threads=None):
         """cache: the CacheConfig of the model's KV cache (its backend must be the one the
         weights were loaded for); or, as before CacheConfig, the keyword arguments.
         source: the GGUF file, whose key statistics (nexvk.model.keystats) a hardened cache
         uses when its config gives none; key_stats: those (keystats.Moments), when known.
-        A model without either fits them per sequence (KVCache's key_mean, key_scale)."""
+        A model without either fits them per sequence (KVCache's key_mean, key_scale).
+        threads: the cpu backend's (default: every core; like llama.cpp's -t)."""
         from nexvk.cache import KVCache
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
         # the RoPE factor tensor for this context (Phi-3: long or short) in the Arch
@@ -49,7 +51,8 @@ class Model:
         self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, ctx, n_heads=a.n_heads,
                              window=list(a.window), config=c.replace(max_batch=B))
         b = backend_of(c.backend)
-        self.ops = b.get("ops")(self.cache, c.sparse_v)
+        self.threads = threads
+        self.ops = b.get("ops")(self.cache, c.sparse_v, **({"threads": threads} if b.threads else {}))
         if not b.device:
             self.state = State(a, B, self.ops)
             self._states = {}
@@ -92,10 +95,10 @@ class Model:
     @classmethod
     def load(cls, path=None, ctx=2048, k_type="f16", v_type="f16", backend="numpy",
              device=None, sparse_v=None, seed=0, progress=False, max_batch=MAX_BATCH,
-             cache_opts=None, *, cache=None):
+             cache_opts=None, *, cache=None, threads=None):
         """Load a GGUF (the default SmolLM2 when path is None) with a ctx-token KV cache of
         the CacheConfig `cache` (its backend may be "auto"); or, as before CacheConfig, the
-        keyword arguments."""
+        keyword arguments. threads: the cpu backend's (default: every core)."""
         from nexvk.model.fetch import resolve_model
         c = _config(cache, k_type, v_type, backend, device, sparse_v, seed, max_batch,
                     cache_opts)
@@ -122,7 +125,7 @@ class Model:
         c = c.replace(backend=resolve(c.backend, c.device, numpy_bytes))
         t0 = time.perf_counter()
         w = load_weights(g, Arch.from_config(cfg), c.backend, c.device, progress)
-        m = cls(cfg, w, tok, ctx, cache=c, source=path)
+        m = cls(cfg, w, tok, ctx, cache=c, source=path, threads=threads)
         m.stats["load_s"] = time.perf_counter() - t0
         return m
 
@@ -130,7 +133,8 @@ class Model:
         """A model sharing these weights with a fresh cache: the CacheConfig `cache`, or
         this model's with the fields given changed (k_type, v_type, sparse_v, seed,
         max_batch, and cache_opts: {plain, sinks, layer_types, key_mean, key_scale}, which
-        replaces all five)."""
+        replaces all five); threads (the cpu backend's) as given, else this model's."""
+        threads = kw.pop("threads", self.threads)
         if cache is None:
             changes = {f: v for f, v in (("k_type", k_type), ("v_type", v_type)) if v}
             opts = kw.pop("cache_opts", None)
@@ -141,7 +145,7 @@ class Model:
         elif k_type or v_type or kw:
             raise ValueError("give with_cache a CacheConfig or fields to change, not both")
         return Model(self.cfg, self.w, self.tokenizer, ctx or self.ctx, cache=cache,
-                     source=self.source, key_stats=self._key_stats)
+                     source=self.source, key_stats=self._key_stats, threads=threads)
 
     def reset(self):
         self.cache.reset()

@@ -21,6 +21,8 @@ _BLOCK_BYTES = 1 << 20     # linear: bytes of w per block, to stay in the CPU ca
 
 
 class NumpyOps:
+    batches = True  # set_segments: several sequences in one step (batch.py)
+
     def __init__(self, cache, sparse_v=None):
         self.cache, self.sparse_v = cache, sparse_v
         self.T, self.segments = 0, []
@@ -32,6 +34,10 @@ class NumpyOps:
     # ---- buffers and per-step values -----------------------------------------------------
     def alloc(self, shape, dtype="float32", readable=False):
         return np.zeros(shape, dtype)  # every array is readable here
+
+    def fresh(self):
+        """A new Ops of this kind over the same cache (a batch step's own)."""
+        return type(self)(self.cache, self.sparse_v)
 
     def set_step(self, tokens_handle, tokens, pos):
         """Start a step: T = len(tokens) ids into tokens_handle, at positions pos..pos+T-1."""

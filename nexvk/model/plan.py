@@ -83,18 +83,21 @@ class Plan:
     label: str                # the chosen cache's label (kv key)
     weights_bytes: int        # as stored in the GGUF
     weights_f32_bytes: int    # as held by the numpy backend (dequantized float32)
+    weights_cpu_bytes: int    # as held by the cpu backend (GGUF integers rows-innermost)
     kv: dict                  # "k/v" label -> bytes, chosen formats first
     memory: int = 0           # budget in bytes, 0 = none given
 
     working_bytes: int = 0    # vulkan: activations, logits and attention scratch (estimate)
+    cpu_working_bytes: int = 0  # cpu: activations, a logits row and the prefill panel
 
     @property
     def totals(self):
         """Bytes each backend holds for weights, KV and working buffers: numpy keeps float32
-        weights on the host; vulkan keeps the GGUF blocks on the device (device memory is
-        host memory on lavapipe and integrated GPUs)."""
+        weights on the host; cpu the GGUF integers (nexvk/cpu/weights.py); vulkan the GGUF
+        blocks on the device (device memory is host memory on lavapipe and integrated GPUs)."""
         kv = self.kv[self.label]
         return {"numpy": self.weights_f32_bytes + kv,
+                "cpu": self.weights_cpu_bytes + kv + self.cpu_working_bytes,
                 "vulkan": self.weights_bytes + kv + self.working_bytes}
 
     @property
@@ -121,7 +124,8 @@ class Plan:
                        f"window: they cache only {used} tokens each"
                        + (f" (window + batch of {MAX_BATCH} - 1)" if used < self.ctx else ""))
         out.append(f"weights      {fmt_bytes(self.weights_bytes)} as stored "
-                   f"({fmt_bytes(self.weights_f32_bytes)} as float32 in the numpy backend)")
+                   f"({fmt_bytes(self.weights_cpu_bytes)} in the cpu backend, "
+                   f"{fmt_bytes(self.weights_f32_bytes)} as float32 in the numpy backend)")
         ref = self.kv.get("f16/f16")
         slots = cache_layout(c, self.ctx, CacheConfig("f16", "f16")).slots
         values = float(np.dot(c.n_kv_heads, slots)) * (c.head_dim + c.head_dim_v)
@@ -132,6 +136,9 @@ class Plan:
         t = self.totals
         out.append(f"total numpy  {fmt_bytes(t['numpy'])} (weights as float32, as the numpy "
                    f"backend holds them, + KV {self.label})")
+        out.append(f"total cpu    {fmt_bytes(t['cpu'])} (weights as stored, + KV + "
+                   f"{fmt_bytes(self.cpu_working_bytes)} of activations and scratch; the "
+                   "process adds ~100 MiB of Python, numpy and numba)")
         out.append(f"total vulkan {fmt_bytes(t['vulkan'])} (weights as stored, on the device, "
                    f"+ KV + {fmt_bytes(self.working_bytes)} of activations and scratch)")
         if self.memory:
@@ -161,9 +168,35 @@ def plan(path, ctx, config=None, v_type=None, memory=None, cache_opts=None):
     n_params = sum(t.n_elements for t in g.tensors.values())
     return Plan(name=cfg.name or g.path.name, cfg=cfg, ctx=ctx, k_type=config.k_type,
                 v_type=config.v_type, label=lay.spec.label, weights_bytes=g.tensor_bytes(),
-                weights_f32_bytes=4 * n_params, kv=kv,
+                weights_f32_bytes=4 * n_params, weights_cpu_bytes=cpu_weight_bytes(g), kv=kv,
                 memory=budget,
-                working_bytes=working_bytes(cfg, ctx, lay))
+                working_bytes=working_bytes(cfg, ctx, lay),
+                cpu_working_bytes=cpu_working_bytes(cfg, ctx))
+
+
+def cpu_weight_bytes(g):
+    """The cpu backend's weights: matrices in its layout, vectors as float32."""
+    from nexvk.cpu.weights import CpuWeight
+    total = 0
+    for t in g.tensors.values():
+        if len(t.shape) == 1:
+            total += 4 * t.n_elements
+        else:
+            total += CpuWeight.held_bytes(t.tensor_type, t.n_elements // t.shape[0], t.shape[0])
+    return total
+
+
+def _activation_bytes(cfg, B):
+    """forward.State of B rows: 4 bytes x rows x (2 dim + 2 q + 2 kv + 2 ffn)."""
+    q, kv = cfg.n_heads * cfg.head_dim, max(cfg.n_kv_heads) * cfg.head_dim
+    return B * 4 * (2 * cfg.dim + 2 * q + 2 * kv + 2 * (cfg.ffn_dim or 4 * cfg.dim))
+
+
+def cpu_working_bytes(cfg, ctx, batch=MAX_BATCH):
+    """The cpu model's working memory: a State of B rows, the last row's logits (the other
+    logits rows are touched only when asked for) and the prefill panel (mul_mm)."""
+    from nexvk.cpu.mul_mm import PANEL_FLOATS
+    return _activation_bytes(cfg, min(batch, ctx)) + 4 * (cfg.vocab_size or 0) + 4 * PANEL_FLOATS
 
 
 def working_bytes(cfg, ctx, layout=None, batch=MAX_BATCH):
@@ -173,8 +206,5 @@ def working_bytes(cfg, ctx, layout=None, batch=MAX_BATCH):
     (CacheLayout.vulkan_working_bytes)."""
     layout = layout or cache_layout(cfg, ctx, CacheConfig("f16", "f16"), batch)
     B = min(batch, ctx)
-    kv_heads = max(cfg.n_kv_heads)
-    q, kv = cfg.n_heads * cfg.head_dim, kv_heads * cfg.head_dim
-    per_row = 4 * (2 * cfg.dim + 2 * q + 2 * kv + 2 * (cfg.ffn_dim or 4 * cfg.dim))
     logits = 2 * 2 * 4 * (cfg.vocab_size or 0)
-    return int((B + 1) * per_row + logits + layout.vulkan_working_bytes())
+    return int(_activation_bytes(cfg, B + 1) + logits + layout.vulkan_working_bytes())

@@ -47,6 +47,18 @@ def test_run_streams_and_reports(model_path, capsys):
     assert "decode:" in err and "tok/s" in err and "KV cache: f16/f16" in err
 
 
+def test_run_on_the_cpu_backend(tiny, capsys):
+    rc, out, err = run(["run", "-m", str(tiny()), "-p", "the tin", "-n", "4", "-c", "32",
+                        "--backend", "cpu", "-t", "1"], capsys)
+    assert rc == 0 and out.startswith("the tin") and "backend cpu" in err
+
+
+@pytest.mark.parametrize("threads", ["0", "-3", "100000"])
+def test_bad_thread_count_is_one_line_before_loading(tiny, capsys, threads):
+    rc, _, err = run(["run", "-m", str(tiny()), "-p", "x", "-t", threads], capsys)
+    one_line_error(rc, err, "threads must be an integer")
+
+
 def test_fetch_is_idempotent_offline(model_path, monkeypatch):
     from nexvk.model import fetch
 

@@ -1,0 +1,49 @@
+"""`nexvk bench --peer` plumbing without building llama.cpp: a stand-in llama_cpp module with
+the calls e2e_peer makes (Llama, eval, reset, scores, n_tokens) checks that the peer row runs
+the same prompt tokens and greedy steps, and that every row gets its ratio to the peer's
+f16 row of the same model and context."""
+import sys
+import types
+
+import numpy as np
+
+from nexvk import bench
+
+
+class FakeLlama:
+    def __init__(self, path, n_ctx, **kw):
+        self.kw, self.n_ctx, self.tokens = kw, n_ctx, []
+        self.scores = np.zeros((n_ctx, 8), np.float32)
+
+    def eval(self, ids):
+        self.tokens += list(ids)
+        self.scores[len(self.tokens) - 1, len(self.tokens) % 8] = 1
+
+    def reset(self):
+        self.tokens = []
+
+    @property
+    def n_tokens(self):
+        return len(self.tokens)
+
+
+def test_peer_row_and_ratios(monkeypatch, tiny):
+    fake = types.SimpleNamespace(Llama=FakeLlama, __version__="0.fake",
+                                 GGML_TYPE_F16=1, GGML_TYPE_Q8_0=8)
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake)
+    assert bench.peer_available()
+    from nexvk.model.gguf import open_gguf
+    from nexvk.model.tokenizer import Tokenizer
+    path = tiny()
+    row = bench.e2e_peer(path, Tokenizer(open_gguf(path)), "f16", ctx=40, decode_tokens=4,
+                         name="tiny", threads=1)
+    assert "error" not in row, row
+    assert row["prompt_tokens"] == 36 and row["decode_tokens"] == 4 and row["peer"]
+    ours = {"model": "tiny", "ctx": 40, "cache": "turbo3", "backend": "cpu",
+            "prefill_tok_s": 2 * row["prefill_tok_s"], "decode_tok_s": row["decode_tok_s"] / 2}
+    other = {"model": "tiny", "ctx": 80, "cache": "f16", "decode_tok_s": 1.0, "prefill_tok_s": 1.0}
+    bench.add_peer_ratio([row, ours, other])
+    assert ours["x_peer"] == 0.5 and ours["x_peer_prefill"] == 2.0 and row["x_peer"] == 1.0
+    assert "x_peer" not in other                       # no peer row at that context
+    bad = bench.e2e_peer(path, Tokenizer(open_gguf(path)), "turbo3", ctx=40, name="tiny")
+    assert "error" in bad                              # a KV type llama.cpp has not: a row, no raise

@@ -258,6 +258,50 @@ class KVCache:
             self._check_ring(layer, T, "append")
         self._len = [pos + T] * self.n_layers
 
+    # ---- state (prompt caches) -------------------------------------------------------------
+    def state(self):
+        """The cached tokens as {name: array}: each layer's rows in position order (codes,
+        scales, float16 sinks), the raw keys of sinks awaiting the key transform, the
+        transform's tables and ready flags, and the lengths; restore() puts them back into a
+        cache of the same formats (any capacity that holds them)."""
+        self._check_state_backend()
+        with self._lock:
+            t = self.transform
+            out = {"lengths": np.array(self._len, np.int64), "key_mean": t.mean.copy(),
+                   "key_scale": t.scale.copy(), "key_ready": t.ready.copy()}
+            for layer, n in enumerate(self._len):
+                out[f"raw_sinks{layer}"] = self._raw_sinks[layer][:min(n, len(self._raw_sinks[layer]))].copy()
+                out.update({f"{k}{layer}": a for k, a in self._impl.state(layer, n).items()})
+            return out
+
+    def restore(self, state):
+        """Replace the cache's contents by a state() of a cache with the same formats
+        (ValueError, and the cache as it was, when it does not fit this one)."""
+        self._check_state_backend()
+        with self._lock:
+            t = self.transform
+            lengths = _state_array(state, "lengths", (self.n_layers,), np.int64)
+            if lengths.min() < 0 or lengths.max() > self.capacity:
+                raise ValueError(f"the saved cache holds up to {lengths.max()} tokens; this "
+                                 f"cache takes {self.capacity}")
+            tables = [_state_array(state, name, like.shape, like.dtype)
+                      for name, like in (("key_mean", t.mean), ("key_scale", t.scale),
+                                         ("key_ready", t.ready))]
+            raw = [_state_array(state, f"raw_sinks{i}",
+                                (min(n, len(r)),) + r.shape[1:], r.dtype)
+                   for i, (n, r) in enumerate(zip(lengths, self._raw_sinks))]
+            layers = [self._impl.check_state(i, int(n), state) for i, n in enumerate(lengths)]
+            for i, rows in enumerate(layers):  # everything checked: now write
+                self._impl.restore(i, int(lengths[i]), rows)
+                self._raw_sinks[i][:len(raw[i])] = raw[i]
+            t.mean[:], t.scale[:], t.ready[:] = tables
+            self._len = [int(n) for n in lengths]
+
+    def _check_state_backend(self):
+        if self.backend != "numpy":
+            raise ValueError("saving and restoring a cache is not yet available on the "
+                             f"{self.backend} backend (use the numpy backend)")
+
     @property
     def store(self):
         """The device store, for recording cache writes and attention into a caller's graph
@@ -291,6 +335,16 @@ def check_sparse_v(sparse_v):
     return float(sparse_v)
 
 
+def _state_array(state, name, shape, dtype):
+    """state[name] checked to have this shape and dtype (ValueError naming it otherwise)."""
+    a = state.get(name) if isinstance(state, dict) else None
+    if not isinstance(a, np.ndarray) or a.shape != tuple(shape) or a.dtype != dtype:
+        got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else "missing"
+        raise ValueError(f"saved cache part {name!r} must be {np.dtype(dtype)} "
+                         f"{tuple(shape)}, got {got}")
+    return a
+
+
 def _is_int(x):
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -318,6 +372,55 @@ class _NumpyStore:
     @property
     def arrays(self):
         return [a for pair in self.k + self.v for a in pair] + self.sink_k + self.sink_v
+
+    def _parts(self, layer):
+        """(name, code-slot array or None for sinks, sink array) of a layer's stored rows."""
+        (kc, ks), (vc, vs) = self.k[layer], self.v[layer]
+        return (("k_codes", kc), ("k_scales", ks), ("v_codes", vc), ("v_scales", vs),
+                ("sink_k", self.sink_k[layer]), ("sink_v", self.sink_v[layer]))
+
+    def _positions(self, layer, n, ring):
+        """Positions of the code rows kept for n tokens in a ring of `ring` slots (the last
+        ring ones from position sinks on), and their slots."""
+        S = self.c.sinks[layer]
+        pos = np.arange(max(S, n - ring), max(S, n))
+        return pos, (pos - S) % ring if ring else pos
+
+    def state(self, layer, n):
+        """The layer's rows of positions < n in position order (see KVCache.state)."""
+        S = self.c.sinks[layer]
+        out = {}
+        for name, a in self._parts(layer):
+            if name.startswith("sink"):
+                out[name] = a[:min(n, S)].copy()
+            else:
+                out[name] = a[self._positions(layer, n, len(a))[1]]
+        return out
+
+    def check_state(self, layer, n, state):
+        """The rows restore() writes for n tokens from a KVCache.state(), checked first."""
+        S = self.c.sinks[layer]
+        rows = {}
+        for name, a in self._parts(layer):
+            key = f"{name}{layer}"
+            got = state.get(key)
+            if name.startswith("sink"):
+                rows[name] = _state_array(state, key, (min(n, S),) + a.shape[1:], a.dtype)
+                continue
+            pos, _ = self._positions(layer, n, len(a))
+            m = got.shape[0] if isinstance(got, np.ndarray) and got.ndim else -1
+            if not len(pos) <= m <= n - min(n, S):  # the saved rows must reach back as far
+                raise ValueError(f"saved cache part {key!r} holds {m} positions; this cache "
+                                 f"needs the last {len(pos)} of {n}")
+            rows[name] = _state_array(state, key, (m,) + a.shape[1:], a.dtype)[m - len(pos):]
+        return rows
+
+    def restore(self, layer, n, rows):
+        for name, a in self._parts(layer):
+            if name.startswith("sink"):
+                a[:len(rows[name])] = rows[name]
+            else:
+                a[self._positions(layer, n, len(a))[1]] = rows[name]
 
     def append(self, layer, n, kf, vf):
         """Rows kf, vf (T*HKV, d) at positions n..n+T-1; vf None rewrites keys only."""

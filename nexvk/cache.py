@@ -7,6 +7,7 @@ layers into arenas no larger than the device's storage-buffer limit. One lock se
 public methods, so a cache shared by threads never loses or mixes up tokens (calls then run
 one at a time, not in parallel).
 """
+import contextlib
 import itertools
 import threading
 import weakref
@@ -263,22 +264,30 @@ class KVCache:
         """The cached tokens as {name: array}: each layer's rows in position order (codes,
         scales, float16 sinks), the raw keys of sinks awaiting the key transform, the
         transform's tables and ready flags, and the lengths; restore() puts them back into a
-        cache of the same formats (any capacity that holds them)."""
-        self._check_state_backend()
-        with self._lock:
+        cache of the same formats (any capacity that holds them, either backend).
+        NOTE: on the vulkan backend a layer the host did not fit takes its tables and raw sink
+        keys from the device (a model's step fits them there); a cache filled by host-array
+        append() calls on vulkan, not yet past its sinks, keeps its raw sink keys on the host
+        and saves the device's (unused) ones."""
+        with self._lock, self._staging():
             t = self.transform
             out = {"lengths": np.array(self._len, np.int64), "key_mean": t.mean.copy(),
                    "key_scale": t.scale.copy(), "key_ready": t.ready.copy()}
             for layer, n in enumerate(self._len):
-                out[f"raw_sinks{layer}"] = self._raw_sinks[layer][:min(n, len(self._raw_sinks[layer]))].copy()
+                S = self.layer_sinks[layer]
+                raw = self._raw_sinks[layer]
+                if self.backend == "vulkan" and t.active[layer] and not t.ready[layer]:
+                    mean, scale, raw = self._impl.transform_state(layer)
+                    out["key_mean"][layer], out["key_scale"][layer] = mean, scale
+                    out["key_ready"][layer] = n > S
+                out[f"raw_sinks{layer}"] = raw[:min(n, len(raw))].copy()
                 out.update({f"{k}{layer}": a for k, a in self._impl.state(layer, n).items()})
             return out
 
     def restore(self, state):
         """Replace the cache's contents by a state() of a cache with the same formats
         (ValueError, and the cache as it was, when it does not fit this one)."""
-        self._check_state_backend()
-        with self._lock:
+        with self._lock, self._staging():
             t = self.transform
             lengths = _state_array(state, "lengths", (self.n_layers,), np.int64)
             if lengths.min() < 0 or lengths.max() > self.capacity:
@@ -291,16 +300,23 @@ class KVCache:
                                 (min(n, len(r)),) + r.shape[1:], r.dtype)
                    for i, (n, r) in enumerate(zip(lengths, self._raw_sinks))]
             layers = [self._impl.check_state(i, int(n), state) for i, n in enumerate(lengths)]
-            for i, rows in enumerate(layers):  # everything checked: now write
+            t.mean[:], t.scale[:], t.ready[:] = tables  # everything checked: now write
+            for i, rows in enumerate(layers):
                 self._impl.restore(i, int(lengths[i]), rows)
                 self._raw_sinks[i][:len(raw[i])] = raw[i]
-            t.mean[:], t.scale[:], t.ready[:] = tables
+                if self.backend == "vulkan" and t.active[i]:
+                    self._impl.set_tables(i, t.mean[i], t.scale[i])
+                    self._impl.set_raw_sinks(i, raw[i])
             self._len = [int(n) for n in lengths]
 
-    def _check_state_backend(self):
-        if self.backend != "numpy":
-            raise ValueError("saving and restoring a cache is not yet available on the "
-                             f"{self.backend} backend (use the numpy backend)")
+    @contextlib.contextmanager
+    def _staging(self):
+        """On the vulkan backend, frees the staging buffer that reads and writes went through."""
+        try:
+            yield
+        finally:
+            if self.backend == "vulkan":
+                upload.release(self._impl.dev)
 
     @property
     def store(self):
@@ -353,31 +369,10 @@ def _is_real(x):
     return _is_int(x) or isinstance(x, (float, np.floating))
 
 
-class _NumpyStore:
-    """Host arrays per layer: codes (slots - sinks, HKV, W) uint32 and scales
-    (slots - sinks, HKV, S) float16 for each of K and V in the layer's formats, where position
-    p >= sinks lives in slot (p - sinks) % (slots - sinks) (a ring on sliding-window layers),
-    and the sink rows (sinks, HKV, d) float16 in each format's compute domain."""
-
-    def __init__(self, c):
-        self.c = c
-        self.k, self.v, self.sink_k, self.sink_v = [], [], [], []
-        for kfmt, vfmt, n, S in zip(c.kfmts, c.vfmts, c.slots, c.sinks):
-            for store, fmt in ((self.k, kfmt), (self.v, vfmt)):
-                store.append((np.zeros((n - S, c.n_kv_heads, fmt.words), np.uint32),
-                              np.zeros((n - S, c.n_kv_heads, fmt.n_scales), np.float16)))
-            self.sink_k.append(np.zeros((S, c.n_kv_heads, c.head_dim), np.float16))
-            self.sink_v.append(np.zeros((S, c.n_kv_heads, c.head_dim), np.float16))
-
-    @property
-    def arrays(self):
-        return [a for pair in self.k + self.v for a in pair] + self.sink_k + self.sink_v
-
-    def _parts(self, layer):
-        """(name, code-slot array or None for sinks, sink array) of a layer's stored rows."""
-        (kc, ks), (vc, vs) = self.k[layer], self.v[layer]
-        return (("k_codes", kc), ("k_scales", ks), ("v_codes", vc), ("v_scales", vs),
-                ("sink_k", self.sink_k[layer]), ("sink_v", self.sink_v[layer]))
+class _StateRows:
+    """state / check_state / restore of one layer for a store with `_parts(layer, read)`
+    (its stored arrays as the numpy store lays them out; read=False: zeros of those shapes
+    to fill) and `_write(layer, parts)` (store them)."""
 
     def _positions(self, layer, n, ring):
         """Positions of the code rows kept for n tokens in a ring of `ring` slots (the last
@@ -401,7 +396,7 @@ class _NumpyStore:
         """The rows restore() writes for n tokens from a KVCache.state(), checked first."""
         S = self.c.sinks[layer]
         rows = {}
-        for name, a in self._parts(layer):
+        for name, a in self._parts(layer, read=False):
             key = f"{name}{layer}"
             got = state.get(key)
             if name.startswith("sink"):
@@ -416,11 +411,44 @@ class _NumpyStore:
         return rows
 
     def restore(self, layer, n, rows):
-        for name, a in self._parts(layer):
+        parts = self._parts(layer, read=False)
+        for name, a in parts:
             if name.startswith("sink"):
                 a[:len(rows[name])] = rows[name]
             else:
                 a[self._positions(layer, n, len(a))[1]] = rows[name]
+        self._write(layer, parts)
+
+
+class _NumpyStore(_StateRows):
+    """Host arrays per layer: codes (slots - sinks, HKV, W) uint32 and scales
+    (slots - sinks, HKV, S) float16 for each of K and V in the layer's formats, where position
+    p >= sinks lives in slot (p - sinks) % (slots - sinks) (a ring on sliding-window layers),
+    and the sink rows (sinks, HKV, d) float16 in each format's compute domain."""
+
+    def __init__(self, c):
+        self.c = c
+        self.k, self.v, self.sink_k, self.sink_v = [], [], [], []
+        for kfmt, vfmt, n, S in zip(c.kfmts, c.vfmts, c.slots, c.sinks):
+            for store, fmt in ((self.k, kfmt), (self.v, vfmt)):
+                store.append((np.zeros((n - S, c.n_kv_heads, fmt.words), np.uint32),
+                              np.zeros((n - S, c.n_kv_heads, fmt.n_scales), np.float16)))
+            self.sink_k.append(np.zeros((S, c.n_kv_heads, c.head_dim), np.float16))
+            self.sink_v.append(np.zeros((S, c.n_kv_heads, c.head_dim), np.float16))
+
+    @property
+    def arrays(self):
+        return [a for pair in self.k + self.v for a in pair] + self.sink_k + self.sink_v
+
+    def _parts(self, layer, read=True):
+        """(name, array) of the layer's stored parts: K and V codes and scales by slot, and
+        the float16 sink rows (the arrays themselves: writes land in the cache)."""
+        (kc, ks), (vc, vs) = self.k[layer], self.v[layer]
+        return (("k_codes", kc), ("k_scales", ks), ("v_codes", vc), ("v_scales", vs),
+                ("sink_k", self.sink_k[layer]), ("sink_v", self.sink_v[layer]))
+
+    def _write(self, layer, parts):
+        """Nothing to do: _parts gave the stored arrays themselves."""
 
     def append(self, layer, n, kf, vf):
         """Rows kf, vf (T*HKV, d) at positions n..n+T-1; vf None rewrites keys only."""
@@ -493,7 +521,7 @@ def layer_windows(window, n_layers, capacity):
     return out
 
 
-class _VulkanStore:
+class _VulkanStore(_StateRows):
     """Layers packed into arenas on the device, plus the buffers every layer shares: format
     tables, the per-call `dyn` words [T, pos0, scale, sparse-V threshold], sparse-V counters,
     and scratch for the attention passes of `chunk` queries.
@@ -660,6 +688,61 @@ class _VulkanStore:
         words = np.concatenate([np.asarray(mean, np.float16).reshape(-1),
                                 np.asarray(scale, np.float16).reshape(-1)]).view(np.uint32)
         upload.upload_words(self.dev, arena, ex.xf, words)
+
+    # ---- state (prompt caches) ------------------------------------------------------------
+    def _parts(self, layer, read=True):
+        """The layer's parts read back from the device, as the numpy store holds them
+        (read=False: zeros of those shapes)."""
+        c = self.c
+        arena, kreg, vreg = self.regions[layer]
+        ex, S = self.extra[layer], c.sinks[layer]
+        hkv, d, R = c.n_kv_heads, c.head_dim, c.slots[layer] - S
+        with self.dev.lock:
+            def words(off, n):
+                return upload.download_words(self.dev, arena, off, n) if read and n else \
+                    np.zeros(n, np.uint32)
+            out = []
+            for tag, fmt, (base, sbase) in (("k", c.kfmts[layer], kreg), ("v", c.vfmts[layer], vreg)):
+                nv = R * hkv
+                codes = words(base, nv * fmt.words).reshape(R, hkv, fmt.words)
+                scales = words(sbase, (nv * fmt.n_scales + 1) // 2).view(np.float16)
+                out += [(f"{tag}_codes", codes),
+                        (f"{tag}_scales", scales[:nv * fmt.n_scales].reshape(R, hkv, fmt.n_scales))]
+            for tag, off in (("sink_k", ex.sink_k), ("sink_v", ex.sink_v)):
+                out.append((tag, words(off, S * hkv * d // 2).view(np.float16).reshape(S, hkv, d)))
+        return out
+
+    def _write(self, layer, parts):
+        """Upload parts (as _parts gives them) into the layer's regions."""
+        arena, kreg, vreg = self.regions[layer]
+        ex = self.extra[layer]
+        offs = {"k_codes": kreg[0], "k_scales": kreg[1], "v_codes": vreg[0],
+                "v_scales": vreg[1], "sink_k": ex.sink_k, "sink_v": ex.sink_v}
+        with self.dev.lock:
+            for name, a in parts:
+                flat = a.reshape(-1)
+                if flat.dtype == np.float16 and flat.size % 2:
+                    flat = np.concatenate([flat, np.zeros(1, np.float16)])
+                upload.upload_words(self.dev, arena, offs[name], flat.view(np.uint32))
+
+    def transform_state(self, layer):
+        """The layer's key transform as the device holds it: f16 mean and scale (hkv, d),
+        and the raw float32 keys of its sinks (sinks, hkv, d)."""
+        c = self.c
+        arena, ex = self.regions[layer][0], self.extra[layer]
+        hkv, d, S = c.n_kv_heads, c.head_dim, c.sinks[layer]
+        with self.dev.lock:
+            tab = upload.download_words(self.dev, arena, ex.xf, hkv * d).view(np.float16)
+            raw = (upload.download_words(self.dev, arena, ex.raw, S * hkv * d) if S
+                   else np.zeros(0, np.uint32)).view(np.float32)
+        return tab[:hkv * d].reshape(hkv, d), tab[hkv * d:].reshape(hkv, d), raw.reshape(S, hkv, d)
+
+    def set_raw_sinks(self, layer, raw):
+        """Upload the raw float32 keys of a layer's sinks (re-encoded when the device fits)."""
+        if len(raw):
+            with self.dev.lock:
+                upload.upload_words(self.dev, self.regions[layer][0], self.extra[layer].raw,
+                                    np.ascontiguousarray(raw, np.float32).view(np.uint32).reshape(-1))
 
     # ---- host-array calls -------------------------------------------------------------------
     def _append_graph(self, layer, rows, values=True):

@@ -1,13 +1,21 @@
 """KVCache.state() / restore(): a cache's tokens moved into another cache of the same formats
-answer every attention call exactly as the original (numpy), on full-context and ring
-(sliding-window) layers, into another capacity and max_batch; a state that does not fit is
-refused with the cache left as it was."""
+answer every attention call exactly as the original (numpy store, and the vulkan store against
+itself), on full-context and ring (sliding-window) layers, into another capacity and
+max_batch; the vulkan store's state is laid out as the numpy store's; a state that does not
+fit is refused with the cache left as it was."""
 import numpy as np
 import pytest
 
 from nexvk import KVCache
 
 HKV, H, D = 2, 4, 64
+
+
+@pytest.fixture(params=["numpy", "vulkan"])
+def backend(request):
+    if request.param == "vulkan":
+        request.getfixturevalue("device")
+    return request.param
 
 
 def _filled(rng, cap=48, mb=4, n=29, k_type="turbo3", v_type="turbo3", **kw):
@@ -40,15 +48,35 @@ def _next_step(rng, c, T=2):
 
 @pytest.mark.parametrize("types", [("turbo3", "turbo3"), ("q8_0", "turbo4"), ("f16", "q4_0")])
 @pytest.mark.parametrize("cap, mb", [(48, 4), (40, 4), (64, 2)])
-def test_restored_cache_answers_exactly(rng, types, cap, mb):
-    src = _filled(rng, k_type=types[0], v_type=types[1])
-    dst = KVCache(2, HKV, D, cap, *types, n_heads=H, max_batch=mb, window=[8, 0])
+def test_restored_cache_answers_exactly(rng, types, cap, mb, backend):
+    src = _filled(rng, k_type=types[0], v_type=types[1], backend=backend)
+    dst = KVCache(2, HKV, D, cap, *types, n_heads=H, max_batch=mb, window=[8, 0],
+                  backend=backend)
     dst.restore(src.state())
     assert [dst.length(i) for i in range(2)] == [29, 29]
     step = np.random.default_rng(7)
     want = _next_step(np.random.default_rng(7), src)
     got = _next_step(step, dst)
     for w, g in zip(want, got):
+        assert np.array_equal(w, g)
+
+
+@pytest.mark.parametrize("types", [("turbo3", "turbo3"), ("q8_0", "turbo4")])
+def test_vulkan_state_is_laid_out_as_numpy(rng, device, types):
+    """A numpy cache's state restored into a vulkan cache (of another capacity) reads back
+    the same, and back again into numpy answers as the original."""
+    src = _filled(rng, k_type=types[0], v_type=types[1])
+    state = src.state()
+    vk = KVCache(2, HKV, D, 40, *types, n_heads=H, max_batch=4, window=[8, 0], backend="vulkan")
+    vk.restore(state)
+    back = vk.state()
+    assert sorted(back) == sorted(state)
+    for k in state:
+        assert np.array_equal(back[k], state[k]), k
+    dst = KVCache(2, HKV, D, 48, *types, n_heads=H, max_batch=4, window=[8, 0])
+    dst.restore(back)
+    want = _next_step(np.random.default_rng(3), src)
+    for w, g in zip(want, _next_step(np.random.default_rng(3), dst)):
         assert np.array_equal(w, g)
 
 

@@ -114,3 +114,23 @@ def test_sha256_catches_what_the_zip_does_not(model, ids, tmp_path):
     np.savez(tmp_path / "re.npz", **arrays)
     with pytest.raises(ValueError, match="checksum"):
         model.with_cache("turbo3", "turbo3").load_state(tmp_path / "re.npz")
+
+
+@pytest.mark.device
+def test_continue_from_file_on_the_device(vk_model, model, ids, tmp_path):
+    """The whole step on the Vulkan device fits the key transform there: the file carries the
+    device's tables and codes, and a fresh device cache continues exactly; a numpy model
+    reads the same file (one layout for both stores)."""
+    a, b = ids
+    m = vk_model.with_cache("turbo3", "turbo3")
+    m.forward(a, 0)
+    m.save_state(tmp_path / "p.npz")
+    want = m.forward(b, len(a)).copy()
+    fresh = vk_model.with_cache("turbo3", "turbo3")
+    fresh.load_state(tmp_path / "p.npz")
+    assert np.array_equal(fresh.forward(b, len(a)), want)
+    host = model.with_cache("turbo3", "turbo3")
+    host.load_state(tmp_path / "p.npz")
+    assert np.abs(host.cache.transform.mean).max() > 0  # the device's fitted means came along
+    got = host.forward(b, len(a))
+    assert np.array_equal(got.argmax(1), want.argmax(1))

@@ -148,7 +148,8 @@ class Model:
             self.cache.truncate(pos)
             raise
         self.pos = pos + T
-        self.tokens = self.tokens[:pos] + tokens.tolist()
+        del self.tokens[pos:]
+        self.tokens += tokens.tolist()
         return logits
 
     def _chunk(self, last_only):
@@ -200,7 +201,8 @@ class Model:
         keep = self._reusable(ids) if reuse else 0
         if keep:
             self.cache.truncate(keep)
-            self.pos, self.tokens = keep, self.tokens[:keep]
+            self.pos = keep
+            del self.tokens[keep:]
         else:
             self.reset()
         logits = self.forward(ids[keep:], keep, last_only=True)[0]

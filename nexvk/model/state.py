@@ -9,6 +9,7 @@ everything that decides what the codes mean), and a sha256 over every array. A f
 another model or cache format is refused with both named; a truncated or altered one fails
 the zip's own checks or the checksum and is never loaded.
 """
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,13 @@ def model_identity(path):
     """sha256 (hex) of the GGUF's bytes before its tensor data (every metadata key and the
     tensor table) and of the first 4 KiB of each tensor: any change of weights, vocabulary
     or settings changes it, in milliseconds for any file size (a fine-tune that left the
-    first 4 KiB of every tensor untouched would not)."""
+    first 4 KiB of every tensor untouched would not). Remembered per path, size and mtime."""
+    st = os.stat(path)
+    return _identity_of(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _identity_of(path, size, mtime_ns):
     from nexvk.model.gguf import open_gguf
     g = open_gguf(path)
     h = hashlib.sha256()
@@ -60,9 +67,7 @@ def _checksum(arrays):
 def _identity(model):
     if model.source is None:
         raise ValueError("prompt caches need a model loaded from a file (Model.load)")
-    if getattr(model, "_identity", None) is None:
-        model._identity = model_identity(model.source)
-    return model._identity
+    return model_identity(model.source)
 
 
 def save(model, path, meta=None):

@@ -76,13 +76,17 @@ def test_other_model_or_format_is_refused(model, ids, tmp_path, tiny):
         m.load_state(tmp_path / "tiny.npz")
 
 
-def test_damaged_files_are_never_loaded(model, ids, tmp_path):
-    a, b = ids
+def _saved(model, a, path):
+    """A turbo3 cache of tokens a saved to path."""
     m = model.with_cache("turbo3", "turbo3")
     m.forward(a, 0)
-    path = tmp_path / "p.npz"
     m.save_state(path)
-    data = path.read_bytes()
+    return path
+
+
+def test_damaged_files_are_never_loaded(model, ids, tmp_path):
+    a, b = ids
+    data = _saved(model, a, tmp_path / "p.npz").read_bytes()
     target = model.with_cache("turbo3", "turbo3")
     target.forward(b, 0)
     before = target.cache.state()
@@ -103,11 +107,7 @@ def test_damaged_files_are_never_loaded(model, ids, tmp_path):
 
 def test_sha256_catches_what_the_zip_does_not(model, ids, tmp_path):
     """A file rewritten with consistent zip checksums but other contents fails the sha256."""
-    a, _ = ids
-    m = model.with_cache("turbo3", "turbo3")
-    m.forward(a, 0)
-    path = tmp_path / "p.npz"
-    m.save_state(path)
+    path = _saved(model, ids[0], tmp_path / "p.npz")
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
     arrays["k_codes3"] = arrays["k_codes3"] ^ np.uint32(1)

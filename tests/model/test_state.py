@@ -2,6 +2,8 @@
 of a processed prompt continues with exactly the logits of the uninterrupted run (numpy),
 prefills only what follows the saved tokens, and refuses a file of another model or cache
 format, or a truncated or altered one, leaving its cache as it was."""
+import re
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,20 @@ def test_continue_from_file_on_the_device(vk_model, model, ids, tmp_path):
     assert np.abs(host.cache.transform.mean).max() > 0  # the device's fitted means came along
     got = host.forward(b, len(a))
     assert np.array_equal(got.argmax(1), want.argmax(1))
+
+
+def test_run_flag(model_path, tmp_path, capsys):
+    """`nexvk run --prompt-cache FILE`: the first run writes FILE, the second prefills one
+    token (the last, for its logits) and prints the same text."""
+    from nexvk.cli import main
+    outs = []
+    for _ in range(2):
+        with pytest.raises(SystemExit) as e:
+            main(["run", "-m", str(model_path), "-p", A, "-n", "6", "-c", "128", "--backend",
+                  "numpy", "--prompt-cache", str(tmp_path / "p.npz")])
+        out = capsys.readouterr()
+        assert e.value.code == 0, out.err
+        outs.append(out)
+    assert outs[0].out == outs[1].out
+    assert "from" not in outs[0].err.split("prefill:")[1].splitlines()[0]
+    assert re.search(r"prefill: 1 tokens .* \d+ more from .*p\.npz", outs[1].err), outs[1].err

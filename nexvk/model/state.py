@@ -5,7 +5,7 @@ The file is a numpy .npz (a zip of .npy arrays, written uncompressed: codes do n
 holding the arrays of KVCache.state(), the token ids, and a JSON header: the model's identity
 (a sha256 of the GGUF's metadata and tensor table plus the first bytes of every tensor, see
 `model_identity`), the cache format (formats, sinks, key transform settings, codec seed:
-everything that decides what the codes mean), and a sha256 over every array. A file from
+everything that decides what the codes mean), and a sha256 over the header and every array. A file from
 another model or cache format is refused with both named; a truncated or altered one fails
 the zip's own checks or the checksum and is never loaded.
 """
@@ -55,8 +55,10 @@ def cache_format(model):
             "fit_mean": bool(t.fit_mean), "fit_scale": bool(t.fit_scale), "seed": model.seed}
 
 
-def _checksum(arrays):
-    h = hashlib.sha256()
+def _checksum(header, arrays):
+    """sha256 over the header (but its own checksum) and every array's name, type and bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "sha256"},
+                                  sort_keys=True).encode())
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
@@ -80,7 +82,8 @@ def save(model, path, meta=None):
     arrays["tokens"] = np.array(model.tokens, np.int32)
     header = {"magic": MAGIC, "version": VERSION, "model": _identity(model),
               "model_name": Path(model.source).name, "cache": cache_format(model),
-              "tokens": len(model.tokens), "meta": meta, "sha256": _checksum(arrays)}
+              "tokens": len(model.tokens), "meta": meta}
+    header["sha256"] = _checksum(header, arrays)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -114,7 +117,7 @@ def read(path):
     if header.get("version") != VERSION:
         raise ValueError(f"{path}: prompt cache version {header.get('version')}, this nexvk "
                          f"reads version {VERSION}")
-    if header.get("sha256") != _checksum(arrays):
+    if header.get("sha256") != _checksum(header, arrays):
         raise ValueError(f"{path}: checksum mismatch, the file is corrupt; not loaded")
     return header, arrays
 

@@ -2,6 +2,7 @@
 of a processed prompt continues with exactly the logits of the uninterrupted run (numpy),
 prefills only what follows the saved tokens, and refuses a file of another model or cache
 format, or a truncated or altered one, leaving its cache as it was."""
+import json
 import re
 
 import numpy as np
@@ -108,14 +109,20 @@ def test_damaged_files_are_never_loaded(model, ids, tmp_path):
 
 
 def test_sha256_catches_what_the_zip_does_not(model, ids, tmp_path):
-    """A file rewritten with consistent zip checksums but other contents fails the sha256."""
+    """A file rewritten with consistent zip checksums but other codes, or another header,
+    fails the sha256."""
     path = _saved(model, ids[0], tmp_path / "p.npz")
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["k_codes3"] = arrays["k_codes3"] ^ np.uint32(1)
-    np.savez(tmp_path / "re.npz", **arrays)
-    with pytest.raises(ValueError, match="checksum"):
-        model.with_cache("turbo3", "turbo3").load_state(tmp_path / "re.npz")
+    codes = arrays["k_codes3"]
+    np.savez(tmp_path / "re.npz", **dict(arrays, k_codes3=codes ^ np.uint32(1)))
+    header = json.loads(arrays["header"].tobytes())
+    header["meta"] = "edited"
+    np.savez(tmp_path / "head.npz", **dict(arrays, header=np.frombuffer(
+        json.dumps(header).encode(), np.uint8)))
+    for name in ("re.npz", "head.npz"):
+        with pytest.raises(ValueError, match="checksum"):
+            model.with_cache("turbo3", "turbo3").load_state(tmp_path / name)
 
 
 @pytest.mark.device

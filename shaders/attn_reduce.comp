@@ -10,7 +10,7 @@ void main() {
     uint id = GROUP_ID;
     uint g = id % pc.hkv;
     uint qi = id / pc.hkv;
-    if (pc.q0 + qi >= dyn[0]) return;
+    if (pc.q0 + qi >= dyn[DYN_T]) return;
     uint lo, L;
     key_range(pc.q0 + qi, lo, L);
     uint nsq = (L - lo + pc.ks - 1u) / pc.ks;

@@ -30,12 +30,12 @@ void main() {
     uint qi, g, s, lo, L;
     attn_ids(qi, g, s, lo, L);
     uint j0 = lo + s * pc.ks;
-    if (pc.q0 + qi >= dyn[0] || j0 >= L) return;      // uniform per workgroup
+    if (pc.q0 + qi >= dyn[DYN_T] || j0 >= L) return;      // uniform per workgroup
     uint j1 = min(L, j0 + pc.ks);
     uint t = gl_LocalInvocationID.x;
     uint row0 = qi * pc.hkv * G + g * G;               // first scores row of the group
     uint qrow0 = (pc.q0 + qi) * pc.hkv * G + g * G;    // its first query head row
-    float scale = uintBitsToFloat(dyn[2]);
+    float scale = uintBitsToFloat(dyn[DYN_SCALE]);
 
     bool krot = KFMT == FMT_TURBO;
     for (uint p = t; p < G * D; p += WG) {

@@ -12,11 +12,11 @@ void main() {
     uint qi, g, s, lo, L;
     attn_ids(qi, g, s, lo, L);
     uint j0 = lo + s * pc.ks;
-    if (pc.q0 + qi >= dyn[0] || j0 >= L) return;
+    if (pc.q0 + qi >= dyn[DYN_T] || j0 >= L) return;
     uint j1 = min(L, j0 + pc.ks);
     uint t = gl_LocalInvocationID.x;
     uint row0 = qi * pc.hkv * G + g * G;
-    float thr = uintBitsToFloat(dyn[3]);
+    float thr = uintBitsToFloat(dyn[DYN_SPARSE_V]);
 
     // global softmax stats from the splits that hold keys of this query
     uint nsq = (L - lo + pc.ks - 1u) / pc.ks;

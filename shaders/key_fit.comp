@@ -16,7 +16,8 @@ layout(constant_id = 2) const uint G = 1;       // query heads per KV head
 layout(binding = 0) readonly buffer K { float k[]; };       // (rows, hkv, D) at k_off
 layout(binding = 1) readonly buffer Q { float q[]; };       // (rows, hkv * G, D) at q_off
 layout(binding = 2) buffer KV { uint kv_words[]; };         // the tables: f16 at xf
-layout(binding = 3) readonly buffer Dyn { uint dyn[]; };    // [T, pos0, ...]
+#define DYN_BINDING 3
+#include "include/dyn_head.glsl"
 
 layout(push_constant) uniform Push {
     uint hkv;
@@ -52,7 +53,7 @@ float half_at(uint idx) {
 
 void main() {
     uint h = GROUP_ID;
-    uint T = dyn[0], pos0 = dyn[1];
+    uint T = dyn[DYN_T], pos0 = dyn[DYN_POS0];
     if (h >= pc.hkv || pos0 > pc.sinks || pc.sinks >= pos0 + T) return;  // uniform
     uint t = gl_LocalInvocationID.x;
     uint r0 = pc.sinks - pos0;          // first non-sink row of this step

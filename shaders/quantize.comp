@@ -18,7 +18,8 @@ layout(binding = 2) readonly buffer Tab { float tab[]; };      // format tables
 // r / vpt at position p = pos0 + r / vpt: a sink (p < sinks) is stored as the f16 vector of
 // its compute domain at sink_base; any other goes to slot (p - sinks) % (cap - sinks) of the
 // code region (a ring buffer when the slots are fewer than the positions)
-layout(binding = 3) readonly buffer Dyn { uint dyn[]; };
+#define DYN_BINDING 3
+#include "include/dyn_head.glsl"
 
 layout(push_constant) uniform Push {
     uint base;      // word offset of the code region
@@ -71,7 +72,7 @@ float reduce_sum(float v) {
 void main() {
     uint row = GROUP_ID;
     uint t = gl_LocalInvocationID.x;
-    uint T = dyn[0], pos0 = dyn[1];
+    uint T = dyn[DYN_T], pos0 = dyn[DYN_POS0];
     uint h = row % pc.vpt;
     uint p;  // the row's position
     if (pc.mode == 0u) {

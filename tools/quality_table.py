@@ -43,7 +43,8 @@ def parse_config(text, model_path):
             cache["layer_types"] = val.replace(";", ",")
         elif key == "preset":
             from nexvk.model.calibrate import load_preset
-            k, v, cache = load_preset(model_path, val)
+            c = load_preset(model_path, val)
+            k, v, cache = c.k_type, c.v_type, {"layer_types": c.layer_types, "sinks": c.sinks}
         else:
             raise ValueError(f"unknown option {opt!r} in {text!r}")
     return k, v, cache

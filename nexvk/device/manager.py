@@ -11,7 +11,6 @@ NOTE: the barrier is `kp.OpBarrier`, a binding that tools/setup.sh patches into 
 (its Python API has no compute-to-compute barrier).
 """
 import os
-import sys
 import threading
 
 import numpy as np
@@ -269,37 +268,6 @@ def get_device(device=None):
     if index not in _default:
         _default[index] = Device(index)
     return _default[index]
-
-
-def resolve_backend(backend, device=None, numpy_bytes=None):
-    """'numpy', 'vulkan' or 'auto'. auto picks vulkan when a device was named (argument or
-    NEXVK_DEVICE) or a GPU exists. With only a CPU Vulkan driver (lavapipe) it runs numpy,
-    which is faster on the same cores, while what numpy would hold (numpy_bytes: a model's
-    float32 weights + KV, when known) takes at most half the available memory; beyond that
-    the device path, which keeps the weights as stored. With no device: numpy. It says which
-    and why on stderr. Asking for vulkan without a device fails clearly later, in Device()."""
-    if backend not in ("numpy", "vulkan", "auto"):
-        raise ValueError(f"unknown backend {backend!r}; use 'numpy', 'vulkan' or 'auto'")
-    if backend != "auto":
-        return backend
-    devs = probe.devices()
-    if device is not None or os.environ.get("NEXVK_DEVICE") or \
-            any(d["type"] != "cpu" for d in devs):
-        return "vulkan"
-    if not devs:
-        why = f"no Vulkan device ({probe.last_error() or 'none found'})"
-    else:
-        avail = available_memory()
-        if numpy_bytes and avail and numpy_bytes > avail / 2:
-            print(f"nexvk: the numpy backend would hold {numpy_bytes / 2**20:.0f} MiB (float32 "
-                  f"weights + KV), over half of the {avail / 2**20:.0f} MiB available; using "
-                  f"vulkan on {devs[0]['name']}, which keeps the weights as stored",
-                  file=sys.stderr)
-            return "vulkan"
-        why = (f"only a CPU Vulkan driver ({devs[0]['name']}): numpy is faster on the same "
-               "cores; pass --backend vulkan to use it anyway")
-    print(f"nexvk: {why}; using numpy", file=sys.stderr)
-    return "numpy"
 
 
 def available_memory():

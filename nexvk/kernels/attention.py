@@ -107,9 +107,3 @@ class Plan:
         count and K, V regions; the word offset of the f16 key scale queries are divided by."""
         return [hkv, *k_region, *v_region, ktab, vtab, cap, self.ks, self.ns, self.acc_base,
                 q0, window, q_off, o_off, sinks, *sink_regions, xs]
-
-
-def set_dyn(words, n_q, pos0, scale, thr):
-    """Write the per-call words of the passes' Dyn buffer into `words` (uint32 (4,))."""
-    words[0], words[1] = n_q, pos0
-    words[2:4].view(np.float32)[:] = (scale, thr)

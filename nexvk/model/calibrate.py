@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nexvk.cache.config import CacheConfig
 from nexvk.quant.cachespec import CacheSpec, format_layer_types
 
 PRESET_VERSION = 1
@@ -32,7 +33,7 @@ def preset_path(model_path, name):
 
 
 def load_preset(model_path, name):
-    """(k_type, v_type, cache_opts) of a preset written by `nexvk calibrate` for this model."""
+    """The CacheConfig of a preset written by `nexvk calibrate` for this model."""
     path = preset_path(model_path, name)
     if not path.is_file():
         raise FileNotFoundError(f"no preset {name!r} for {Path(model_path).name} (looked for "
@@ -41,7 +42,8 @@ def load_preset(model_path, name):
         p = json.loads(path.read_text())
         if p.get("version") != PRESET_VERSION:
             raise ValueError(f"version {p.get('version')!r}, expected {PRESET_VERSION}")
-        return p["k_type"], p["v_type"], {"layer_types": p["layer_types"], "sinks": int(p["sinks"])}
+        return CacheConfig(p["k_type"], p["v_type"], layer_types=p["layer_types"],
+                           sinks=int(p["sinks"]))
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"preset {path} is not a valid nexvk preset: {e}") from None
 

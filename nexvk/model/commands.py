@@ -32,7 +32,11 @@ def _cache_flags(p, default):
 
 
 def cache_config(args, model_path):
-    """(k_type, v_type, cache_opts) from the cache flags (and a preset)."""
+    """The CacheConfig the flags ask for: formats and hardening (or a preset), and where
+    given the sparse-V threshold, seed, backend and device."""
+    from nexvk.cache.config import CacheConfig
+    run = {f: getattr(args, f) for f in ("sparse_v", "seed", "backend", "device")
+           if getattr(args, f, None) is not None}
     if args.preset:
         given = [f for f, v in (("-ctk", args.k_type), ("-ctv", args.v_type), ("--plain", args.plain),
                                 ("--sinks", args.sinks), ("--layer-types", args.layer_types))
@@ -40,14 +44,14 @@ def cache_config(args, model_path):
         if given:
             raise ValueError(f"--preset sets the cache; drop {', '.join(given)}")
         from nexvk.model.calibrate import load_preset
-        return load_preset(model_path, args.preset)
-    opts = {"plain": args.plain, "sinks": args.sinks, "layer_types": args.layer_types}
-    return (args.k_type or args.default_type, args.v_type or args.default_type,
-            {k: v for k, v in opts.items() if v not in (None, False)})
+        return load_preset(model_path, args.preset).replace(**run)
+    return CacheConfig(args.k_type or args.default_type, args.v_type or args.default_type,
+                       plain=args.plain, sinks=args.sinks, layer_types=args.layer_types, **run)
 
 
 def _device_flags(p):
-    p.add_argument("--backend", choices=("auto", "numpy", "vulkan"), default="auto",
+    from nexvk.backends import BACKENDS
+    p.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
                    help="where the KV cache and attention run; auto = vulkan when a device "
                         "exists, else numpy (default: auto)")
     p.add_argument("--device", type=int, default=None,
@@ -99,10 +103,7 @@ def _load_for_generation(args):
     if args.n < -1:
         raise ValueError(f"-n must be >= 0, or -1 for until end of text or context; got {args.n}")
     path = resolve_model(args.model)
-    k_type, v_type, opts = cache_config(args, path)
-    return Model.load(path, ctx=args.ctx, k_type=k_type, v_type=v_type,
-                      backend=args.backend, device=args.device, sparse_v=args.sparse_v,
-                      seed=args.seed, progress=True, cache_opts=opts)
+    return Model.load(path, ctx=args.ctx, progress=True, cache=cache_config(args, path))
 
 
 def _emit(piece):
@@ -209,8 +210,7 @@ def cmd_plan(args):
     if args.model and args.model_opt and args.model != args.model_opt:
         raise ValueError(f"two different models given: {args.model} and -m {args.model_opt}")
     path = resolve_model(args.model or args.model_opt)
-    k_type, v_type, opts = cache_config(args, path)
-    p = plan(path, args.ctx, k_type, v_type, args.memory, opts)
+    p = plan(path, args.ctx, cache_config(args, path), memory=args.memory)
     print("\n".join(p.lines()))
     return 0 if p.fits is not False else 1
 
@@ -336,10 +336,8 @@ def cmd_ppl(args):
     _early_checks(args)
     text = _read_text(args.file)
     model = resolve_model(args.model)
-    k_type, v_type, opts = cache_config(args, model)
-    r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, k_type=k_type,
-                   v_type=v_type, kld=args.kld, backend=args.backend, device=args.device,
-                   sparse_v=args.sparse_v, bos_insert=args.bos_insert, cache_opts=opts)
+    r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, kld=args.kld,
+                   bos_insert=args.bos_insert, cache=cache_config(args, model))
     print("\n".join(format_result(r)))
     return 0
 

@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from nexvk.cache.config import CacheConfig
+
 
 def _log_softmax(logits):
     """(n, vocab) float32 -> float64 log-probabilities."""
@@ -53,14 +55,16 @@ def windows_of(tok, text, ctx, chunks=None, bos=None, bos_insert=False):
 
 def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
                backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
-               kld_base=None, bos_insert=False, cache_opts=None):
+               kld_base=None, bos_insert=False, cache_opts=None, *, cache=None):
     """Perplexity of `text` (see the module docstring); returns a dict:
     ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the configuration in
     words), bits_per_value (all metadata included, at ctx) and, with kld=True,
     kld_mean, kld_err, kld_p99, top1_agree (percent), ppl_f16.
 
-    cache_opts: more KVCache keywords (plain, sinks, layer_types, key_mean, key_scale);
-    for a Model, None keeps its own.
+    cache: the CacheConfig to measure (for a Model, its backend and device are the model's);
+    or, as before CacheConfig, k_type, v_type, backend, device, sparse_v, seed and
+    cache_opts (more KVCache keywords: plain, sinks, layer_types, key_mean, key_scale; for a
+    Model, None keeps its own).
 
     kld_base: an optional dict that keeps the f16 cache's scored logits per window (like
     llama.cpp's --kl-divergence-base file). Pass the same dict to several calls with the same
@@ -73,12 +77,19 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
         base_model = model_or_path
         if base_model.ctx < ctx:
             raise ValueError(f"model context {base_model.ctx} is smaller than ctx {ctx}")
-        opts = {} if cache_opts is None else {"cache_opts": cache_opts}
-        model = base_model.with_cache(k_type, v_type, ctx=ctx, sparse_v=sparse_v, **opts)
+        if cache is not None:
+            model = base_model.with_cache(cache=cache.replace(
+                backend=base_model.config.backend, device=base_model.config.device), ctx=ctx)
+        else:
+            opts = {} if cache_opts is None else {"cache_opts": cache_opts}
+            model = base_model.with_cache(k_type, v_type, ctx=ctx, sparse_v=sparse_v, **opts)
+    elif cache is not None:
+        model = Model.load(model_or_path, ctx=ctx, progress=progress, cache=cache)
     else:
         model = Model.load(model_or_path, ctx=ctx, k_type=k_type, v_type=v_type, backend=backend,
                            device=device, sparse_v=sparse_v, seed=seed, progress=progress,
                            cache_opts=cache_opts)
+    k_type, v_type, sparse_v = model.config.k_type, model.config.v_type, model.config.sparse_v
     spec = model.cache.spec
     is_f16 = set(spec.k_types + spec.v_types) == {"f16"} and not sparse_v
     ref = None  # the f16 model, made on first need
@@ -112,7 +123,9 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
                 base = kld_base[i]
             else:
                 if ref is None:
-                    ref = model.with_cache("f16", "f16", sparse_v=None, cache_opts={})
+                    ref = model.with_cache(cache=CacheConfig(
+                        "f16", "f16", backend=model.config.backend, device=model.config.device,
+                        max_batch=model.config.max_batch))
                 ref.reset()
                 base = ref.forward(window, 0)[first:ctx - 1]
                 if kld_base is not None:

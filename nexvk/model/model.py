@@ -1,15 +1,13 @@
 """The Model: load a GGUF, hold its weights, tokenizer, KV cache and State, and generate.
 
-`Model.load(path, ctx, k_type, v_type, ...)` reads the file's Config, checks that its family is
+`Model.load(path, ctx, cache=CacheConfig(...))` reads the file's Config, checks that its family is
 supported (arch.py), loads the named weights (weights.py) and runs `forward.forward` through an
 Ops backend: numpy (ops_numpy.py: float32 weights, each op executed at once) or vulkan
 (ops_vulkan.py: weights in their GGUF formats on the device, each step shape recorded once
 into one graph and replayed, one submission per step). The KV cache (numpy or vulkan store)
 is the only thing that knows the KV formats; it keeps only the window on sliding-window layers.
 """
-import itertools
 import time
-import weakref
 
 import numpy as np
 
@@ -17,10 +15,8 @@ from nexvk.model.arch import MAX_BATCH, Arch
 from nexvk.model.config import Config, check_tensors
 from nexvk.model.forward import State, forward
 from nexvk.model.gguf import open_gguf
-from nexvk.model.ops_numpy import NumpyOps
 from nexvk.model.sample import Sampler
 from nexvk.model.tokenizer import Tokenizer
-from nexvk.model.weights import Weights, layer_shapes
 
 STEP_ROWS = (1, 16, 64, 256)  # device step shapes below the batch (rows per step)
 
@@ -31,32 +27,30 @@ class Model:
 
     def __init__(self, cfg, weights, tokenizer, ctx, k_type="f16", v_type="f16",
                  backend="numpy", device=None, sparse_v=None, seed=0, max_batch=MAX_BATCH,
-                 cache_opts=None):
-        from nexvk.cache import KVCache, check_sparse_v
-        check_sparse_v(sparse_v)
+                 cache_opts=None, *, cache=None):
+        """cache: the CacheConfig of the model's KV cache (its backend must be the one the
+        weights were loaded for); or, as before CacheConfig, the keyword arguments."""
+        from nexvk.cache import KVCache
+        self.config = c = _config(cache, k_type, v_type, backend, device, sparse_v, seed,
+                                  max_batch, cache_opts)
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
         self.arch = a = Arch.from_config(cfg)
-        self.ctx, self.k_type, self.v_type = ctx, k_type, v_type
-        self.backend, self.device, self.sparse_v, self.seed = backend, device, sparse_v, seed
-        self.cache_opts = dict(cache_opts or {})
-        B = min(max_batch, ctx)
-        if backend != weights.backend:
+        self.ctx = ctx
+        B = min(c.max_batch, ctx)
+        if c.backend != weights.backend:
             raise ValueError(f"these weights were loaded for the {weights.backend} backend, "
-                             f"not {backend}: load the model with backend={backend!r}")
-        self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, ctx, k_type=k_type,
-                             v_type=v_type, backend=backend, device=device, seed=seed,
-                             n_heads=a.n_heads, max_batch=B, window=list(a.window),
-                             **self.cache_opts)
-        if backend == "numpy":
-            self.ops = NumpyOps(self.cache, sparse_v)
+                             f"not {c.backend}: load the model with backend={c.backend!r}")
+        self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, ctx, n_heads=a.n_heads,
+                             window=list(a.window), config=c.replace(max_batch=B))
+        b = backend_of(c.backend)
+        self.ops = b.get("ops")(self.cache, c.sparse_v)
+        if not b.device:
             self.state = State(a, B, self.ops)
             self._states = {}
         else:
             # step shapes, each a State and a graph recorded now: decode (1 row), prefill
             # chunks of B rows (last row's logits, or none); whole-window logits (ppl) on
             # first use, in chunks small enough for the logits buffer
-            from nexvk.model.ops_vulkan import VulkanOps
-            self.ops = VulkanOps(self.cache, sparse_v)
             self.state = State(a, B, self.ops, logits_rows=1)
             self._states = {(1, 1): State(a, 1, self.ops, logits_rows=1), (B, 1): self.state}
             for T, mode in ((1, "last"), (B, "last"), (B, "none")):
@@ -68,12 +62,24 @@ class Model:
         self.source = None  # the GGUF path (set by load): the model's identity in state files
         self.stats = {}
 
+    # the cache configuration's parts, as attributes (read by callers before CacheConfig)
+    k_type = property(lambda self: self.config.k_type)
+    v_type = property(lambda self: self.config.v_type)
+    backend = property(lambda self: self.config.backend)
+    device = property(lambda self: self.config.device)
+    sparse_v = property(lambda self: self.config.sparse_v)
+    seed = property(lambda self: self.config.seed)
+
     @classmethod
     def load(cls, path=None, ctx=2048, k_type="f16", v_type="f16", backend="numpy",
              device=None, sparse_v=None, seed=0, progress=False, max_batch=MAX_BATCH,
-             cache_opts=None):
-        """Load a GGUF (the default SmolLM2 when path is None) with a ctx-token KV cache."""
+             cache_opts=None, *, cache=None):
+        """Load a GGUF (the default SmolLM2 when path is None) with a ctx-token KV cache of
+        the CacheConfig `cache` (its backend may be "auto"); or, as before CacheConfig, the
+        keyword arguments."""
         from nexvk.model.fetch import resolve_model
+        c = _config(cache, k_type, v_type, backend, device, sparse_v, seed, max_batch,
+                    cache_opts)
         if ctx <= 0:
             raise ValueError(f"context must be positive, got {ctx}")
         g = open_gguf(resolve_model(path, progress=progress))
@@ -86,26 +92,33 @@ class Model:
             cfg.ffn_dim = int(g.tensors["blk.0.ffn_down.weight"].shape[0])
         check_tensors(cfg, g)
         tok = Tokenizer(g)
-        from nexvk.device.manager import resolve_backend
+        from nexvk.backends import resolve
         from nexvk.model.plan import kv_bytes
         numpy_bytes = 4 * sum(t.n_elements for t in g.tensors.values()) + \
-            kv_bytes(cfg, ctx, k_type, v_type, min(max_batch, ctx), cache_opts)
-        backend = resolve_backend(backend, device, numpy_bytes)
+            kv_bytes(cfg, ctx, c.replace(backend="numpy"), batch=c.max_batch)
+        c = c.replace(backend=resolve(c.backend, c.device, numpy_bytes))
         t0 = time.perf_counter()
-        w = load_weights(g, Arch.from_config(cfg), backend, device, progress)
-        m = cls(cfg, w, tok, ctx, k_type, v_type, backend, device, sparse_v, seed, max_batch,
-                cache_opts)
+        w = load_weights(g, Arch.from_config(cfg), c.backend, c.device, progress)
+        m = cls(cfg, w, tok, ctx, cache=c)
         m.stats["load_s"] = time.perf_counter() - t0
         m.source = g.path
         return m
 
-    def with_cache(self, k_type=None, v_type=None, **kw):
-        """A model sharing these weights with a fresh cache of other formats."""
-        args = dict(ctx=self.ctx, k_type=k_type or self.k_type, v_type=v_type or self.v_type,
-                    backend=self.cache.backend, device=self.device, sparse_v=self.sparse_v,
-                    seed=self.seed, max_batch=self.state.B, cache_opts=self.cache_opts)
-        args.update(kw)
-        m = Model(self.cfg, self.w, self.tokenizer, **args)
+    def with_cache(self, k_type=None, v_type=None, cache=None, ctx=None, **kw):
+        """A model sharing these weights with a fresh cache: the CacheConfig `cache`, or
+        this model's with the fields given changed (k_type, v_type, sparse_v, seed,
+        max_batch, and cache_opts: {plain, sinks, layer_types, key_mean, key_scale}, which
+        replaces all five)."""
+        if cache is None:
+            changes = {f: v for f, v in (("k_type", k_type), ("v_type", v_type)) if v}
+            opts = kw.pop("cache_opts", None)
+            if opts is not None:
+                changes.update({"plain": False, "sinks": None, "layer_types": None,
+                                "key_mean": None, "key_scale": None, **opts})
+            cache = self.config.replace(**changes, **kw)
+        elif k_type or v_type or kw:
+            raise ValueError("give with_cache a CacheConfig or fields to change, not both")
+        m = Model(self.cfg, self.w, self.tokenizer, ctx or self.ctx, cache=cache)
         m.source = self.source
         return m
 
@@ -155,14 +168,14 @@ class Model:
     def _chunk(self, last_only):
         """Most tokens per step: B, or on the device fewer when every row's logits come back
         (one logits buffer must stay under the storage-buffer limit)."""
-        if self.cache.backend == "numpy" or last_only:
+        if not backend_of(self.cache.backend).device or last_only:
             return self.state.B
         fit = self.cache.store.dev.max_buffer_bytes // (4 * self.arch.vocab_size)
         return max(1, min(self.state.B, fit))
 
     def _state_for(self, T, logits):
         """(key, State) of the step shape that runs T tokens with these logits."""
-        if self.cache.backend == "numpy":
+        if not backend_of(self.cache.backend).device:
             return None, self.state
         # the smallest step shape that holds T rows: a step's kernels cover all its rows, so
         # a 10-token prompt in a 512-row step would pay for 512 (each shape: one State and
@@ -341,32 +354,28 @@ class Model:
         return load(self, path)
 
 
-_weight_ids = itertools.count()
-
-
 def load_weights(g, a, backend, device=None, progress=False):
-    """The model's Weights for a backend: float32 arrays (numpy), or the GGUF blocks as
-    stored in device buffers (vulkan), freed with the Weights object."""
-    if backend == "numpy":
-        w = Weights.load(g, a, progress=progress)
-    else:
-        from nexvk.device.manager import get_device
-        from nexvk.kernels import upload
-        from nexvk.model.ops_vulkan import weight_loader
-        dev = get_device(device)
-        tag = f"weights{next(_weight_ids)}/"
-        names = {f"blk.{i}.{n}.weight": shape for i in range(a.n_layers)
-                 for n, shape in layer_shapes(a).items()}
-        names.update({"token_embd.weight": (a.vocab_size, a.dim), "output_norm.weight": (a.dim,)})
-        if g.has_tensor("output.weight"):
-            names["output.weight"] = (a.vocab_size, a.dim)
-        try:
-            w = Weights.load(g, a, progress=progress, loader=weight_loader(dev, g, tag, names))
-        except BaseException:
-            dev.release(tag)
-            raise
-        finally:
-            upload.release(dev)  # the staging buffer and copy pipeline
-        weakref.finalize(w, dev.release, tag)
+    """The model's Weights for a backend (nexvk.backends names each one's loader)."""
+    w = backend_of(backend).get("weights")(g, a, device, progress)
     w.backend = backend
     return w
+
+
+def backend_of(name):
+    from nexvk.backends import backend
+    return backend(name)
+
+
+def _config(cache, k_type, v_type, backend, device, sparse_v, seed, max_batch, cache_opts):
+    """The CacheConfig given, or one from the keyword arguments it replaces."""
+    from nexvk.cache.config import CacheConfig
+    legacy = (k_type, v_type, backend, device, sparse_v, seed, max_batch, cache_opts)
+    if cache is None:
+        return CacheConfig.of(k_type, v_type, cache_opts, backend=backend, device=device,
+                              sparse_v=sparse_v, seed=seed, max_batch=max_batch)
+    if not isinstance(cache, CacheConfig):
+        raise ValueError(f"cache must be a CacheConfig, got {type(cache).__name__}")
+    if legacy != ("f16", "f16", "numpy", None, None, 0, MAX_BATCH, None):
+        raise ValueError("give the cache as cache=CacheConfig(...) or as keyword arguments, "
+                         "not both")
+    return cache

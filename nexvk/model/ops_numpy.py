@@ -143,3 +143,9 @@ class NumpyOps:
     def last_row(self, x):
         """A handle to row T-1 of x alone."""
         return x[self.T - 1:self.T]
+
+
+def load_weights(g, a, device=None, progress=False):
+    """The model's weights as float32 arrays (the numpy backend has no device)."""
+    from nexvk.model.weights import Weights
+    return Weights.load(g, a, progress=progress)

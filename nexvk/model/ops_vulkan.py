@@ -3,7 +3,7 @@
 Where NumpyOps executes each call, VulkanOps records it: `execute(key, record)` runs record()
 (the forward) once per key to record every dispatch of the step into a Graph, then replays it
 (one queue submission) on every step of that shape. Only the step's words go up (T, the start
-position and the token ids, in the KV cache's `dyn` buffer, which every kernel reads) and only
+position and the token ids, in the step's own Dyn buffer, which every kernel reads) and only
 the handles allocated readable come down (the logits).
 
 A handle is an `Act`: (rows, cols) float32 activations at a float offset of an arena buffer,
@@ -68,8 +68,10 @@ class VulkanOps:
         self.cache, self.sparse_v = cache, sparse_v
         self.store = store = cache.store
         self.dev = store.dev
-        self.dyn = store.dyn             # [T, pos0, scale, sparse-V threshold, token ids...]
         self.tag = f"ops{next(_ids)}/"
+        # the step's words (nexvk/kernels/dyn.py), read by every kernel of the step
+        self.dyn = self.dev.pool.get(self.tag + "dyn", dyn_words.size(cache.layout.max_batch),
+                                     np.uint32, kind="device")
         self._graphs = {}
         self._tables = {}                # (base, rot) -> RoPE (cos, sin) table buffer
         self._names = itertools.count()
@@ -86,7 +88,7 @@ class VulkanOps:
         rows, cols = int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
         if dtype == "int32":
             if dyn_words.size(rows) > self.dyn.size:
-                raise ValueError(f"{rows} token ids do not fit the cache's dyn buffer "
+                raise ValueError(f"{rows} token ids do not fit the step's dyn buffer "
                                  f"({self.dyn.size - dyn_words.IDS} ids): raise max_batch")
             return Act(self.dyn, dyn_words.IDS, rows, 1)
         if readable:
@@ -100,8 +102,7 @@ class VulkanOps:
     def set_step(self, tokens_handle, tokens, pos):
         """The next step: T = len(tokens) ids at positions pos..pos+T-1."""
         self.T, self.pos = len(tokens), int(pos)
-        dyn_words.fill(self.dyn.host, self.T, self.pos, tokens)
-        self.dyn.host[3:4].view(np.float32)[0] = self.sparse_v or 0.0
+        dyn_words.fill(self.dyn.host, self.T, self.pos, tokens, sparse_v=self.sparse_v or 0.0)
         self.store.stats.host[:] = 0
 
     def record(self, key, record):
@@ -192,15 +193,15 @@ class VulkanOps:
                                       x_off=x.off, y_off=y.off))
 
     def attention(self, layer, q, k, v, out, head_dim, scale):
-        words = self.dyn.host[2:3].view(np.float32)
+        words = self.dyn.host[dyn_words.SCALE:dyn_words.SCALE + 1].view(np.float32)
         if self._graphs and words[0] != np.float32(scale):
             raise ValueError("every layer must use the same attention scale on the device")
         words[0] = scale  # kept in the dyn words of every later step
         # raw keys and queries: the store fits and applies the hardened key transform
         n_heads = q.cols // head_dim
-        self.store.record_append(self._g, layer, k.buf, v.buf, q.rows, k.off, v.off, q.buf,
+        self.store.record_append(self._g, self.dyn, layer, k.buf, v.buf, q.rows, k.off, v.off, q.buf,
                                  q.off, n_heads)
-        self.store.record_attention(self._g, layer, q.buf, self._out(out), q.rows, n_heads,
+        self.store.record_attention(self._g, self.dyn, layer, q.buf, self._out(out), q.rows, n_heads,
                                     q.off, out.off, raw_q=True)
 
 
@@ -232,3 +233,30 @@ def weight_loader(dev, g, tag, shapes):
         return DeviceWeight.from_file(dev, f"{tag}{name}", g.path, int(t.data_offset),
                                       t.tensor_type, *shape, parts=parts)
     return load
+
+
+_weight_ids = itertools.count()
+
+
+def load_weights(g, a, device=None, progress=False):
+    """The model's Weights on the device: the GGUF blocks as stored in device buffers
+    (weight_loader), freed with the Weights object."""
+    from nexvk.device.manager import get_device
+    from nexvk.kernels import upload
+    from nexvk.model.weights import Weights, layer_shapes
+    dev = get_device(device)
+    tag = f"weights{next(_weight_ids)}/"
+    names = {f"blk.{i}.{n}.weight": shape for i in range(a.n_layers)
+             for n, shape in layer_shapes(a).items()}
+    names.update({"token_embd.weight": (a.vocab_size, a.dim), "output_norm.weight": (a.dim,)})
+    if g.has_tensor("output.weight"):
+        names["output.weight"] = (a.vocab_size, a.dim)
+    try:
+        w = Weights.load(g, a, progress=progress, loader=weight_loader(dev, g, tag, names))
+    except BaseException:
+        dev.release(tag)
+        raise
+    finally:
+        upload.release(dev)  # the staging buffer and copy pipeline
+    weakref.finalize(w, dev.release, tag)
+    return w

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nexvk.cache import layer_windows, ring_slots
+from nexvk.cache.config import CacheConfig
+from nexvk.cache.layout import CacheLayout, ring_slots
 from nexvk.model.arch import MAX_BATCH
 from nexvk.model.config import Config
 from nexvk.model.gguf import open_gguf
@@ -40,37 +41,33 @@ def fmt_bytes(n):
     return f"{int(n)} B"
 
 
-def _windows(cfg, ctx):
-    """Per-layer windows as nexvk.KVCache keeps them (0: the layer sees its whole context)."""
+def cache_layout(cfg, ctx, config=None, batch=MAX_BATCH):
+    """The CacheLayout (nexvk.cache.layout) of a model's KV cache at ctx tokens, forwarding up
+    to `batch` tokens a call: per-layer formats, windows, slots, sinks and bytes per KV head,
+    exactly what nexvk.KVCache allocates (config: a CacheConfig; default turbo3/turbo3)."""
+    config = config or CacheConfig()
     swa = set(cfg.swa_layers) if cfg.sliding_window else set()
-    return layer_windows([cfg.sliding_window if i in swa else 0 for i in range(cfg.n_layers)],
-                         cfg.n_layers, ctx)
+    windows = [cfg.sliding_window if i in swa else 0 for i in range(cfg.n_layers)]
+    return CacheLayout.build(config.spec(cfg.n_layers), max(cfg.n_kv_heads), cfg.head_dim, ctx,
+                             windows, min(batch, ctx), head_dim_v=cfg.head_dim_v,
+                             seed=config.seed, max_heads=max(cfg.n_heads, max(cfg.n_kv_heads)))
 
 
-def _tokens(cfg, ctx, batch=MAX_BATCH):
-    """Slots per layer: the context, or the ring of a sliding-window layer."""
-    return np.array([ring_slots(ctx, w, min(batch, ctx)) for w in _windows(cfg, ctx)], np.int64)
-
-
-def kv_bytes(cfg, ctx, k_type, v_type, batch=MAX_BATCH, cache_opts=None):
+def kv_bytes(cfg, ctx, config=None, v_type=None, batch=MAX_BATCH, cache_opts=None):
     """Bytes of a KV cache holding `ctx` tokens in every layer (windowed layers hold less),
-    exactly what nexvk.KVCache allocates for a model forwarding up to `batch` tokens a call;
-    cache_opts: KVCache's plain, sinks, layer_types, key_scale."""
-    spec = _spec(cfg, k_type, v_type, cache_opts or {})
-    total = 0
-    for i, (h, t, w) in enumerate(zip(cfg.n_kv_heads, _tokens(cfg, ctx, batch),
-                                      _windows(cfg, ctx))):
-        # a windowed layer keeps no sinks (KVCache.layer_sinks)
-        total += h * spec.layer_bytes(i, cfg.head_dim, cfg.head_dim_v, int(t), 0 if w else None)
-    return float(total)
+    exactly what nexvk.KVCache allocates for a model forwarding up to `batch` tokens a call.
+    config: a CacheConfig, or as before it a k_type with v_type and cache_opts."""
+    lay = cache_layout(cfg, ctx, as_config(config, v_type, cache_opts), batch)
+    return float(sum(h * b for h, b in zip(cfg.n_kv_heads, lay.head_bytes)))
 
 
-def _spec(cfg, k_type, v_type, opts):
-    from nexvk.quant.cachespec import CacheSpec
-    scale = opts.get("key_scale")
-    return CacheSpec.build(cfg.n_layers, k_type, v_type, opts.get("layer_types"),
-                           opts.get("sinks"), opts.get("plain", False),
-                           None if scale is None else scale is not False)
+def as_config(config, v_type=None, cache_opts=None):
+    """A CacheConfig from one, or from (k_type, v_type, cache_opts) (default turbo3)."""
+    if isinstance(config, CacheConfig):
+        if v_type is not None or cache_opts:
+            raise ValueError("give a CacheConfig or k_type/v_type/cache_opts, not both")
+        return config
+    return CacheConfig.of(config or "turbo3", v_type or "turbo3", cache_opts)
 
 
 @dataclass
@@ -123,7 +120,8 @@ class Plan:
         out.append(f"weights      {fmt_bytes(self.weights_bytes)} as stored "
                    f"({fmt_bytes(self.weights_f32_bytes)} as float32 in the numpy backend)")
         ref = self.kv.get("f16/f16")
-        values = float(np.dot(c.n_kv_heads, _tokens(c, self.ctx))) * (c.head_dim + c.head_dim_v)
+        slots = cache_layout(c, self.ctx, CacheConfig("f16", "f16")).slots
+        values = float(np.dot(c.n_kv_heads, slots)) * (c.head_dim + c.head_dim_v)
         for label, b in self.kv.items():
             ratio = f"{ref / b:.2f}x smaller than f16" if ref and label != "f16/f16" else ""
             out.append(f"KV {label:<13} {fmt_bytes(b):>11}  ({8 * b / values:.3f} bits/value) "
@@ -140,39 +138,39 @@ class Plan:
         return out
 
 
-def plan(path, ctx, k_type="turbo3", v_type="turbo3", memory=0, cache_opts=None):
-    """A Plan for the GGUF at `path` (metadata and tensor table only; nothing dequantized);
-    cache_opts as for kv_bytes (the f16 and q8_0 rows are always the plain formats)."""
+def plan(path, ctx, config=None, v_type=None, memory=0, cache_opts=None):
+    """A Plan for the GGUF at `path` (metadata and tensor table only; nothing dequantized)
+    with the cache of `config` (a CacheConfig; or as before it k_type, v_type, cache_opts;
+    default turbo3/turbo3). The f16 and q8_0 rows are always the plain formats."""
     if ctx <= 0:
         raise ValueError(f"context must be positive, got {ctx}")
+    config = as_config(config, v_type, cache_opts)
     g = open_gguf(path)
     cfg = Config.from_gguf(g)
-    opts = cache_opts or {}
-    label = _spec(cfg, k_type, v_type, opts).label
-    kv = {label: kv_bytes(cfg, ctx, k_type, v_type, cache_opts=opts)}
+    lay = cache_layout(cfg, ctx, config)
+    kv = {lay.spec.label: kv_bytes(cfg, ctx, config)}
     for ref in ("f16", "q8_0"):  # comparison rows, where the format can hold this head size
         try:
-            kv.setdefault(f"{ref}/{ref}", kv_bytes(cfg, ctx, ref, ref))
+            kv.setdefault(f"{ref}/{ref}", kv_bytes(cfg, ctx, CacheConfig(ref, ref)))
         except ValueError:  # e.g. q8_0 at head_dim 16 (blocks of 32)
             pass
     n_params = sum(t.n_elements for t in g.tensors.values())
-    return Plan(name=cfg.name or g.path.name, cfg=cfg, ctx=ctx, k_type=k_type, v_type=v_type,
-                label=label, weights_bytes=g.tensor_bytes(), weights_f32_bytes=4 * n_params, kv=kv,
+    return Plan(name=cfg.name or g.path.name, cfg=cfg, ctx=ctx, k_type=config.k_type,
+                v_type=config.v_type, label=lay.spec.label, weights_bytes=g.tensor_bytes(),
+                weights_f32_bytes=4 * n_params, kv=kv,
                 memory=parse_size(memory) if memory else 0,
-                working_bytes=working_bytes(cfg, ctx))
+                working_bytes=working_bytes(cfg, ctx, lay))
 
 
-def working_bytes(cfg, ctx, batch=MAX_BATCH):
+def working_bytes(cfg, ctx, layout=None, batch=MAX_BATCH):
     """The vulkan model's working buffers: activations of a decode and a prefill step
     (forward.State: 4 bytes x rows x (2 dim + 2 q + 2 kv + 2 ffn)), two host-visible logits
     rows (counted twice: device + host copy), and its cache's attention scratch and staging
-    (cache.vulkan_working_bytes)."""
-    from nexvk.cache import vulkan_working_bytes
+    (CacheLayout.vulkan_working_bytes)."""
+    layout = layout or cache_layout(cfg, ctx, CacheConfig("f16", "f16"), batch)
     B = min(batch, ctx)
     kv_heads = max(cfg.n_kv_heads)
     q, kv = cfg.n_heads * cfg.head_dim, kv_heads * cfg.head_dim
     per_row = 4 * (2 * cfg.dim + 2 * q + 2 * kv + 2 * (cfg.ffn_dim or 4 * cfg.dim))
     logits = 2 * 2 * 4 * (cfg.vocab_size or 0)
-    return int((B + 1) * per_row + logits
-               + vulkan_working_bytes(cfg.head_dim, kv_heads, cfg.n_heads,
-                                      list(_tokens(cfg, ctx, batch)), _windows(cfg, ctx), B))
+    return int((B + 1) * per_row + logits + layout.vulkan_working_bytes())

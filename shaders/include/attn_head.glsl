@@ -31,7 +31,8 @@ layout(binding = 5) readonly buffer Tab { float tab[]; };      // K table at kta
 layout(binding = 6) buffer Stats { uint stats[]; };            // [skipped pairs, total pairs]
 // per-call words, so recorded sequences replay unchanged: [queries, position of query 0,
 // scale (float bits), sparse-V threshold (float bits, 0: off)]
-layout(binding = 7) readonly buffer Dyn { uint dyn[]; };
+#define DYN_BINDING 7
+#include "dyn_head.glsl"
 
 layout(push_constant) uniform Push {
     uint hkv;         // KV heads
@@ -68,7 +69,7 @@ uint key_slot(uint j) {
 
 // the keys query row q (global) sees: lo .. L-1
 void key_range(uint q, out uint lo, out uint L) {
-    L = dyn[1] + q + 1u;
+    L = dyn[DYN_POS0] + q + 1u;
     lo = (pc.window > 0u && L > pc.window) ? L - pc.window : 0u;
 }
 

@@ -109,9 +109,9 @@ def test_calibrate_writes_a_preset_that_plan_and_ppl_use(model, model_path, wiki
     assert all(x > 0 for x in preset["kld_per_layer"]["k"] + preset["kld_per_layer"]["v"])
     path = save_preset(model_path, "t35", preset)
     assert path == preset_path(model_path, "t35") and path.is_file()
-    k, v, opts = load_preset(model_path, "t35")
-    assert (k, v) == ("turbo3", "turbo3") and opts["sinks"] == 1
-    assert opts["layer_types"] == preset["layer_types"]
+    c = load_preset(model_path, "t35")
+    assert (c.k_type, c.v_type) == ("turbo3", "turbo3") and c.sinks == 1
+    assert c.layer_types == preset["layer_types"]
     # the full model's plan with a preset made for it (the 2-layer one does not fit)
     full = dict(preset, layer_types="0:turbo4/turbo3,1-29:turbo3/turbo2")
     path.write_text(json.dumps(full))

@@ -34,6 +34,10 @@ BACKENDS = {b.name: b for b in (
     Backend("vulkan", "nexvk.model.ops_vulkan:VulkanOps", "nexvk.cache.vulkan_store:VulkanStore",
             "nexvk.model.ops_vulkan:load_weights", "nexvk.kernels.codec:VulkanCodec",
             device=True),
+    # the KV cache in numba kernels (nexvk/cpu/); its model Ops and weights are numpy's until
+    # the cpu Ops of issue 14 take their place
+    Backend("cpu", "nexvk.model.ops_numpy:NumpyOps", "nexvk.cache.cpu_store:CpuStore",
+            "nexvk.model.ops_numpy:load_weights", "nexvk.quant:Codec", device=False),
 )}
 
 

@@ -1,4 +1,4 @@
-"""KVCache behaviour on both backends: API, errors that leave the cache unchanged, memory."""
+"""KVCache behaviour on every backend: API, errors that leave the cache unchanged, memory."""
 import gc
 import tracemalloc
 
@@ -8,7 +8,7 @@ import pytest
 import nexvk
 from nexvk import KVCache
 
-BACKENDS = ["numpy", "vulkan"]
+BACKENDS = ["numpy", "cpu", "vulkan"]
 
 
 @pytest.fixture(params=BACKENDS)

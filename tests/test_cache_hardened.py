@@ -218,3 +218,12 @@ def test_device_steps_fit_and_apply_the_transform_as_numpy_does(device, rng, opt
         for g in graphs.values():
             g.destroy()
         device.release("test-xf/")
+
+
+def test_hardened_cache_with_a_block_format_layer_attends_from_its_first_token(rng):
+    c = KVCache(2, 2, 64, 10, "turbo3", "turbo3", layer_types="0:q4_0/q8_0")
+    k = rng.standard_normal((1, 2, 64)).astype(np.float32)
+    c.append(0, k, k)
+    assert c.layer_sinks[0] == 1
+    q = rng.standard_normal((1, 4, 64)).astype(np.float32)
+    assert np.isfinite(c.attention(0, q)).all()

@@ -29,10 +29,10 @@ def masked_attention(q, k, v, window, scale):
     return np.einsum("thp,phd->thd", p, vv)
 
 
-@pytest.fixture(params=["numpy", "vulkan"])
+@pytest.fixture(params=["numpy", "cpu", "vulkan"])
 def backend(request):
-    """Both stores: the vulkan one (ring slots and window masks in quantize.comp and the
-    attention passes) on the test device."""
+    """Every store: the cpu one (ring slots and window masks in numba kernels) and the vulkan
+    one (in quantize.comp and the attention passes) on the test device."""
     if request.param == "vulkan":
         request.getfixturevalue("device")
     return request.param

@@ -146,8 +146,8 @@ class Q8_0(Format):
 
     def decode_compute(self, codes, scales):
         q = np.ascontiguousarray(codes).view(np.int8).astype(np.float32)
-        q = q.reshape(len(q), -1, 32) * scales.astype(np.float32)[..., None]
-        return q.reshape(len(q), -1)
+        q = q.reshape(len(q), self.head_dim // 32, 32) * scales.astype(np.float32)[..., None]
+        return q.reshape(len(q), self.head_dim)
 
 
 class Q4_0(Format):
@@ -170,8 +170,8 @@ class Q4_0(Format):
 
     def decode_compute(self, codes, scales):
         q = pack.unpack(codes, 4, self.head_dim).astype(np.float32) - 8
-        q = q.reshape(len(q), -1, 32) * scales.astype(np.float32)[..., None]
-        return q.reshape(len(q), -1)
+        q = q.reshape(len(q), self.head_dim // 32, 32) * scales.astype(np.float32)[..., None]
+        return q.reshape(len(q), self.head_dim)
 
 
 class Turbo(Format):

@@ -139,3 +139,13 @@ def test_every_head_dim_16_to_512_roundtrips():
         x = np.random.default_rng(d).standard_normal((50, d)).astype(np.float32)
         c = nexvk.codec("turbo3", d)
         assert nmse(x, c.decode(c.encode(x))) < 0.04
+
+
+@pytest.mark.parametrize("name", list(formats.REGISTRY))
+def test_decode_of_no_rows(name):
+    """A hardened cache's q8_0/q4_0 layer holds one sink: its first attention decodes zero
+    code rows (this crashed in the q8_0/q4_0 reshape)."""
+    f = formats.make(name, 64)
+    out = f.decode_compute(np.zeros((0, f.words), np.uint32), np.zeros((0, f.n_scales), np.float16))
+    assert out.shape == (0, 64) and out.dtype == np.float32
+

@@ -1,6 +1,6 @@
 """KVCache.state() / restore(): a cache's tokens moved into another cache of the same formats
-answer every attention call exactly as the original (numpy store, and the vulkan store against
-itself), on full-context and ring (sliding-window) layers, into another capacity and
+answer every attention call exactly as the original (numpy store, and the cpu and vulkan
+stores against themselves), on full-context and ring (sliding-window) layers, into another capacity and
 max_batch; the vulkan store's state is laid out as the numpy store's; a state that does not
 fit is refused with the cache left as it was."""
 import numpy as np
@@ -11,8 +11,10 @@ from nexvk import KVCache
 HKV, H, D = 2, 4, 64
 
 
-@pytest.fixture(params=["numpy", "vulkan"])
+@pytest.fixture(params=["numpy", "cpu", "vulkan"])
 def backend(request):
+    """Every store: cpu (the numpy store's arrays, numba kernels) and vulkan (regions on the
+    device read back and written through the staging buffer)."""
     if request.param == "vulkan":
         request.getfixturevalue("device")
     return request.param

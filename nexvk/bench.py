@@ -1,5 +1,5 @@
-"""Benchmarks: codec throughput, decode attention vs context, end-to-end tokens/s, memory
-per token, and codec error vs bits per value. `nexvk bench` and the pytest-benchmark suite
+"""Benchmarks: codec throughput, decode attention vs context, end-to-end tokens/s, aggregate
+decode tokens/s of concurrent sequences, memory per token, and codec error vs bits per value. `nexvk bench` and the pytest-benchmark suite
 in benchmarks/ both call these functions.
 
 Every measure returns plain dicts (rows); `run_all` collects them into one JSON-able report.
@@ -30,9 +30,11 @@ SHAPES = {  # name: (n_heads, n_kv_heads, head_dim) of one attention layer
 SPARSE_V = 1e-6
 PEAK_KEYS, PEAK_LOGIT = 4, 30.0
 FULL = dict(codec_vectors=1 << 18, contexts=(1024, 4096, 16384, 32768), error_vectors=1 << 15,
-            e2e_contexts=(512, 2048), decode_tokens=64)
+            e2e_contexts=(512, 2048), decode_tokens=64, concurrent_prompt=128)
+SECTIONS = ("memory", "error", "codec", "attention", "e2e", "concurrency")
 QUICK = dict(codec_vectors=1 << 14, contexts=(1024, 4096), error_vectors=1 << 13,
-             e2e_contexts=(64,), decode_tokens=4)
+             e2e_contexts=(64,), decode_tokens=4, concurrent_prompt=16)
+CONCURRENCY = (1, 2, 4)  # sequences decoding at once (nexvk serve -np)
 E2E_TEXT = ("The history of computing is a story of memory as much as of arithmetic. Every "
             "generation of machines has been limited by how much it could remember and how "
             "quickly it could recall it. ")
@@ -246,10 +248,7 @@ def e2e(model, cache="turbo3", ctx=512, decode_tokens=64, name="smollm2-135m"):
            "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens}
     try:
         m = model.with_cache(fmt, fmt, ctx=ctx, cache_opts=opts)
-        text = E2E_TEXT * (prompt_tokens // 20 + 1)
-        ids = list(m.tokenizer.encode(text))[:prompt_tokens]
-        if len(ids) < prompt_tokens:
-            raise ValueError(f"prompt text gives only {len(ids)} tokens")
+        ids = _prompt_ids(m, prompt_tokens)
         m.forward(ids[:2], 0)  # warm up (device steps are recorded on first use)
         m.reset()
         t0 = time.perf_counter()
@@ -268,12 +267,56 @@ def e2e(model, cache="turbo3", ctx=512, decode_tokens=64, name="smollm2-135m"):
     return row
 
 
+def _prompt_ids(model, n):
+    """n token ids of E2E_TEXT repeated."""
+    ids = list(model.tokenizer.encode(E2E_TEXT * (n // 20 + 1)))[:n]
+    if len(ids) < n:
+        raise ValueError(f"prompt text gives only {len(ids)} tokens")
+    return ids
+
+
+def concurrency(model, n_seqs, cache="turbo3", prompt_tokens=128, decode_tokens=64,
+                name="smollm2-135m"):
+    """Aggregate greedy-decode tokens/s of n_seqs sequences, each with its own `cache`
+    (E2E_CACHES) holding a prompt of prompt_tokens, their steps batched into one forward as
+    `nexvk serve -np n_seqs` runs them (Batch.step)."""
+    from nexvk.model.batch import Batch
+    fmt, opts = E2E_CACHES[cache]
+    row = {"model": name, "cache": cache, "backend": model.cache.backend, "seqs": n_seqs,
+           "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens}
+    try:
+        seqs = [model.with_cache(fmt, fmt, cache_opts=opts) for _ in range(n_seqs)]
+        batch = Batch(model, n_seqs)
+        ids = _prompt_ids(model, prompt_tokens)
+        toks = [int(np.argmax(s.forward(ids, 0, last_only=True)[0])) for s in seqs]
+        batch.step(seqs, toks)  # warm up
+        t0 = time.perf_counter()
+        for _ in range(decode_tokens):
+            toks = [int(t) for t in np.argmax(batch.step(seqs, toks), axis=1)]
+        dt = time.perf_counter() - t0
+        row.update(decode_tok_s=n_seqs * decode_tokens / dt, step_ms=1e3 * dt / decode_tokens)
+    except Exception as e:  # noqa: BLE001
+        _error_row(row, e)
+    return row
+
+
+def add_one_ratio(rows):
+    """x_one: each concurrency row's aggregate tokens/s over one sequence's (same backend
+    and cache)."""
+    key = lambda r: (r.get("model"), r.get("backend"), r.get("cache"))  # noqa: E731
+    one = {key(r): r["decode_tok_s"] for r in rows if r.get("seqs") == 1 and "decode_tok_s" in r}
+    for r in rows:
+        base = one.get(key(r))
+        if base and "decode_tok_s" in r:
+            r["x_one"] = r["decode_tok_s"] / base
+
+
 # ---- the whole run -------------------------------------------------------------------------
 def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
     """The run as a list of (section, label, fn() -> list of rows)."""
     import nexvk
     cfg = QUICK if quick else FULL
-    sections = sections or ("memory", "error", "codec", "attention", "e2e")
+    sections = sections or SECTIONS
     steps = []
     if "memory" in sections:
         steps += [("memory", f"memory {s}", lambda s=s: [memory_row(f, s) for f in nexvk.FORMATS])
@@ -305,16 +348,19 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
                           for b in backends for f in ATTN_FORMATS]
                 steps.append(("attention", f"attention {shape} {ctx} done",
                               lambda kv=kv: kv.clear() or []))
+    models = {}  # (name, backend) -> model, loaded on first use, one at a time
+
+    def model(name, path, b):
+        if (name, b) not in models:
+            models.clear()
+            models[name, b] = load_model(path, max(cfg["e2e_contexts"]), b, device)
+        return models[name, b]
+    # a CPU Vulkan driver (lavapipe) prefills at a few tokens/s: there the device rows
+    # run the default model at the first context only (a GPU runs them all)
+    cpu_device = "vulkan" in backends and (device_info(device) or {}).get("type") == "cpu"
     if "e2e" in sections:
-        models = {}  # (name, backend) -> model, loaded on first use, one at a time
         def e2e_step(name, path, b, cache, ctx):
-            if (name, b) not in models:
-                models.clear()
-                models[name, b] = load_model(path, max(cfg["e2e_contexts"]), b, device)
-            return [e2e(models[name, b], cache, ctx, cfg["decode_tokens"], name)]
-        # a CPU Vulkan driver (lavapipe) prefills at a few tokens/s: there the device rows
-        # run the default model at the first context only (a GPU runs them all)
-        cpu_device = "vulkan" in backends and (device_info(device) or {}).get("type") == "cpu"
+            return [e2e(model(name, path, b), cache, ctx, cfg["decode_tokens"], name)]
         for name, path in e2e_models().items():
             for b in backends:
                 ctxs = cfg["e2e_contexts"] if name == "smollm2-135m" else cfg["e2e_contexts"][:1]
@@ -326,6 +372,14 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None):
                            lambda name=name, path=path, b=b, c=c, ctx=ctx:
                                e2e_step(name, path, b, c, ctx))
                           for ctx in ctxs for c in E2E_CACHES]
+    if "concurrency" in sections:  # the default model; on lavapipe too slow to be worth it
+        path = e2e_models()["smollm2-135m"]
+        prompt = min(cfg["concurrent_prompt"], max(cfg["e2e_contexts"]) // 2)
+        steps += [("concurrency", f"concurrency {n} {c} {b}",
+                   lambda n=n, c=c, b=b: [concurrency(model("smollm2-135m", path, b), n, c,
+                                                      prompt, cfg["decode_tokens"])])
+                  for b in backends if not (b == "vulkan" and cpu_device)
+                  for c in ("turbo3", "f16") for n in CONCURRENCY]
     return steps
 
 
@@ -348,7 +402,8 @@ def run_all(device=None, quick=False, progress=True, backends=None, sections=Non
                        "python": platform.python_version(), "numpy": np.__version__,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "sparse_v": SPARSE_V, "peak_keys": PEAK_KEYS, "peak_logit": PEAK_LOGIT},
-              "memory": [], "error": [], "codec": [], "attention": [], "e2e": []}
+              "memory": [], "error": [], "codec": [], "attention": [], "e2e": [],
+              "concurrency": []}
     steps = plan(quick, backends, device, sections)
     bar = None
     if progress:
@@ -364,6 +419,7 @@ def run_all(device=None, quick=False, progress=True, backends=None, sections=Non
     if bar is not None:
         bar.close()
     add_f16_ratio(report["attention"])
+    add_one_ratio(report["concurrency"])
     report["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report["meta"]["elapsed_s"] = time.perf_counter() - t0
     return report
@@ -423,7 +479,15 @@ def format_report(rep):
                                 ("decode_tok_s", "decode tok/s"),
                                 ("kv_mib", "KV MiB"), ("bits_per_value", "bits/value")],
                    "End to end (K and V in the same format; turbo3 = the hardened cache; "
-                   "numpy: float32 weights, vulkan: the whole step on the device)")]
+                   "numpy: float32 weights, vulkan: the whole step on the device)"),
+             table(rep.get("concurrency", []),
+                   [("model", "model"), ("backend", "backend"), ("cache", "cache"),
+                    ("seqs", "sequences"),
+                    ("prompt_tokens", "prompt each"), ("decode_tokens", "steps"),
+                    ("step_ms", "ms/step"), ("decode_tok_s", "decode tok/s (all)"),
+                    ("x_one", "x one sequence")],
+                   "Concurrent sequences (nexvk serve -np N): each its own cache, decode steps "
+                   "batched into one forward on numpy (one step per sequence on vulkan)")]
     bad = sorted({(r["backend"], r["shape"], r["ctx"]) for r in rep["attention"]
                   if r.get("max_abs_diff", 0) > 1e-3})
     if bad:
@@ -492,7 +556,7 @@ def add_parser(sub):
     p.add_argument("--device", type=int, default=None, help="Vulkan device index (see `nexvk devices`)")
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute on a CPU)")
     p.add_argument("--backend", choices=("numpy", "vulkan", "both"), default="both")
-    p.add_argument("--only", nargs="+", choices=("memory", "error", "codec", "attention", "e2e"),
+    p.add_argument("--only", nargs="+", choices=SECTIONS,
                    help="run only these sections")
     p.add_argument("--plot", metavar="DIR", help="write PNG charts to DIR")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
@@ -514,7 +578,8 @@ def cmd_bench(args):
     if args.plot:
         for path in plot(rep, args.plot):
             log(f"wrote {path}")
-    n_err = sum("error" in r for k in ("codec", "attention", "e2e") for r in rep[k])
+    n_err = sum("error" in r for k in ("codec", "attention", "e2e", "concurrency")
+                for r in rep[k])
     if n_err:
         log(f"{n_err} measurement(s) failed; see the error column")
     return 0

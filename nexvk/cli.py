@@ -33,8 +33,10 @@ def _add_model_commands(sub):
 
 def _add_tools(sub):
     from nexvk import bench, validate
+    from nexvk.serve import command as serve
     validate.add_parser(sub)
     bench.add_parser(sub)
+    serve.add_parser(sub)
 
 
 def main(argv=None):

@@ -70,5 +70,5 @@ fi
 if ! "$VPY" -c 'import kp; kp.OpBarrier' >/dev/null 2>&1; then
   "$VPY" -m pip install -q --no-deps --force-reinstall "$KPW"/kp-0.9.0-*.whl
 fi
-"$VPY" -m pip install -q -e '.[dev]'
+"$VPY" -m pip install -q -e '.[dev,serve]'
 "$VPY" -c 'import kp, nexvk; assert hasattr(kp, "OpBarrier"), "kp lacks the nexvk barrier patch"; print("[setup] nexvk", nexvk.__version__, "ready; devices:", len(nexvk.devices()))'

@@ -7,7 +7,8 @@ then the final norm and the logits. What differs between families comes from `Ar
 It does nothing but Ops calls on State handles, so a backend may execute each call at once
 (ops_numpy.py) or record the whole step once and replay it per token. A handle holds
 (rows, features) activations; head structure is passed as arguments (head_dim), never by
-reshaping; the step's token count T and start position live in the Ops object.
+reshaping; the step's token count T and each row's position and sequence (cache) live in
+the Ops object (one sequence at pos..pos+T-1, or several: see NumpyOps.set_segments).
 """
 
 

@@ -131,18 +131,8 @@ class Model:
         """Run tokens (T,) at positions pos..pos+T-1 after the pos tokens already cached.
         Returns logits (T, vocab) float32 (a view of the state; copy to keep), or (1, vocab)
         for the last token when last_only."""
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = self.check_step(tokens, pos)
         T = tokens.size
-        if T == 0:
-            raise ValueError("forward needs at least one token")
-        if pos != self.cache.length(0):
-            raise ValueError(f"forward at position {pos}, but the cache holds "
-                             f"{self.cache.length(0)} tokens (call reset() to start over)")
-        if pos + T > self.ctx:
-            raise ValueError(f"{pos + T} tokens exceed the context of {self.ctx} "
-                             "(load the model with a larger ctx, e.g. -c)")
-        if tokens.min() < 0 or tokens.max() >= self.arch.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.arch.vocab_size})")
         B = self._chunk(last_only)
         try:
             if T <= B:
@@ -164,6 +154,22 @@ class Model:
         del self.tokens[pos:]
         self.tokens += tokens.tolist()
         return logits
+
+    def check_step(self, tokens, pos):
+        """tokens as an int64 array, after the checks of a step at pos (ValueError)."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        T = tokens.size
+        if T == 0:
+            raise ValueError("forward needs at least one token")
+        if pos != self.cache.length(0):
+            raise ValueError(f"forward at position {pos}, but the cache holds "
+                             f"{self.cache.length(0)} tokens (call reset() to start over)")
+        if pos + T > self.ctx:
+            raise ValueError(f"{pos + T} tokens exceed the context of {self.ctx} "
+                             "(load the model with a larger ctx, e.g. -c)")
+        if tokens.min() < 0 or tokens.max() >= self.arch.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.arch.vocab_size})")
+        return tokens
 
     def _chunk(self, last_only):
         """Most tokens per step: B, or on the device fewer when every row's logits come back

@@ -5,18 +5,27 @@ A handle is an ndarray of (rows, features) from alloc(); each op acts on the fir
 its input, n = min(T, rows): T for State buffers, 1 for a last_row() handle, and writes the
 same n rows of its output. set_step() sets T and the start position pos; row i is the token
 at position pos + i. Attention goes through the KVCache (numpy or vulkan store).
+
+Several sequences share one step through set_segments(): the rows are cut into segments
+(cache, pos, n), each the next n tokens of its own sequence, so every weight is read once for
+all of them (batch.py). Only rope (a position per row) and attention (each segment's own
+cache) look at segments; every other op is per row already. set_step is the one-segment case.
 """
 import numpy as np
 
 from nexvk.kernels import rope as rope_kernel
 
 _GELU_C = np.float32(np.sqrt(2.0 / np.pi))
+_FEW_ROWS = 8              # linear: up to this many rows as blocked matrix-vector products
+_BLOCK_BYTES = 1 << 20     # linear: bytes of w per block, to stay in the CPU cache
 
 
 class NumpyOps:
     def __init__(self, cache, sparse_v=None):
         self.cache, self.sparse_v = cache, sparse_v
-        self.T, self.pos = 0, 0
+        self.T, self.segments = 0, []
+        self.positions = np.zeros(0, np.int64)  # each row's position in its sequence
+        self.pos = 0  # the start position of a one-segment step (None for several)
         self._tables = {}   # (base, rot) -> (cos, sin), each (capacity, rot/2) float32
         self._scratch = {}  # features -> (rows, features) float32, grown on first need
 
@@ -26,7 +35,16 @@ class NumpyOps:
 
     def set_step(self, tokens_handle, tokens, pos):
         """Start a step: T = len(tokens) ids into tokens_handle, at positions pos..pos+T-1."""
-        self.T, self.pos = len(tokens), int(pos)
+        self.set_segments(tokens_handle, tokens, [(self.cache, int(pos), len(tokens))])
+
+    def set_segments(self, tokens_handle, tokens, segments):
+        """Start a step of several sequences: tokens (T,) ids into tokens_handle, cut in order
+        into segments [(cache, pos, n)]: n tokens at positions pos..pos+n-1 of that cache."""
+        if sum(n for _, _, n in segments) != len(tokens):
+            raise ValueError("the segments must cover the step's tokens exactly")
+        self.T, self.segments = len(tokens), list(segments)
+        self.positions = np.concatenate([np.arange(p, p + n) for _, p, n in segments])
+        self.pos = segments[0][1] if len(segments) == 1 else None
         tokens_handle[:self.T] = tokens
 
     def execute(self, key, record):
@@ -69,11 +87,19 @@ class NumpyOps:
     def linear(self, x, w, out, accumulate=False):
         """out = x @ w.T (or out += x @ w.T);  x (n, in), w (out_features, in).
         NOTE: for one row OpenBLAS is ~7x faster as a matrix-vector product than as a 1-row
-        matrix product, and decode is all 1-row."""
+        matrix product, and decode is all 1-row. A few rows (a batch of decode steps) are
+        no better served by its matrix product (slower than n matrix-vector products), so
+        they take matrix-vector products over ~1 MiB blocks of w: each block is read from
+        memory once and stays in the CPU cache for the other rows."""
         n = self._n(x)
         dst = self._tmp(n, w.shape[0]) if accumulate else out[:n]
         if n == 1:
             np.matmul(w, x[0], out=dst[0])
+        elif n <= _FEW_ROWS:
+            step = max(1, _BLOCK_BYTES // (w.shape[1] * w.itemsize))
+            for r in range(0, w.shape[0], step):
+                for i in range(n):
+                    np.matmul(w[r:r + step], x[i], out=dst[i, r:r + step])
         else:
             np.matmul(x[:n], w.T, out=dst)
         if accumulate:
@@ -85,7 +111,8 @@ class NumpyOps:
         theta_j = base^(-2j/rot)."""
         n = self._n(x)
         cos, sin = self._table(base, rot_dims)
-        c, s = cos[self.pos:self.pos + n, None, :], sin[self.pos:self.pos + n, None, :]  # (n, 1, rot/2)
+        at = self.positions[:n]
+        c, s = cos[at, None, :], sin[at, None, :]                                       # (n, 1, rot/2)
         v = x[:n].reshape(n, -1, head_dim)                                             # (n, heads, hd)
         h = rot_dims // 2
         a, b = (v[..., :h], v[..., h:rot_dims]) if neox else (v[..., 0:rot_dims:2], v[..., 1:rot_dims:2])
@@ -131,14 +158,18 @@ class NumpyOps:
         x[:n] += y[:n]
 
     def attention(self, layer, q, k, v, out, head_dim, scale):
-        """Append this step's k, v (n, kv_heads * head_dim) to the cache's `layer`, then write
-        causal attention of q (n, heads * head_dim) over it (the layer's window, if any) to out."""
-        n = self._n(q)
-        c = self.cache
-        qh = q[:n].reshape(n, -1, head_dim)  # q: the cache fits its key scale on it
-        c.append(layer, k[:n].reshape(n, -1, head_dim), v[:n].reshape(n, -1, head_dim), q=qh)
-        o = c.attention(layer, qh, scale=scale, sparse_v=self.sparse_v)
-        out[:n] = o.reshape(n, -1)
+        """Per segment: append its rows of k, v (n, kv_heads * head_dim) to its cache's
+        `layer`, then write causal attention of its rows of q (n, heads * head_dim) over that
+        cache (the layer's window, if any) to out."""
+        r = 0
+        for c, _, n in self.segments:
+            rows = slice(r, r + n)
+            qh = q[rows].reshape(n, -1, head_dim)  # q: the cache fits its key scale on it
+            c.append(layer, k[rows].reshape(n, -1, head_dim), v[rows].reshape(n, -1, head_dim),
+                     q=qh)
+            o = c.attention(layer, qh, scale=scale, sparse_v=self.sparse_v)
+            out[rows] = o.reshape(n, -1)
+            r += n
 
     def last_row(self, x):
         """A handle to row T-1 of x alone."""

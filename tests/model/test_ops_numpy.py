@@ -86,11 +86,13 @@ def test_glu(rng, act):
         ops_at(0, 2).glu(gate, up, gate, "relu")
 
 
-@pytest.mark.parametrize("T", [1, 5])
-def test_linear_and_fused_residual(rng, T):
-    x = rng.standard_normal((8, 16)).astype(np.float32)
+@pytest.mark.parametrize("T", [1, 5, 12])  # one row, a few (in blocks of w), many
+def test_linear_and_fused_residual(rng, T, monkeypatch):
+    from nexvk.model import ops_numpy
+    monkeypatch.setattr(ops_numpy, "_BLOCK_BYTES", 5 * 16 * 4)  # blocks of 5 rows of w: 5+5+5+5+4
+    x = rng.standard_normal((16, 16)).astype(np.float32)
     w = rng.standard_normal((24, 16)).astype(np.float32)
-    before = rng.standard_normal((8, 24)).astype(np.float32)
+    before = rng.standard_normal((16, 24)).astype(np.float32)
     out, res = before.copy(), before.copy()
     ops = ops_at(0, T)
     ops.linear(x, w, out)

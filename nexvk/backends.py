@@ -57,9 +57,12 @@ def resolve(name, device=None, numpy_bytes=None):
     beyond that the device path, which keeps the weights as stored. With no device: numpy.
     It says which and why on stderr. Asking for vulkan without a device fails clearly later,
     in Device()."""
-    if name != "auto":
-        return backend(name).name
     from nexvk.device import manager, probe
+    if name != "auto":
+        b = backend(name)
+        if not b.device and device is not None and not isinstance(device, manager.Device):
+            probe.choose(device)  # a device that does not exist is an error here too, not ignored
+        return b.name
     devs = probe.devices()
     if device is not None or os.environ.get("NEXVK_DEVICE") or \
             any(d["type"] != "cpu" for d in devs):

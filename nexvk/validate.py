@@ -497,15 +497,29 @@ def add_parser(sub):
 
 def cmd_validate(args):
     from nexvk.device import layers
-    log = None
-    if not args.no_layer:  # must happen before the first Vulkan instance of this process
-        log = Path(tempfile.mkdtemp(prefix="nexvk-validate-")) / "validation.log"
-        if not layers.enable(log):
+    # the report file is opened first: a bad path fails now, not after a run of minutes
+    out = open(args.json, "w") if args.json else None
+    try:
+        # the layer's log lives in a temporary directory removed at the end
+        # (ignore_cleanup_errors: the Vulkan instance may still hold the file open)
+        with tempfile.TemporaryDirectory(prefix="nexvk-validate-",
+                                         ignore_cleanup_errors=True) as tmp:
             log = None
-    rep = validate(args.device, quick=args.quick, pattern=args.filter,
-                   progress=sys.stderr.isatty(), layer_log=log)
-    print(format_report(rep))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rep, indent=2, default=str))
-        print(f"report written to {args.json}")
+            if not args.no_layer:  # must happen before the first Vulkan instance of this process
+                log = Path(tmp) / "validation.log"
+                if not layers.enable(log):
+                    log = None
+            rep = validate(args.device, quick=args.quick, pattern=args.filter,
+                           progress=sys.stderr.isatty(), layer_log=log)
+        print(format_report(rep))
+        if out:
+            json.dump(rep, out, indent=2, default=str)
+            print(f"report written to {args.json}")
+    except BaseException:
+        if out:
+            out.close()
+            Path(args.json).unlink(missing_ok=True)
+        raise
+    if out:
+        out.close()
     return 0 if rep["ok"] else 1

@@ -68,6 +68,8 @@ void main() {
         }
         for (uint r = 0u; r < G; ++r) {
             float sj = dot[r] * scale;
+            // a key past the fp16 range is stored as Inf: flag it (the host refuses the step)
+            if (isinf(sj) || isnan(sj)) atomicOr(stats[2], 1u);
             scr[(row0 + r) * pc.cap + js] = sj;
             m[r] = max(m[r], sj);
         }

@@ -18,6 +18,9 @@ Each case picks one and mutates it one way, chosen by an RNG seeded with (seed, 
   meta      one metadata value replaced by another type or range, or removed (re-written
             with the gguf writer, so the file itself is well formed)
   tensor    a tensor dropped, reshaped, retyped or added (a layer too many, a norm of dim 1)
+  vocab     a crafted vocabulary (token_embd resized to match): chains a, aa, aaa, ...; a very
+            long token; every substring of a random text; duplicate, empty or spaced tokens;
+            non-finite scores (SentencePiece); chained, long or dangling merges (BPE)
 Every case runs plan(), Model.load() (numpy, f16 cache, ctx 32) and a 2-token generate().
 Allowed outcomes: success, or ValueError. A failure is anything else: another exception, a
 MemoryError under the RLIMIT_AS cap (the worker's own size + --mem MiB), a crash, or a case
@@ -41,9 +44,9 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("flip", "truncate", "inflate", "retype", "splice", "meta", "tensor")
+KINDS = ("flip", "truncate", "inflate", "retype", "splice", "meta", "tensor", "vocab")
 ARCHS = ("llama", "gemma3")  # the base files: byte-level BPE llama, SentencePiece gemma3
-WEIGHTS = (0.2, 0.1, 0.2, 0.1, 0.1, 0.15, 0.15)
+WEIGHTS = (0.18, 0.09, 0.18, 0.09, 0.09, 0.13, 0.12, 0.12)
 # one thread each: a fuzz worker must not reserve address space per core
 _ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -228,7 +231,8 @@ def mutate(base, rng, tmp):
         else:
             del data[at:at + n]
     else:
-        meta, tensors = (_mutate_meta if kind == "meta" else _mutate_tensors)(base, rng)
+        meta, tensors = {"meta": _mutate_meta, "tensor": _mutate_tensors,
+                         "vocab": _mutate_vocab}[kind](base, rng)
         path = Path(tmp) / "rewrite.gguf"
         try:
             write_gguf(path, meta, tensors)
@@ -284,6 +288,60 @@ def _mutate_tensors(base, rng):
     else:
         tensors[i] = (name.replace("blk.1.", "blk.7.").replace("weight", "bias"), a, qtype)
     return base.meta, tensors
+
+
+def _mutate_vocab(base, rng):
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    meta = {k: [v, t, e] for k, v, t, e in base.meta}
+    tokens = list(meta["tokenizer.ggml.tokens"][0])
+    spm = meta["tokenizer.ggml.model"][0] == "llama"
+    merges = [] if spm else list(meta["tokenizer.ggml.merges"][0])
+    n = int(rng.integers(20, 600))
+    op = _pick(rng, ["chain", "long", "substrings", "duplicate", "empty", "spaces", "scores",
+                     "merges"])
+    if op == "chain":       # a, aa, ..., a x n: every split of every token is two tokens
+        tokens += ["a" * k for k in range(2, n)]
+        merges += [f"{'a' * (k - 1)} a" for k in range(2, n)]
+    elif op == "long":      # one token of up to a million characters
+        k = _pick(rng, [100, 3000, 1 << 16, 1 << 20])
+        tokens.append("b" * k)
+        merges.append(f"{'b' * (k - 1)} b")
+    elif op == "substrings":  # every substring (up to 24 characters) of a random text
+        text = "".join(rng.choice(list("abcdeht▁"), n))
+        subs = {text[i:j] for i in range(len(text))
+                for j in range(i + 2, min(i + 25, len(text) + 1))}
+        tokens += sorted(subs - set(tokens))
+        merges += [f"{t[:1]} {t[1:]}" for t in sorted(subs)[:n]]
+    elif op == "duplicate":
+        tokens += tokens[-int(rng.integers(1, 10)):]
+    elif op == "empty":
+        tokens[int(rng.integers(len(tokens)))] = ""
+    elif op == "spaces":
+        tokens += ["x y", " ", "▁ ▁", "a\x00b", " " * n]
+        merges += ["x  y", "  ", "a b c"]
+    elif op == "scores" and spm:
+        scores = list(meta["tokenizer.ggml.scores"][0])
+        for _ in range(int(rng.integers(1, 20))):
+            scores[int(rng.integers(len(scores)))] = _pick(rng, [float("nan"), float("inf"),
+                                                                 -float("inf"), 3e38])
+        meta["tokenizer.ggml.scores"][0] = scores
+    else:                   # merges: a long chain, a dangling one, or many repeats
+        merges += _pick(rng, [[f"{'t' * k} t" for k in range(1, n)], ["zz q"],
+                              merges * int(rng.integers(2, 50))])
+    extra = len(tokens) - len(meta["tokenizer.ggml.tokens"][0])
+    meta["tokenizer.ggml.tokens"][0] = tokens
+    meta["tokenizer.ggml.token_type"][0] = list(meta["tokenizer.ggml.token_type"][0]) + [1] * extra
+    if spm:
+        meta["tokenizer.ggml.scores"][0] = (list(meta["tokenizer.ggml.scores"][0])
+                                            + [-float(i) for i in range(extra)])
+    else:
+        meta["tokenizer.ggml.merges"][0] = merges
+    dim = base.tensors[0][1].shape[1]
+    embd = (rng.standard_normal((len(tokens), dim)) * 0.2).astype(np.float32)
+    tensors = [("token_embd.weight", embd, Q.Q8_0) if name == "token_embd.weight" else (name, a, q)
+               for name, a, q in base.tensors]
+    return [(k, *v) for k, v in meta.items()], tensors
 
 
 # ---- one case ------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ class VulkanStore(StateRows):
             ko, vo = 2 * layer * per, (2 * layer + 1) * per
             self.tab.host[ko:ko + per], self.tab.host[vo:vo + per] = layout.table(kf), layout.table(vf)
             self.tabs.append((ko, vo))
-        self.stats = pool.get(self.tag + "stats", 2, np.uint32, kind="device")
+        # [skipped, total] (sparse V) and a flag set by attn_scores on a non-finite score
+        self.stats = pool.get(self.tag + "stats", 3, np.uint32, kind="device")
         # the words of the host-array calls (a model's step binds its own)
         self.dyn = pool.get(self.tag + "dyn", dyn_words.size(0), np.uint32, kind="device")
         # scratch (scores, per-split partials) sized for the largest group and `chunk` queries
@@ -280,6 +281,13 @@ class VulkanStore(StateRows):
                 dyn_words.fill(self.dyn.host, m, n + s)
                 self._append_graph(layer, self._rows(m), vf is not None).run()
 
+    def check_scores(self):
+        """After a run: ValueError when attn_scores met a non-finite score, i.e. a key that
+        overflowed its fp16 storage (the numpy store refuses such keys as they arrive)."""
+        if self.stats.host[2]:
+            raise ValueError("non-finite attention scores: keys or queries beyond the fp16 "
+                             "range reached the KV cache (the model's weights overflow)")
+
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c
         T, H, d = q.shape
@@ -298,6 +306,7 @@ class VulkanStore(StateRows):
                 dyn_words.fill(self.dyn.host, m, pos0 + s, scale=scale, sparse_v=thr)
                 self._attention_graph(layer, rows, H).run()
                 out[s:s + m] = io["o"].host[: m * H * d].reshape(m, H, d)
+                self.check_scores()
                 skipped += int(self.stats.host[0])
                 total += int(self.stats.host[1])
         if thr <= 0:  # the counters run only with sparse V

@@ -103,21 +103,25 @@ class Graph:
     def prepare(self):
         """Record the command sequence now (else the first run() does): a graph made ahead
         of time then creates nothing when it first runs."""
-        if self._seq is None:
-            self._seq = self._record()
-            self.device.n_sequences += 1
+        with self.device.lock:
+            if self._seq is None:
+                self._seq = self._record()
+                self.device.n_sequences += 1
         return self
 
     def run(self):
-        """Submit the whole graph once and wait for it."""
-        self.prepare()
-        self.device.submissions += 1
-        self._seq.eval()
+        """Submit the whole graph once and wait for it (one submission at a time per device:
+        a Vulkan queue must not be used by two threads at once)."""
+        with self.device.lock:
+            self.prepare()
+            self.device.submissions += 1
+            self._seq.eval()
 
     def destroy(self):
-        if self._seq is not None:
-            self._seq.destroy()
-            self._seq = None
+        with self.device.lock:
+            if self._seq is not None:
+                self._seq.destroy()
+                self._seq = None
 
     def uses(self, prefix):
         names = [b.name for b in self.uploads + self.downloads]
@@ -132,17 +136,24 @@ class BufferPool:
     returns the same buffer, so steady-state work allocates nothing. `allocations` and
     `nbytes` let a test prove it."""
 
-    def __init__(self, mgr, max_buffer_bytes):
+    def __init__(self, mgr, max_buffer_bytes, lock, heap_bytes=0):
         self._mgr = mgr
+        self._lock = lock    # the device's: buffers are made and freed one thread at a time
         self.max_buffer_bytes = max_buffer_bytes
+        self.heap_bytes = heap_bytes   # the device-local heap (0: unknown, not checked)
         self._buffers = {}
         self.allocations = 0
         self.nbytes = 0
+        self.device_bytes = 0          # device-local bytes of the buffers (no staging copies)
 
     def __contains__(self, name):
         return name in self._buffers
 
     def get(self, name, size, dtype=np.uint32, kind="storage"):
+        with self._lock:
+            return self._get(name, size, dtype, kind)
+
+    def _get(self, name, size, dtype, kind):
         import kp
         dtype = np.dtype(dtype)
         if dtype not in _DTYPES:
@@ -156,19 +167,28 @@ class BufferPool:
         if size * 4 > self.max_buffer_bytes:
             raise ValueError(f"buffer {name!r} needs {size * 4 / 2**20:.1f} MiB, over this device's "
                              f"{self.max_buffer_bytes / 2**20:.0f} MiB limit per storage buffer")
+        if self.heap_bytes and self.device_bytes + size * 4 > self.heap_bytes:
+            # checked before allocating: past the heap the driver fails or the process dies
+            raise ValueError(f"buffer {name!r} ({size * 4 / 2**20:.1f} MiB) would take this "
+                             f"device's memory to {(self.device_bytes + size * 4) / 2**20:.0f} "
+                             f"MiB, over its {self.heap_bytes / 2**20:.0f} MiB device-local heap; "
+                             "lower the context (-c) or choose a smaller cache format")
         ttype = kp.TensorTypes.storage if kind == "storage" else kp.TensorTypes.device
         tensor = self._mgr.tensor_t(np.zeros(size, dtype), tensor_type=ttype)
         buf = self._buffers[name] = Buffer(name, tensor, dtype, size, kind)
         self.allocations += 1
+        self.device_bytes += buf.nbytes
         self.nbytes += buf.nbytes * (2 if kind == "device" else 1)  # device kind has a staging copy
         return buf
 
     def release(self, prefix):
         """Forget (and free) every buffer whose name starts with prefix."""
-        for name in [n for n in self._buffers if n.startswith(prefix)]:
-            buf = self._buffers.pop(name)
-            self.nbytes -= buf.nbytes * (2 if buf.kind == "device" else 1)
-            buf.tensor.destroy()
+        with self._lock:
+            for name in [n for n in self._buffers if n.startswith(prefix)]:
+                buf = self._buffers.pop(name)
+                self.nbytes -= buf.nbytes * (2 if buf.kind == "device" else 1)
+                self.device_bytes -= buf.nbytes
+                buf.tensor.destroy()
 
 
 class Device:
@@ -184,12 +204,16 @@ class Device:
         self.mgr = kp.Manager(self.info["index"])
         limits = self.info["limits"]
         self.max_buffer_bytes = min(limits["max_storage_buffer_range"], 1 << 31)
-        self.pool = BufferPool(self.mgr, self.max_buffer_bytes)
+        # one lock for everything shared on this device (buffer pool, pipeline and graph
+        # caches, the queue, the upload staging buffer): threads use the device in turn.
+        # Reentrant, so a caller may hold it across several of these calls (a whole upload).
+        self.lock = threading.RLock()
+        self.pool = BufferPool(self.mgr, self.max_buffer_bytes, self.lock,
+                               self.info.get("memory_bytes") or 0)
         self._pipelines = {}
         self._graphs = {}  # run() recipes -> Graph
         self.submissions = 0           # queue submissions so far (one per Graph.run)
         self.n_sequences = 0     # command sequences recorded so far
-        self.lock = threading.Lock()
 
     @property
     def name(self):
@@ -200,6 +224,10 @@ class Device:
         workgroups with specialization constants `spec` (sequence of ints/floats). More
         groups than the device allows in x are spread over y (shaders read GROUP_ID,
         shaders/include/group_id.glsl, and bounds-check the spare ones)."""
+        with self.lock:
+            return self._pipeline(shader, buffers, groups, spec)
+
+    def _pipeline(self, shader, buffers, groups, spec):
         key = (shader, tuple(b.name for b in buffers), int(groups), tuple(spec))
         pipe = self._pipelines.get(key)
         if pipe is None:
@@ -230,44 +258,49 @@ class Device:
         so per-call values must travel in an uploaded buffer, not in push constants."""
         key = (tuple(b.name for b in uploads), tuple((p.key, tuple(push)) for p, push in dispatches),
                tuple(b.name for b in downloads))
-        g = self._graphs.get(key)
-        if g is None:
-            g = Graph(self).upload(*uploads)
-            for pipe, push in dispatches:
-                g.dispatch(pipe, push)
-            g.download(*downloads)
-            self._graphs[key] = g
-        g.run()
+        with self.lock:
+            g = self._graphs.get(key)
+            if g is None:
+                g = Graph(self).upload(*uploads)
+                for pipe, push in dispatches:
+                    g.dispatch(pipe, push)
+                g.download(*downloads)
+                self._graphs[key] = g
+            g.run()
 
     def release(self, prefix, graphs=None):
         """Free the buffers named prefix*, with the pipelines and cached graphs that use them.
         Graphs built by callers with graph() must be destroyed first: pass their dict as
         `graphs` (destroyed and emptied here), e.g. from a weakref finalizer."""
-        for g in (graphs or {}).values():
-            g.destroy()
-        if graphs:
-            graphs.clear()
-        for key in [k for k, g in self._graphs.items() if g.uses(prefix)]:
-            self._graphs.pop(key).destroy()
-        for key in [k for k in self._pipelines if any(n.startswith(prefix) for n in k[1])]:
-            self._pipelines.pop(key).algo.destroy()
-        self.pool.release(prefix)
+        with self.lock:
+            for g in (graphs or {}).values():
+                g.destroy()
+            if graphs:
+                graphs.clear()
+            for key in [k for k, g in self._graphs.items() if g.uses(prefix)]:
+                self._graphs.pop(key).destroy()
+            for key in [k for k in self._pipelines if any(n.startswith(prefix) for n in k[1])]:
+                self._pipelines.pop(key).algo.destroy()
+            self.pool.release(prefix)
 
     def __repr__(self):
         return f"Device({self.info['index']}: {self.name})"
 
 
 _default = {}
+_default_lock = threading.Lock()
 
 
 def get_device(device=None):
-    """Resolve `device` (None, an index, or a Device) to a shared Device instance."""
+    """Resolve `device` (None, an index, or a Device) to a shared Device instance (one per
+    index, also when threads ask at once)."""
     if isinstance(device, Device):
         return device
     index = probe.choose(device)["index"]
-    if index not in _default:
-        _default[index] = Device(index)
-    return _default[index]
+    with _default_lock:
+        if index not in _default:
+            _default[index] = Device(index)
+        return _default[index]
 
 
 def available_memory():

@@ -276,6 +276,20 @@ def _blocks(wt, raw, rows, cols):
     return raw.reshape(rows, cols // wt.block, wt.block_bytes)
 
 
+def count_nonfinite(kind, raw):
+    """How many NaN/Inf a tensor's raw GGUF bytes hold: among the values of f32 and f16, among
+    the fp16 scale fields of the quantized types (their other fields are bounded integers, so
+    these decide whether any value is finite). A check on the host before upload."""
+    wt = get(kind)
+    raw = np.ascontiguousarray(raw, np.uint8).reshape(-1)
+    if not wt.halves:
+        v = raw.view("<f4" if wt.name == "f32" else "<f2")
+        return v.size - int(np.count_nonzero(np.isfinite(v)))
+    b = raw.reshape(-1, wt.block_bytes)
+    # an fp16 is NaN or Inf when its 5 exponent bits (0x7C of the high byte) are all set
+    return sum(int(np.count_nonzero((b[:, o + 1] & 0x7C) == 0x7C)) for o in wt.halves)
+
+
 def split(kind, raw, rows, cols):
     """Raw GGUF bytes of a (rows, cols) tensor -> its q, h and s streams (flat uint32)."""
     wt = get(kind)

@@ -13,13 +13,20 @@ from nexvk.kernels.args import ceil_div, check_extent
 from nexvk.kernels.oneshot import Scratch
 
 
-def table(base, rot, ctx, freq_scale=1.0):
-    """(ctx, rot/2, 2) float32 (cos, sin) of pos * freq_scale * base^(-2i/rot)."""
+def table(base, rot, ctx, factors=None, mscale=1.0):
+    """(ctx, rot/2, 2) float32 mscale * (cos, sin) of pos * base^(-2i/rot) / factors[i].
+    factors: rot/2 frequency divisors (Llama-3's rope_freqs, Phi-3's long/short factors, a
+    linear scaling factor), as ggml's rope_ext takes them; mscale: ggml's attn_factor."""
     if rot % 2 or rot <= 0:
         raise ValueError(f"rope: rotated dims must be even and positive, got {rot}")
     inv = base ** (-np.arange(0, rot, 2, dtype=np.float64) / rot)
-    ang = np.arange(ctx, dtype=np.float64)[:, None] * (inv * freq_scale)[None, :]
-    return np.stack([np.cos(ang), np.sin(ang)], axis=-1).astype(np.float32)
+    if factors is not None:
+        factors = np.asarray(factors, np.float64)
+        if factors.shape != inv.shape or not (np.isfinite(factors).all() and (factors > 0).all()):
+            raise ValueError(f"rope: frequency factors must be {rot // 2} positive finite values")
+        inv = inv / factors
+    ang = np.arange(ctx, dtype=np.float64)[:, None] * inv[None, :]
+    return (np.stack([np.cos(ang), np.sin(ang)], axis=-1) * mscale).astype(np.float32)
 
 
 def ref(x, tab, pos0, heads, head_dim, rot, neox=False):

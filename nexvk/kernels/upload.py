@@ -24,13 +24,14 @@ def upload_words(dev, dst, offset, words):
                          f"({dst.size} words)")
     if not words.size:
         return
-    stage = dev.pool.get(STAGE, CHUNK + 4, np.uint32, kind="device")
-    pipe = dev.pipeline("copy_words", [stage, dst], CHUNK // WG, [WG])
-    for i in range(0, words.size, CHUNK):
-        n = min(CHUNK, words.size - i)
-        stage.host[:2] = offset + i, n
-        stage.host[4:4 + n] = words[i:i + n]
-        dev.run([stage], [(pipe, [])])
+    with dev.lock:  # the staging buffer is the device's, shared by every upload
+        stage = dev.pool.get(STAGE, CHUNK + 4, np.uint32, kind="device")
+        pipe = dev.pipeline("copy_words", [stage, dst], CHUNK // WG, [WG])
+        for i in range(0, words.size, CHUNK):
+            n = min(CHUNK, words.size - i)
+            stage.host[:2] = offset + i, n
+            stage.host[4:4 + n] = words[i:i + n]
+            dev.run([stage], [(pipe, [])])
 
 
 def download_words(dev, src, offset, n):

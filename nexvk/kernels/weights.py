@@ -68,7 +68,12 @@ class DeviceWeight:
             chunk = max(1, CHUNK_BYTES // wt.file_bytes(1, cols))
             for a in range(0, n, chunk):
                 b = min(n, a + chunk)
-                q, h, s = ggml_types.split(wt, read_rows(r0 + a, r0 + b), b - a, cols)
+                raw = read_rows(r0 + a, r0 + b)
+                bad = ggml_types.count_nonfinite(wt, raw)
+                if bad:  # checked on the host: the device would compute on with NaN
+                    raise ValueError(f"{name}: {bad} non-finite values (NaN or Inf) in the "
+                                     f"weights or their fp16 scales (rows {r0 + a}..{r0 + b - 1})")
+                q, h, s = ggml_types.split(wt, raw, b - a, cols)
                 upload_words(dev, buf, base + a * qpr, q)
                 upload_words(dev, buf, base + h_off + a * hpr, h)
                 upload_words(dev, buf, base + s_off + a * spr, s)

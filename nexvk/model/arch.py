@@ -2,10 +2,12 @@
 
 The forward pass is written once (forward.py). A family (the GGUF `general.architecture`) adds
 only the traits llama.cpp hard-codes for it beyond the metadata: FFN activation, RoPE style,
-norm placement, q/k norm, embedding scale and the RoPE base of sliding-window layers. `Arch`
-combines those with the file's Config into per-layer values (RoPE base, window). Adding a
-family that uses the same building blocks is one FAMILIES entry (qwen3: q/k norm, NeoX RoPE).
+norm placement, q/k norm, q/k/v biases, fused tensors, embedding scale and the RoPE base of
+sliding-window layers. `Arch` combines those with the file's Config into per-layer values
+(RoPE base, frequency factors, window). Adding a family that uses the same building blocks is
+one FAMILIES entry.
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -20,6 +22,10 @@ class Family:
     qk_norm: bool = False         # RMSNorm of every q and k head (weights of head_dim) before RoPE
     embed_sqrt_dim: bool = False  # embeddings multiplied by sqrt(dim)
     rope_base_swa: float = 0.0    # RoPE base of sliding-window layers (0: the file's base)
+    rope_unscaled_swa: bool = False  # sliding-window layers ignore the file's linear RoPE scaling
+    qkv_bias: bool = False        # q, k and v projections add a bias (blk.N.attn_q.bias, ...)
+    fused_qkv: bool = False       # q|k|v stored as one matrix blk.N.attn_qkv (rows q, then k, v)
+    fused_gate_up: bool = False   # gate|up stored as one blk.N.ffn_up of 2 * ffn rows (gate first)
 
 
 # NOTE: GGUF llama q/k weights are permuted by the converter so that RoPE rotates ADJACENT
@@ -32,7 +38,12 @@ FAMILIES = {
     # NeoX RoPE, base 10000 on sliding-window layers. The stored norm weights already include
     # Gemma's +1 (convert_hf_to_gguf.py, norm_shift), so they are used as they are.
     "gemma3": Family(act="gelu_tanh", rope_neox=True, post_norms=True, qk_norm=True,
-                     embed_sqrt_dim=True, rope_base_swa=10000.0),
+                     embed_sqrt_dim=True, rope_base_swa=10000.0, rope_unscaled_swa=True),
+    # llama.cpp src/models/qwen2.cpp, qwen3.cpp, phi3.cpp; their converters keep the HF q/k
+    # layout, so RoPE is NeoX style (LLAMA_ROPE_TYPE_NEOX for all three)
+    "qwen2": Family(rope_neox=True, qkv_bias=True),
+    "qwen3": Family(rope_neox=True, qk_norm=True),
+    "phi3": Family(rope_neox=True, fused_qkv=True, fused_gate_up=True),
 }
 
 
@@ -54,9 +65,16 @@ class Arch:
     rope_dims: int
     post_norms: bool
     qk_norm: bool
+    qkv_bias: bool
+    fused_qkv: bool
+    fused_gate_up: bool
     embed_scale: float
     attn_scale: float
     rope_base: tuple              # (n_layers,) float
+    rope_scale: tuple             # (n_layers,) linear scaling factor (positions / factor)
+    rope_attn_factor: float       # cos and sin times it (Phi-3 LongRoPE's attention factor)
+    rope_orig_ctx: int            # the training context the long/short factors switch at
+    rope_factors: tuple           # (n_layers,) per-frequency divisors (rope_dims/2) or None
     window: tuple                 # (n_layers,) int, 0 = full context
 
     @classmethod
@@ -86,7 +104,31 @@ class Arch:
             n_kv_heads=cfg.n_kv_heads[0], head_dim=cfg.head_dim, ffn_dim=cfg.ffn_dim,
             vocab_size=cfg.vocab_size, eps=cfg.rms_eps, act=fam.act, rope_neox=fam.rope_neox,
             rope_dims=cfg.rope_dims, post_norms=fam.post_norms, qk_norm=fam.qk_norm,
+            qkv_bias=fam.qkv_bias, fused_qkv=fam.fused_qkv, fused_gate_up=fam.fused_gate_up,
             embed_scale=math.sqrt(cfg.dim) if fam.embed_sqrt_dim else 1.0,
             attn_scale=1.0 / math.sqrt(head_scale),
             rope_base=tuple(base_swa if i in swa else cfg.rope_base for i in range(cfg.n_layers)),
-            window=tuple(cfg.sliding_window if i in swa else 0 for i in range(cfg.n_layers)))
+            rope_scale=tuple(1.0 if i in swa and fam.rope_unscaled_swa else cfg.rope_scale
+                             for i in range(cfg.n_layers)),
+            rope_attn_factor=cfg.rope_attn_factor,
+            rope_orig_ctx=cfg.rope_orig_ctx or cfg.context_length,
+            rope_factors=(),
+            window=tuple(cfg.sliding_window if i in swa else 0 for i in range(cfg.n_layers))
+        ).with_rope_factors(None)
+
+    def with_rope_factors(self, factors):
+        """This Arch with the file's RoPE factor tensor (rope_dims/2 values, or None; chosen
+        for the context by Weights.rope_factors) in every layer's frequency divisors."""
+        return dataclasses.replace(self, rope_factors=self._factors(factors))
+
+    def _factors(self, factors):
+        """Per layer: the frequency divisors, the factor tensor times the layer's linear
+        scale; None where both are absent (plain RoPE)."""
+        out = []
+        for scale in self.rope_scale:
+            if factors is None and scale == 1.0:
+                out.append(None)
+            else:
+                base = (1.0,) * (self.rope_dims // 2) if factors is None else factors
+                out.append(tuple(float(f) * scale for f in base))
+        return tuple(out)

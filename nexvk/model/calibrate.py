@@ -13,6 +13,7 @@ The preset is a small JSON file in $NEXVK_HOME/presets/<model file stem>/<name>.
 `nexvk run`, `ppl` and `plan` load it with --preset NAME (Python: load_preset).
 """
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -39,13 +40,28 @@ def load_preset(model_path, name):
         raise FileNotFoundError(f"no preset {name!r} for {Path(model_path).name} (looked for "
                                 f"{path}); make one with `nexvk calibrate --name {name}`")
     try:
-        p = json.loads(path.read_text())
+        p = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(p, dict):
+            raise ValueError(f"a JSON {type(p).__name__}, not an object")
         if p.get("version") != PRESET_VERSION:
             raise ValueError(f"version {p.get('version')!r}, expected {PRESET_VERSION}")
+        for key, kind in (("k_type", str), ("v_type", str), ("layer_types", str), ("sinks", int)):
+            if key not in p:
+                raise ValueError(f"no {key!r}")
+            if isinstance(p[key], bool) or not isinstance(p[key], kind):
+                raise ValueError(f"{key!r} must be {'a string' if kind is str else 'an integer'}, "
+                                 f"got {str(p[key])[:40]!r}")
         return CacheConfig(p["k_type"], p["v_type"], layer_types=p["layer_types"],
-                           sinks=int(p["sinks"]))
-    except (ValueError, KeyError, TypeError) as e:
+                           sinks=p["sinks"])
+    except ValueError as e:  # also bad JSON, bytes that are not UTF-8 and bad formats or sinks
         raise ValueError(f"preset {path} is not a valid nexvk preset: {e}") from None
+
+
+def check_bits(bits):
+    """A target bit rate must be a finite number > 0 (NaN made a preset of NaN bits)."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, float, np.integer, np.floating)) \
+            or not 0 < bits < math.inf:
+        raise ValueError(f"bits must be a finite number of bits per value > 0, got {bits!r}")
 
 
 def _enough_text(tok, text, n_tokens):
@@ -96,6 +112,7 @@ def calibrate(model, text, bits, ctx=512, chunks=1, base=("turbo3", "turbo3"),
     """Measure the KLD per layer on `text` and choose formats for `bits` per value at `ctx`
     tokens. Returns the preset as a dict (see save_preset)."""
     from nexvk.model.eval import perplexity
+    check_bits(bits)
     cfg = model.cfg
     L = cfg.n_layers
     spec = CacheSpec.build(L, *base, sinks=sinks)

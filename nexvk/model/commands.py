@@ -4,6 +4,7 @@ in llama.cpp).
 Each handler is a thin shell over the Python API and returns an exit code; nexvk/cli.py turns
 ValueError/FileNotFoundError/RuntimeError into one clean error line.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -102,6 +103,8 @@ def _load_for_generation(args):
     Sampler(args.temp, args.top_k, args.top_p)  # raises ValueError on a bad setting
     if args.n < -1:
         raise ValueError(f"-n must be >= 0, or -1 for until end of text or context; got {args.n}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0 (runs repeat exactly), got {args.seed}")
     path = resolve_model(args.model)
     return Model.load(path, ctx=args.ctx, progress=True, cache=cache_config(args, path))
 
@@ -217,9 +220,11 @@ def cmd_plan(args):
 
 def cmd_run(args):
     m = _load_for_generation(args)
+    # bytes that are not UTF-8 (a str with surrogate escapes) are replaced, as ppl reads files
+    prompt = os.fsencode(args.prompt).decode("utf-8", errors="replace")
     if not args.chat:
-        _emit(args.prompt)
-    m.generate(args.prompt, n=args.n, temperature=args.temp, top_k=args.top_k,
+        _emit(prompt)
+    m.generate(prompt, n=args.n, temperature=args.temp, top_k=args.top_k,
                top_p=args.top_p, seed=args.seed, stream=_emit, chat=args.chat,
                prompt_cache=args.prompt_cache)
     print()
@@ -334,25 +339,33 @@ def cmd_ppl(args):
     from nexvk.model.eval import format_result, perplexity
     from nexvk.model.fetch import resolve_model
     _early_checks(args)
-    text = _read_text(args.file)
+    _text_path(args.file)
     model = resolve_model(args.model)
-    r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, kld=args.kld,
-                   bos_insert=args.bos_insert, cache=cache_config(args, model))
+    with open(args.file, encoding="utf-8", errors="replace") as text:  # read as a stream
+        r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, kld=args.kld,
+                       bos_insert=args.bos_insert, cache=cache_config(args, model))
     print("\n".join(format_result(r)))
     return 0
 
 
 def _read_text(file):
+    return _text_path(file).read_text(encoding="utf-8", errors="replace")
+
+
+def _text_path(file):
     path = Path(file)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; -f takes a text file")
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
-    return path.read_text(encoding="utf-8", errors="replace")
+    return path
 
 
 def cmd_calibrate(args):
-    from nexvk.model.calibrate import calibrate, save_preset
+    from nexvk.model.calibrate import calibrate, check_bits, save_preset
     from nexvk.model.fetch import resolve_model
     from nexvk.model.model import Model
+    check_bits(args.bits)
     text = _read_text(args.file)
     path = resolve_model(args.model)
     m = Model.load(path, ctx=args.ctx, progress=True)

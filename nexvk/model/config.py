@@ -35,6 +35,9 @@ class Config:
     rope_base: float = 10000.0
     rope_base_swa: float = 0.0    # rope.freq_base_swa: base of sliding-window layers (0 = unset)
     rope_dims: int = 0            # rotated dims per head (<= head_dim)
+    rope_scale: float = 1.0       # rope.scaling.factor of "linear" scaling: positions / factor
+    rope_attn_factor: float = 1.0  # rope.scaling.attn_factor: cos and sin times it (Phi-3 LongRoPE)
+    rope_orig_ctx: int = 0        # rope.scaling.original_context_length (0: context_length)
     rms_eps: float = 1e-5
     sliding_window: int = 0       # 0 = none
     swa_layers: list = field(default_factory=list)  # indices of sliding-window layers
@@ -114,6 +117,14 @@ class Config:
         rope_base = num("rope.freq_base", 10000.0, lo=0, kind=float)
         if not rope_base:
             raise ValueError(f"{source}: metadata '{arch}.rope.freq_base' must be positive")
+        # RoPE scaling as llama.cpp reads it: "linear" divides positions by the factor;
+        # Llama-3's and Phi-3's per-frequency factors are tensors (weights.py); YaRN and other
+        # types are math nexvk does not implement, so they are refused
+        kind = get("rope.scaling.type", "linear")
+        if kind not in ("none", "linear"):
+            raise ValueError(f"{source}: RoPE scaling '{str(kind)[:40]}' is not supported "
+                             "(none, linear, and per-frequency factor tensors)")
+        rope_scale = num("rope.scaling.factor", 0.0, lo=0, kind=float) if kind == "linear" else 0.0
         window = num("attention.sliding_window", 0, lo=0)
         swa_layers = cls._swa_layers(arch, meta, n_layers, window, source) if window else []
         return cls(
@@ -122,7 +133,9 @@ class Config:
             context_length=num("context_length", 0, lo=0),
             rope_base=rope_base,
             rope_base_swa=num("rope.freq_base_swa", 0.0, lo=0, kind=float),
-            rope_dims=rope_dims,
+            rope_dims=rope_dims, rope_scale=rope_scale or 1.0,
+            rope_attn_factor=num("rope.scaling.attn_factor", 1.0, lo=0, kind=float) or 1.0,
+            rope_orig_ctx=num("rope.scaling.original_context_length", 0, lo=0),
             rms_eps=num("attention.layer_norm_rms_epsilon", 1e-5, lo=0, kind=float),
             sliding_window=window, swa_layers=swa_layers,
             name=str(meta.get("general.name", "")))
@@ -142,6 +155,8 @@ class Config:
             return [i for i in range(n_layers) if (i + 1) % 6 != 0]
         if arch == "cohere2":     # 3 local : 1 global
             return [i for i in range(n_layers) if (i + 1) % 4 != 0]
+        if arch == "phi3":        # llama.cpp disables Phi-3's window (its files set it wrongly)
+            return []
         return list(range(n_layers))  # mistral-style: every layer windowed
 
     @classmethod
@@ -166,13 +181,9 @@ def check_tensors(cfg, g):
     block_count or head count that disagrees with the weights, or a norm of the wrong size,
     is named at once (weights.py checks the same shapes again as it loads)."""
     from nexvk.model.arch import Arch
-    from nexvk.model.weights import layer_shapes
+    from nexvk.model.weights import model_refs, rope_factor_tensors
     a = Arch.from_config(cfg)
-    want = {f"blk.{i}.{name}.weight": shape for i in range(a.n_layers)
-            for name, shape in layer_shapes(a).items()}
-    want.update({"token_embd.weight": (a.vocab_size, a.dim), "output_norm.weight": (a.dim,)})
-    if g.has_tensor("output.weight"):
-        want["output.weight"] = (a.vocab_size, a.dim)
+    want = {r.name: r.file_shape for r in model_refs(a, g)}
     for name, shape in want.items():
         t = g.tensors.get(name)
         if t is None:
@@ -181,6 +192,7 @@ def check_tensors(cfg, g):
         if got != shape:
             raise ValueError(f"{g.path.name}: tensor '{name}' has shape {got}, but the metadata "
                              f"implies {shape}")
+    rope_factor_tensors(a, g)
 
 
 class _LazyMeta(Mapping):

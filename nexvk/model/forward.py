@@ -1,6 +1,7 @@
 """One transformer step, written once for every family, as calls on an `Ops` backend.
 
-`forward` reads top to bottom like llama2.c's: embed, then per layer norm, q/k/v, (q/k norm),
+`forward` reads top to bottom like llama2.c's: embed, then per layer norm, q/k/v (+ biases),
+(q/k norm),
 RoPE, cache write + attention, output projection and residual, norm, gated FFN and residual;
 then the final norm and the logits. What differs between families comes from `Arch` (arch.py).
 
@@ -39,14 +40,15 @@ def forward(ops, a, w, s, logits="all"):
     for i, L in enumerate(w.layers):
         # attention
         ops.rms_norm(s.x, L.attn_norm, a.eps, s.xb)
-        ops.linear(s.xb, L.attn_q, s.q)
-        ops.linear(s.xb, L.attn_k, s.k)
-        ops.linear(s.xb, L.attn_v, s.v)
+        ops.linear(s.xb, L.attn_q, s.q, bias=getattr(L, "attn_q_bias", None))
+        ops.linear(s.xb, L.attn_k, s.k, bias=getattr(L, "attn_k_bias", None))
+        ops.linear(s.xb, L.attn_v, s.v, bias=getattr(L, "attn_v_bias", None))
         if a.qk_norm:
             ops.rms_norm(s.q, L.attn_q_norm, a.eps, s.q, group=hd)
             ops.rms_norm(s.k, L.attn_k_norm, a.eps, s.k, group=hd)
-        ops.rope(s.q, hd, a.rope_dims, a.rope_base[i], a.rope_neox)
-        ops.rope(s.k, hd, a.rope_dims, a.rope_base[i], a.rope_neox)
+        rope = (hd, a.rope_dims, a.rope_base[i], a.rope_neox, a.rope_factors[i], a.rope_attn_factor)
+        ops.rope(s.q, *rope)
+        ops.rope(s.k, *rope)
         ops.attention(i, s.q, s.k, s.v, s.att, hd, a.attn_scale)
         _residual(ops, a, s, s.att, L.attn_output, getattr(L, "post_attention_norm", None))
         # feed-forward

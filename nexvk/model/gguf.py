@@ -272,7 +272,12 @@ class GGUFFile:
         except NotImplementedError:
             raise ValueError(f"{self.path.name}: tensor '{name}' has type {t.tensor_type.name}, "
                              "which this gguf package cannot dequantize") from None
-        return np.ascontiguousarray(w.reshape(tuple(reversed(t.shape))), dtype=np.float32)
+        w = np.ascontiguousarray(w.reshape(tuple(reversed(t.shape))), dtype=np.float32)
+        bad = w.size - int(np.count_nonzero(np.isfinite(w)))
+        if bad:  # a NaN norm weight gave fluent wrong text on the device
+            raise ValueError(f"{self.path.name}: tensor '{name}' holds {bad} non-finite "
+                             "values (NaN or Inf)")
+        return w
 
     def tensor_bytes(self):
         """Bytes of every tensor as stored (quantized) in the file."""

@@ -34,7 +34,9 @@ class Model:
         self.config = c = _config(cache, k_type, v_type, backend, device, sparse_v, seed,
                                   max_batch, cache_opts)
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
-        self.arch = a = Arch.from_config(cfg)
+        # the RoPE factor tensor for this context (Phi-3: long or short) in the Arch
+        a = Arch.from_config(cfg)
+        self.arch = a = a.with_rope_factors(weights.rope_factors(a, ctx))
         self.ctx = ctx
         B = min(c.max_batch, ctx)
         if c.backend != weights.backend:
@@ -51,12 +53,13 @@ class Model:
             # step shapes, each a State and a graph recorded now: decode (1 row), prefill
             # chunks of B rows (last row's logits, or none); whole-window logits (ppl) on
             # first use, in chunks small enough for the logits buffer
-            self.state = State(a, B, self.ops, logits_rows=1)
-            self._states = {(1, 1): State(a, 1, self.ops, logits_rows=1), (B, 1): self.state}
-            for T, mode in ((1, "last"), (B, "last"), (B, "none")):
-                self.ops.record(*self._prepare(T, mode)[::2])
             from nexvk.kernels import upload
-            upload.release(self.ops.dev)  # the RoPE tables went up through the staging buffer
+            with self.ops.dev.lock:  # the staging buffer is released below: no other upload
+                self.state = State(a, B, self.ops, logits_rows=1)
+                self._states = {(1, 1): State(a, 1, self.ops, logits_rows=1), (B, 1): self.state}
+                for T, mode in ((1, "last"), (B, "last"), (B, "none")):
+                    self.ops.record(*self._prepare(T, mode)[::2])
+                upload.release(self.ops.dev)  # the RoPE tables went up through the staging buffer
         self.pos = 0
         self.tokens = []  # the token ids in the cache, by position
         self.source = None  # the GGUF path (set by load): the model's identity in state files
@@ -92,6 +95,9 @@ class Model:
             cfg.ffn_dim = int(g.tensors["blk.0.ffn_down.weight"].shape[0])
         check_tensors(cfg, g)
         tok = Tokenizer(g)
+        if cfg.vocab_size != tok.n_vocab:  # as llama.cpp: ids past the token list decode to ""
+            raise ValueError(f"{g.path.name}: the model has {cfg.vocab_size} token embeddings "
+                             f"(vocab_size) but its tokenizer lists {tok.n_vocab} tokens")
         from nexvk.backends import resolve
         from nexvk.model.plan import kv_bytes
         numpy_bytes = 4 * sum(t.n_elements for t in g.tensors.values()) + \
@@ -207,7 +213,11 @@ class Model:
         self.ops.execute(key, record)
         if logits == "none":
             return None
-        return self.ops.read(st.logits, 1 if logits == "last" else None)
+        out = self.ops.read(st.logits, 1 if logits == "last" else None)
+        if not np.isfinite(out).all():  # on every backend: a device computes on with NaN/Inf
+            raise ValueError(f"non-finite logits at positions {pos}..{pos + len(tokens) - 1}: "
+                             "the model's weights make its activations overflow")
+        return out
 
     # ---- generation --------------------------------------------------------------------
     def prefill(self, ids, reuse=True):

@@ -84,8 +84,9 @@ class NumpyOps:
         np.multiply(xv, 1.0 / np.sqrt(ms + np.float32(eps)), out=ov)
         ov *= w
 
-    def linear(self, x, w, out, accumulate=False):
-        """out = x @ w.T (or out += x @ w.T);  x (n, in), w (out_features, in).
+    def linear(self, x, w, out, accumulate=False, bias=None):
+        """out = x @ w.T (or out += x @ w.T), plus bias (out_features,) when given;
+        x (n, in), w (out_features, in).
         NOTE: for one row OpenBLAS is ~7x faster as a matrix-vector product than as a 1-row
         matrix product, and decode is all 1-row. A few rows (a batch of decode steps) are
         no better served by its matrix product (slower than n matrix-vector products), so
@@ -104,13 +105,16 @@ class NumpyOps:
             np.matmul(x[:n], w.T, out=dst)
         if accumulate:
             out[:n] += dst
+        if bias is not None:
+            out[:n] += bias
 
-    def rope(self, x, head_dim, rot_dims, base, neox):
+    def rope(self, x, head_dim, rot_dims, base, neox, factors=None, mscale=1.0):
         """Rotate the first rot_dims of every head_dim-wide head of x in place by its row's
         position: pairs (j, j + rot/2) when neox, else adjacent (2j, 2j + 1);
-        theta_j = base^(-2j/rot)."""
+        theta_j = base^(-2j/rot) / factors[j] (factors: rot/2 frequency divisors, or None),
+        cos and sin times mscale."""
         n = self._n(x)
-        cos, sin = self._table(base, rot_dims)
+        cos, sin = self._table(base, rot_dims, factors, mscale)
         at = self.positions[:n]
         c, s = cos[at, None, :], sin[at, None, :]                                       # (n, 1, rot/2)
         v = x[:n].reshape(n, -1, head_dim)                                             # (n, heads, hd)
@@ -120,11 +124,11 @@ class NumpyOps:
         a[...] = a0 * c - b * s
         b[...] = a0 * s + b * c
 
-    def _table(self, base, rot):
+    def _table(self, base, rot, factors=None, mscale=1.0):
         """(cos, sin), each (capacity, rot/2): the table the device's rope.comp reads."""
-        key = (float(base), int(rot))
+        key = (float(base), int(rot), factors, float(mscale))
         if key not in self._tables:
-            t = rope_kernel.table(key[0], key[1], self.cache.capacity)      # (ctx, rot/2, 2)
+            t = rope_kernel.table(key[0], key[1], self.cache.capacity, factors, mscale)  # (ctx, rot/2, 2)
             self._tables[key] = np.ascontiguousarray(t[..., 0]), np.ascontiguousarray(t[..., 1])
         return self._tables[key]
 

@@ -124,6 +124,7 @@ class VulkanOps:
         g = self.record(key, record)
         self.cache.advance(self.pos, self.T)
         g.run()
+        self.store.check_scores()
         skipped, total = (int(n) for n in self.store.stats.host[:2])
         self.cache.stats = {"skipped": skipped, "total": total,
                             "skip_rate": skipped / total if total else 0.0}
@@ -158,7 +159,7 @@ class VulkanOps:
                                            x.cols, x.rows, eps, group or None, x_off=x.off,
                                            w_off=w.off, y_off=out.off, last=x.last))
 
-    def linear(self, x, w, out, accumulate=False):
+    def linear(self, x, w, out, accumulate=False, bias=None):
         if x.rows == 1:
             pairs = mul_mv.dispatches(self.dev, w, x.buf, self._out(out), self.dyn, x_off=x.off,
                                       y_off=out.off, acc=accumulate, last=x.last)
@@ -166,16 +167,20 @@ class VulkanOps:
             pairs = mul_mm.dispatches(self.dev, w, x.buf, self._out(out), self.dyn, x.rows,
                                       x_off=x.off, y_off=out.off, acc=accumulate)
         self._dispatch(pairs)
+        if bias is not None:  # the bias row added to every row of the product
+            self._dispatch(add.dispatches(self.dev, self._out(out), bias.buf, self.dyn, out.cols,
+                                          x.rows, x_off=out.off, y_off=bias.off, bcast=True))
 
-    def rope(self, x, head_dim, rot_dims, base, neox):
-        self._dispatch(rope.dispatches(self.dev, x.buf, self._table(base, rot_dims), self.dyn,
-                                       x.cols // head_dim, head_dim, rot_dims,
-                                       self.cache.capacity, x.rows, neox, x_off=x.off))
+    def rope(self, x, head_dim, rot_dims, base, neox, factors=None, mscale=1.0):
+        tab = self._table(base, rot_dims, factors, mscale)
+        self._dispatch(rope.dispatches(self.dev, x.buf, tab, self.dyn, x.cols // head_dim,
+                                       head_dim, rot_dims, self.cache.capacity, x.rows, neox,
+                                       x_off=x.off))
 
-    def _table(self, base, rot):
-        key = (float(base), int(rot))
+    def _table(self, base, rot, factors, mscale):
+        key = (float(base), int(rot), factors, float(mscale))
         if key not in self._tables:
-            t = rope.table(key[0], rot, self.cache.capacity)          # (ctx, rot/2, 2) float32
+            t = rope.table(key[0], rot, self.cache.capacity, factors, mscale)  # (ctx, rot/2, 2)
             buf = self.dev.pool.get(f"{self.tag}rope{len(self._tables)}", t.size)
             upload_words(self.dev, buf, 0, t.reshape(-1).view(np.uint32))
             self._tables[key] = buf
@@ -205,33 +210,37 @@ class VulkanOps:
                                     q.off, out.off, raw_q=True)
 
 
-def weight_loader(dev, g, tag, shapes):
-    """loader(name, shape) for Weights.load: the GGUF tensor on the device as stored, a
-    DeviceWeight for matrices (any GGML type the kernels read) and float32 words for vectors
-    (the norm weights, stored F32), all placed in shared buffers (WeightArenas) planned from
-    `shapes` ({name: shape} of every tensor that will be loaded)."""
+def weight_loader(dev, g, tag, refs):
+    """loader(ref) for Weights.load: the GGUF tensor (or a fused tensor's rows) on the device
+    as stored, a DeviceWeight for matrices (any GGML type the kernels read) and float32 words
+    for vectors (norm weights and biases, stored F32), all placed in shared buffers
+    (WeightArenas) planned from `refs` (every weights.Ref that will be loaded)."""
     arenas = WeightArenas(dev, tag)
-    for name, shape in shapes.items():
-        t = g.tensors.get(name)
+    for r in refs:
+        t = g.tensors.get(r.name)
         if t is None:
-            raise ValueError(f"{g.path.name}: missing tensor '{name}'")
+            raise ValueError(f"{g.path.name}: missing tensor '{r.name}'")
         got = tuple(int(n) for n in reversed(t.shape))
-        if got != shape:
-            raise ValueError(f"{g.path.name}: {name} has shape {got}, metadata implies {shape}")
-        if len(shape) == 1:
-            arenas.place(name, shape[0], 1)
+        if got != r.file_shape:
+            raise ValueError(f"{g.path.name}: {r.name} has shape {got}, metadata implies "
+                             f"{r.file_shape}")
+        if len(r.shape) == 1:
+            arenas.place(r.key, r.shape[0], 1)
         else:
-            arenas.place(name, ggml_types.get(t.tensor_type).words(1, shape[1]), shape[0])
+            arenas.place(r.key, ggml_types.get(t.tensor_type).words(1, r.shape[1]), r.shape[0])
 
-    def load(name, shape):
-        parts = arenas.parts(name)
-        if len(shape) == 1:
-            vec = np.ascontiguousarray(g.tensor(name).reshape(-1), np.float32)
+    def load(r):
+        parts = arenas.parts(r.key)
+        if len(r.shape) == 1:
+            vec = np.ascontiguousarray(g.tensor(r.name).reshape(-1), np.float32)
             upload_words(dev, parts[0].buffer, parts[0].w_off, vec.view(np.uint32))
-            return Act(parts[0].buffer, parts[0].w_off, 1, shape[0])
-        t = g.tensors[name]
-        return DeviceWeight.from_file(dev, f"{tag}{name}", g.path, int(t.data_offset),
-                                      t.tensor_type, *shape, parts=parts)
+            return Act(parts[0].buffer, parts[0].w_off, 1, r.shape[0])
+        t = g.tensors[r.name]
+        wt = ggml_types.get(t.tensor_type)
+        # a fused tensor's rows r0.. start r0 whole rows into its stored bytes
+        offset = int(t.data_offset) + r.row0 * wt.file_bytes(1, r.shape[1])
+        return DeviceWeight.from_file(dev, f"{tag}{r.key}", g.path, offset, t.tensor_type,
+                                      *r.shape, parts=parts)
     return load
 
 
@@ -243,20 +252,17 @@ def load_weights(g, a, device=None, progress=False):
     (weight_loader), freed with the Weights object."""
     from nexvk.device.manager import get_device
     from nexvk.kernels import upload
-    from nexvk.model.weights import Weights, layer_shapes
+    from nexvk.model.weights import Weights, model_refs
     dev = get_device(device)
     tag = f"weights{next(_weight_ids)}/"
-    names = {f"blk.{i}.{n}.weight": shape for i in range(a.n_layers)
-             for n, shape in layer_shapes(a).items()}
-    names.update({"token_embd.weight": (a.vocab_size, a.dim), "output_norm.weight": (a.dim,)})
-    if g.has_tensor("output.weight"):
-        names["output.weight"] = (a.vocab_size, a.dim)
-    try:
-        w = Weights.load(g, a, progress=progress, loader=weight_loader(dev, g, tag, names))
-    except BaseException:
-        dev.release(tag)
-        raise
-    finally:
-        upload.release(dev)  # the staging buffer and copy pipeline
+    with dev.lock:  # one upload at a time: they share the device's staging buffer
+        try:
+            w = Weights.load(g, a, progress=progress,
+                             loader=weight_loader(dev, g, tag, model_refs(a, g)))
+        except BaseException:
+            dev.release(tag)
+            raise
+        finally:
+            upload.release(dev)  # the staging buffer and copy pipeline
     weakref.finalize(w, dev.release, tag)
     return w

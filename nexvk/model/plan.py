@@ -31,7 +31,10 @@ def parse_size(s):
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(s))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"cannot parse memory size {s!r} (examples: 4GiB, 512MiB, 8GB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if n < 1:  # 0 used to mean "no budget given": a plan with no verdict and exit 0
+        raise ValueError(f"memory size {s!r} is less than one byte")
+    return n
 
 
 def fmt_bytes(n):
@@ -138,12 +141,13 @@ class Plan:
         return out
 
 
-def plan(path, ctx, config=None, v_type=None, memory=0, cache_opts=None):
+def plan(path, ctx, config=None, v_type=None, memory=None, cache_opts=None):
     """A Plan for the GGUF at `path` (metadata and tensor table only; nothing dequantized)
     with the cache of `config` (a CacheConfig; or as before it k_type, v_type, cache_opts;
     default turbo3/turbo3). The f16 and q8_0 rows are always the plain formats."""
     if ctx <= 0:
         raise ValueError(f"context must be positive, got {ctx}")
+    budget = 0 if memory is None else parse_size(memory)
     config = as_config(config, v_type, cache_opts)
     g = open_gguf(path)
     cfg = Config.from_gguf(g)
@@ -158,7 +162,7 @@ def plan(path, ctx, config=None, v_type=None, memory=0, cache_opts=None):
     return Plan(name=cfg.name or g.path.name, cfg=cfg, ctx=ctx, k_type=config.k_type,
                 v_type=config.v_type, label=lay.spec.label, weights_bytes=g.tensor_bytes(),
                 weights_f32_bytes=4 * n_params, kv=kv,
-                memory=parse_size(memory) if memory else 0,
+                memory=budget,
                 working_bytes=working_bytes(cfg, ctx, lay))
 
 

@@ -14,6 +14,7 @@ In both, control and user-defined tokens become added tokens matched in the raw 
 """
 import threading
 
+import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, normalizers
 from tokenizers import pre_tokenizers as pt
 
@@ -21,6 +22,9 @@ from nexvk.model.chat import ChatTemplate
 
 # token_type values (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+MAX_TOKENS = 1 << 20   # the largest vocabularies in use hold 262,144 tokens (Gemma-3)
+SPM_SPLIT_CHARS = 32   # see _spm_merges
+SPM_MERGES = 8
 
 # end-of-turn tokens of the common chat formats (ChatML, Gemma, Llama 3, Phi-3)
 _END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
@@ -75,18 +79,52 @@ def _byte_level_bpe(g, vocab):
     return tok
 
 
-def _sentencepiece(g, vocab, tokens):
-    scores = g.meta_array("tokenizer.ggml.scores").tolist()
+def _spm_merges(g, vocab, tokens, types, scores):
+    """Every split of every piece into two tokens, as (left, right) pairs ranked by the joined
+    piece's score (ties: lower id, then shorter left part). Control and user-defined tokens
+    are left out: they are matched in the raw text before the model sees it, so no merge
+    could ever produce them.
+    The work is bounded by the vocabulary's own size, so a crafted file (pieces a, aa, ...,
+    a x 2000, or one piece of a million characters) is refused at once instead of taking
+    gigabytes and minutes: the splits tried (sum of len * (len - 1) characters) at most
+    SPM_SPLIT_CHARS per character of the pieces, the merges found at most SPM_MERGES per
+    piece. Gemma-3's 262k-token vocabulary needs 6.3 and 2.0."""
+    pieces = [i for i, ty in enumerate(types) if ty not in (CONTROL, USER_DEFINED)]
+    chars = sum(len(tokens[i]) for i in pieces)
+    work = sum(len(tokens[i]) * (len(tokens[i]) - 1) for i in pieces)
+    if work > SPM_SPLIT_CHARS * chars + (1 << 20):
+        longest = max(len(tokens[i]) for i in pieces)
+        raise ValueError(f"{g.path.name}: SentencePiece pieces too long to index (their splits "
+                         f"are {work / max(chars, 1):.0f} characters per character, at most "
+                         f"{SPM_SPLIT_CHARS} accepted; the longest piece has {longest})")
+    limit = SPM_MERGES * len(pieces) + 1024
+    left, right, joined = [], [], []
+    for i in pieces:
+        t = tokens[i]
+        for cut in range(1, len(t)):
+            a, b = vocab.get(t[:cut]), vocab.get(t[cut:])
+            if a is not None and b is not None:
+                left.append(a)
+                right.append(b)
+                joined.append(i)
+        if len(joined) > limit:
+            raise ValueError(f"{g.path.name}: SentencePiece vocabulary has over {limit} ways to "
+                             f"join two tokens into one ({SPM_MERGES} per piece accepted)")
+    joined = np.asarray(joined, np.int64)
+    order = np.lexsort((np.arange(joined.size), joined, -scores[joined]))
+    return [(tokens[left[k]], tokens[right[k]]) for k in order.tolist()]
+
+
+def _sentencepiece(g, vocab, tokens, types):
+    try:
+        scores = np.asarray(g.meta_array("tokenizer.ggml.scores"), np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{g.path.name}: tokenizer.ggml.scores must be a numeric array") from None
     if len(scores) != len(tokens):
         raise ValueError(f"{g.path.name}: {len(scores)} tokenizer scores for {len(tokens)} tokens")
-    merges = []  # (score of the joined token, its id, left, right)
-    for i, t in enumerate(tokens):
-        for cut in range(1, len(t)):
-            if t[:cut] in vocab and t[cut:] in vocab:
-                merges.append((-scores[i], i, t[:cut], t[cut:]))
-    merges.sort()
+    merges = _spm_merges(g, vocab, tokens, types, scores)
     unk = _token_id(g, "unknown", len(tokens))
-    tok = HFTokenizer(models.BPE(vocab, [(a, b) for _, _, a, b in merges], byte_fallback=True,
+    tok = HFTokenizer(models.BPE(vocab, merges, byte_fallback=True,
                                  unk_token=tokens[unk] if unk is not None else None))
     escape = [normalizers.Replace(" ", "\u2581")]
     unescape = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
@@ -107,6 +145,10 @@ class Tokenizer:
         if model not in ("gpt2", "llama"):
             raise ValueError(f"{g.path.name}: tokenizer model '{model}' is not supported "
                              "(byte-level BPE 'gpt2' or SentencePiece 'llama')")
+        n = g.array_len("tokenizer.ggml.tokens")
+        if n > MAX_TOKENS:
+            raise ValueError(f"{g.path.name}: {n} tokens in the vocabulary, over the {MAX_TOKENS} "
+                             "nexvk accepts")
         tokens = g.strings("tokenizer.ggml.tokens")
         types = (g.meta_array("tokenizer.ggml.token_type").tolist()
                  if g.has("tokenizer.ggml.token_type") else [NORMAL] * len(tokens))
@@ -115,7 +157,7 @@ class Tokenizer:
         vocab = {t: i for i, t in enumerate(tokens)}
         try:
             tok = (_byte_level_bpe(g, vocab) if model == "gpt2"
-                   else _sentencepiece(g, vocab, tokens))
+                   else _sentencepiece(g, vocab, tokens, types))
         except ValueError:
             raise
         except Exception as e:  # tokenizers raises a bare Exception (e.g. merge out of vocab)

@@ -57,6 +57,14 @@ class Codec:
         if enc.format != self.name or enc.shape[-1] != self.head_dim:
             raise ValueError(f"this codec is {self.name} at head_dim {self.head_dim}; the data is "
                              f"{enc.format} with shape {enc.shape}")
+        # codes of another width were decoded silently on the device (broadcast into its rows)
+        n, f = int(np.prod(enc.shape[:-1], dtype=np.int64)), self.format
+        for what, a, dtype, width in (("codes", enc.codes, np.uint32, f.words),
+                                      ("scales", enc.scales, np.float16, f.n_scales)):
+            if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != (n, width):
+                got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                raise ValueError(f"{what} of {n} {self.name} vectors at head_dim {self.head_dim} "
+                                 f"must be {np.dtype(dtype).name} ({n}, {width}), got {got}")
         return self._decode_rows(enc.codes, enc.scales).reshape(enc.shape)
 
     def _encode_rows(self, flat):

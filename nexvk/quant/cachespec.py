@@ -35,6 +35,9 @@ def parse_layer_types(spec, n_layers):
             lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
             if hi < lo:
                 raise ValueError(f"bad layer range {part!r}: the last layer comes before the first")
+            if hi >= n_layers:  # before the range is expanded: 0-100000000 took 3.75 GB
+                raise ValueError(f"layer types name layer {hi}; this cache has layers "
+                                 f"0..{n_layers - 1}")
             items += [(layer, (m.group(3), m.group(4))) for layer in range(lo, hi + 1)]
     out = {}
     for layer, kv in items:

@@ -28,7 +28,7 @@ layout(binding = 2) writeonly buffer O { float o[]; };         // (n_q, hkv*G, D
 layout(binding = 3) buffer Scr { float scr[]; };               // scores (n_q, hkv*G, cap)
 layout(binding = 4) buffer Part { float part[]; };             // per split: m[G], l[G] | acc[G][D]
 layout(binding = 5) readonly buffer Tab { float tab[]; };      // K table at ktab, V at vtab
-layout(binding = 6) buffer Stats { uint stats[]; };            // [skipped pairs, total pairs]
+layout(binding = 6) buffer Stats { uint stats[]; };  // [skipped pairs, total pairs, non-finite]
 // per-call words, so recorded sequences replay unchanged: [queries, position of query 0,
 // scale (float bits), sparse-V threshold (float bits, 0: off)]
 #define DYN_BINDING 7

@@ -46,9 +46,33 @@ def test_glu(device, rng, kind):
     assert nmse(glu.run(device, g, u, kind), glu.ref(g, u, kind)) < 1e-12
 
 
+def test_rope_frequency_factors(device, rng):
+    """Llama-3 / Phi-3 frequency divisors and LongRoPE's attention factor live in the table:
+    the device rotates by it exactly as the twin does, and the table is what the factors say."""
+    rot = 64
+    factors = tuple(float(f) for f in 1 + 7 * rng.random(rot // 2))
+    tab = rope.table(1e4, rot, 40, factors, mscale=1.25)
+    inv = 1e4 ** (-np.arange(0, rot, 2) / rot) / np.array(factors)
+    assert np.allclose(tab[39, :, 0], 1.25 * np.cos(39 * inv), atol=1e-6)
+    x = rng.standard_normal((5, 2 * 128)).astype(np.float32)
+    got = rope.run(device, x, tab, 30, 2, 128, rot, True)
+    assert nmse(got, rope.ref(x, tab, 30, 2, 128, rot, True)) < 4 * U2
+    with pytest.raises(ValueError, match="32 positive finite"):
+        rope.table(1e4, rot, 4, (0.0,) * 32)
+
+
 def test_add(device, rng):
     x, y = rng.standard_normal((2, 3, 577)).astype(np.float32)
     assert np.array_equal(add.run(device, x, y), add.ref(x, y))
+
+
+def test_add_bias_row(device, rng):
+    """One row b added to every row (a projection's bias): each row gets exactly b."""
+    x = rng.standard_normal((4, 577)).astype(np.float32)
+    b = rng.standard_normal(577).astype(np.float32)
+    got = add.run(device, x, b)
+    assert np.array_equal(got, add.ref(x, b))
+    assert np.array_equal(got[3], x[3] + b)
 
 
 def test_upload_words_lands_at_the_offset(device, monkeypatch, rng):

@@ -126,10 +126,39 @@ def test_parse_size_rejects_garbage():
     ({"attention.layer_norm_rms_epsilon": [1e-5]}, "must be a finite number, got an array"),
     ({"attention.sliding_window": 128, "attention.sliding_window_pattern": [True] * 5},
      "5 entries for 4 layers"),
+    ({"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0}, "RoPE scaling 'yarn' is not supported"),
+    ({"rope.scaling.factor": float("inf")}, "scaling.factor' must be a finite number"),
 ])
 def test_bad_metadata_is_named(extra, match):
     with pytest.raises(ValueError, match=match):
         Config.from_meta(_meta(**extra))
+
+
+def test_rope_scaling_read_as_llama_cpp_does():
+    """"linear" (the default type) divides positions by the factor; Gemma-3's window layers
+    keep unscaled RoPE; the per-frequency divisors carry the scale (theta / factor)."""
+    from nexvk.model.arch import Arch
+    c = Config.from_meta(_meta(**{"rope.scaling.factor": 8.0, "feed_forward_length": 64,
+                                  "rope.scaling.attn_factor": 1.5}))
+    assert c.rope_scale == 8.0 and c.rope_attn_factor == 1.5
+    a = Arch.from_config(c)
+    assert a.rope_factors[0] == (8.0,) * 32 and a.rope_attn_factor == 1.5
+    assert a.with_rope_factors((2.0,) * 32).rope_factors[3] == (16.0,) * 32
+    assert Arch.from_config(Config.from_meta(_meta(feed_forward_length=64))).rope_factors[0] is None
+    g = Config.from_meta(_meta("gemma3", **{"rope.scaling.factor": 8.0, "block_count": 6,
+                                            "feed_forward_length": 64, "attention.sliding_window": 16}))
+    ga = Arch.from_config(g)
+    assert ga.rope_factors[0] is None and ga.rope_factors[5] == (8.0,) * 32   # layer 5: global
+    phi = Config.from_meta(_meta("phi3", **{"attention.sliding_window": 2047}))
+    assert phi.swa_layers == [] and Arch.from_config(phi).window == (0,) * 4
+
+
+def test_biases_a_family_does_not_read_are_refused(tiny):
+    """A llama file with a q bias asks for math the llama family does not do: refused."""
+    from nexvk.model.model import Model
+    p = tiny(tensors={"blk.0.attn_q.bias": (np.ones(32, np.float32), 0)})
+    with pytest.raises(ValueError, match=r"bias tensors are not supported in 'llama' \(blk.0.attn_q.bias\)"):
+        Model.load(p, ctx=16)
 
 
 def test_architecture_must_be_a_string():

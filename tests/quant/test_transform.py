@@ -108,3 +108,17 @@ def test_scale_is_fitted_from_queries_and_keeps_attention_exact():
     v = rng.standard_normal((T, hkv, d))
     np.testing.assert_allclose(softmax_attention(t.queries(0, q), t.keys(0, k), v),
                                softmax_attention(q, k, v), rtol=0, atol=1e-9)
+
+
+def test_layer_ranges_are_checked_before_they_are_expanded():
+    """'0-100000000:f16/f16' was expanded into 10^8 entries (3.75 GB, 44 s) before its last
+    layer was found out of range: the range is now checked first, so nothing is allocated."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="layer 3000000; this cache has layers 0..7"):
+            parse_layer_types("0-1:q8_0/q8_0,2-3000000:f16/f16", 8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak

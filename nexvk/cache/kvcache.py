@@ -39,10 +39,12 @@ class KVCache:
     sinks: the first positions of every layer without a window kept as float16 (default 1
       with a turbo format, else 0; a sliding-window layer keeps none);
     layer_types: other K/V formats for some layers, "0-1:q8_0/q8_0" or {0: ("q8_0", "q8_0")};
-    key_mean: (n_layers, n_kv_heads, head_dim) key means, e.g. from `nexvk calibrate`.
-      Without it each layer's keys are centred on the mean of the non-sink keys of the append
-      that holds its first non-sink position (the whole prompt when a model prefills it; one
-      token when a sequence is decoded token by token); sink rows that came earlier are
+    key_mean: (n_layers, n_kv_heads, head_dim) key means, e.g. a model file's statistics
+      (nexvk.model.keystats; Model.load passes them). Without it each layer's keys are
+      centred on the mean of the non-sink keys of the append that holds its first non-sink
+      position (the whole prompt when a model prefills it; one token when a sequence is
+      decoded token by token), so the transform depends on how a sequence arrives, and
+      truncate() forgets tables fitted on positions it forgets; sink rows that came earlier are
       re-encoded then.
     key_scale: (n_layers, n_kv_heads, head_dim) positive channel scales (keys are stored
       times the scale, queries divided by it), or False for none. Default: fitted with the
@@ -86,6 +88,7 @@ class KVCache:
         self._raw_sinks = [np.zeros((S * self.transform.active[i], self.n_kv_heads, self.head_dim),
                                     np.float32) for i, S in enumerate(self.layer_sinks)]
         self._len = [0] * self.n_layers
+        self.observer = None  # observer(layer, first position, k, q) after each append()
         self._lock = threading.Lock()
         self.stats = {"skipped": 0, "total": 0, "skip_rate": 0.0}
         self.backend = resolve(c.backend, c.device)
@@ -123,6 +126,8 @@ class KVCache:
             raise ValueError(f"truncate needs a position >= 0, got {n!r}")
         with self._lock:
             self._len = [min(length, int(n)) for length in self._len]
+            # tables fitted on a position now forgotten are refitted by the next append
+            self.transform.reset([i for i, S in enumerate(self.layer_sinks) if n <= S])
 
     def append(self, layer, k, v, q=None):
         """Encode k, v (T, n_kv_heads, head_dim) after the tokens already in `layer`.
@@ -178,6 +183,8 @@ class KVCache:
             if t.active[layer]:
                 self._raw_sinks[layer][n:n + s] = kf[:s]
             self._len[layer] = n + T
+            if self.observer is not None:
+                self.observer(layer, n, kf, q)
 
     def _check_storable(self, layer, pos, k, v):
         """ValueError (naming the problem) when rows at positions pos.. cannot be stored:

@@ -172,17 +172,24 @@ def add_parsers(sub):
     p.add_argument("--bos-insert", action="store_true",
                    help="windows of BOS + the next ctx-1 tokens, none overwritten (default: "
                         "llama.cpp's, whose first token is replaced by BOS)")
+    p.add_argument("--first-append", type=int, default=None, metavar="P",
+                   help="feed each window as a chat would: its first P tokens in one call, "
+                        "then 64 at a time (default: the whole window in one prefill)")
     _device_flags(p)
     p.set_defaults(func=cmd_ppl)
 
     p = sub.add_parser("calibrate", help="measure KLD per layer on a text and save a preset of "
                                          "per-layer K/V formats for a target bit rate")
     _model_flag(p)
-    p.add_argument("-f", "--file", required=True, help="calibration text, e.g. a sample of "
-                                                       "what the model will read")
-    p.add_argument("--bits", type=float, required=True,
+    p.add_argument("-f", "--file", default=None, help="calibration text, e.g. a sample of "
+                                                      "what the model will read")
+    p.add_argument("--bits", type=float, default=None,
                    help="target bits per value, sinks and key means included, at -c tokens")
-    p.add_argument("--name", required=True, help="preset name, for --preset NAME")
+    p.add_argument("--name", default=None, help="preset name, for --preset NAME")
+    p.add_argument("--key-stats", action="store_true",
+                   help="only recompute the model's key statistics (the hardened cache's key "
+                        "mean and scale, fitted on text the model writes itself, or with -f "
+                        "on that text; kept in the user cache directory) and exit")
     p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=512,
                    help="window length, and the context the bits are counted at (default: 512)")
     p.add_argument("--chunks", type=int, default=1,
@@ -343,7 +350,8 @@ def cmd_ppl(args):
     model = resolve_model(args.model)
     with open(args.file, encoding="utf-8", errors="replace") as text:  # read as a stream
         r = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, kld=args.kld,
-                       bos_insert=args.bos_insert, cache=cache_config(args, model))
+                       bos_insert=args.bos_insert, cache=cache_config(args, model),
+                       first_append=args.first_append)
     print("\n".join(format_result(r)))
     return 0
 
@@ -365,9 +373,21 @@ def cmd_calibrate(args):
     from nexvk.model.calibrate import calibrate, check_bits, save_preset
     from nexvk.model.fetch import resolve_model
     from nexvk.model.model import Model
-    check_bits(args.bits)
-    text = _read_text(args.file)
+    if args.bits is not None:
+        check_bits(args.bits)
     path = resolve_model(args.model)
+    if args.key_stats:
+        from nexvk.model.keystats import key_stats
+        text = None if args.file is None else _read_text(args.file)
+        n = key_stats(path, progress=True, refresh=True, text=text).n
+        print(f"key statistics of {path.name}: {n.shape[1]} layers, {int(n[:, 0].sum())} "
+              "positions, recomputed")
+        return 0
+    missing = [f for f, v in (("-f", args.file), ("--bits", args.bits), ("--name", args.name))
+               if v is None]
+    if missing:
+        raise ValueError(f"calibrate needs {', '.join(missing)} (or --key-stats)")
+    text = _read_text(args.file)
     m = Model.load(path, ctx=args.ctx, progress=True)
     preset = calibrate(m, text, args.bits, ctx=args.ctx, chunks=args.chunks,
                        base=(args.k_type, args.v_type), sinks=args.sinks)

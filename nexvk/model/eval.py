@@ -21,6 +21,9 @@ import numpy as np
 from nexvk.cache.config import CacheConfig
 
 
+APPEND = 64  # tokens per forward call after the first append (first_append)
+
+
 def _log_softmax(logits):
     """(n, vocab) float32 -> float64 log-probabilities."""
     z = logits.astype(np.float64)
@@ -103,9 +106,24 @@ def windows_of(tok, text, ctx, chunks=None, bos=None, bos_insert=False):
         raise ValueError(f"text has {got} tokens, fewer than one window of {ctx}")
 
 
+def _forward(model, window, first_append=None):
+    """Logits of every position of `window`, from position 0: one forward call, or the first
+    `first_append` tokens and then calls of APPEND tokens."""
+    model.reset()
+    if first_append is None:
+        return model.forward(window, 0)
+    out = np.empty((len(window), model.arch.vocab_size), np.float32)
+    bounds = [0, *range(first_append, len(window), APPEND), len(window)]
+    for a, b in zip(bounds, bounds[1:]):
+        if b > a:
+            out[a:b] = model.forward(window[a:b], a)
+    return out
+
+
 def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="f16", kld=False,
                backend="numpy", device=None, progress=True, sparse_v=None, bos=None, seed=0,
-               kld_base=None, bos_insert=False, cache_opts=None, *, cache=None):
+               kld_base=None, bos_insert=False, cache_opts=None, *, cache=None,
+               first_append=None):
     """Perplexity of `text` (a str or a text file object; see the module docstring); returns
     a dict: ppl, ppl_err, nll, n_tokens, n_chunks, ctx, k_type, v_type, cache (the
     configuration in words), bits_per_value (all metadata included, at ctx) and, with kld=True,
@@ -119,10 +137,18 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
     kld_base: an optional dict that keeps the f16 cache's scored logits per window (like
     llama.cpp's --kl-divergence-base file). Pass the same dict to several calls with the same
     model, text and ctx to run the f16 cache once per window; an f16/f16 run fills it too.
-    bos_insert: windows of BOS + ctx-1 text tokens instead of llama.cpp's (module docstring)."""
+    bos_insert: windows of BOS + ctx-1 text tokens instead of llama.cpp's (module docstring).
+    first_append: how a window arrives in the cache: its first P tokens in one forward call,
+    then the rest in calls of APPEND tokens (None: the whole window in one prefill), as a
+    chat or a short prompt fills it; the f16 reference is always one prefill."""
     from nexvk.model.model import Model
     if ctx < 4:
         raise ValueError(f"ctx must be at least 4 for perplexity, got {ctx}")
+    if first_append is not None and not (isinstance(first_append, (int, np.integer))
+                                         and not isinstance(first_append, bool)
+                                         and 1 <= first_append <= ctx):
+        raise ValueError(f"first_append must be a number of tokens in 1..{ctx}, got "
+                         f"{first_append!r}")
     if isinstance(model_or_path, Model):
         base_model = model_or_path
         if base_model.ctx < ctx:
@@ -161,8 +187,7 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
         n += 1
         target = window[first + 1:]                  # (ctx - first - 1,)
         rows = np.arange(target.size)
-        model.reset()
-        logits = model.forward(window, 0)[first:ctx - 1]  # (n_scored, vocab)
+        logits = _forward(model, window, first_append)[first:ctx - 1]  # (n_scored, vocab)
         if is_f16 and kld_base is not None:
             kld_base[i] = logits.copy()
         lp = _log_softmax(logits)

@@ -27,16 +27,20 @@ class Model:
 
     def __init__(self, cfg, weights, tokenizer, ctx, k_type="f16", v_type="f16",
                  backend="numpy", device=None, sparse_v=None, seed=0, max_batch=MAX_BATCH,
-                 cache_opts=None, *, cache=None):
+                 cache_opts=None, *, cache=None, source=None, key_stats=None):
         """cache: the CacheConfig of the model's KV cache (its backend must be the one the
-        weights were loaded for); or, as before CacheConfig, the keyword arguments."""
+        weights were loaded for); or, as before CacheConfig, the keyword arguments.
+        source: the GGUF file, whose key statistics (nexvk.model.keystats) a hardened cache
+        uses when its config gives none; key_stats: those (keystats.Moments), when known.
+        A model without either fits them per sequence (KVCache's key_mean, key_scale)."""
         from nexvk.cache import KVCache
-        self.config = c = _config(cache, k_type, v_type, backend, device, sparse_v, seed,
-                                  max_batch, cache_opts)
         self.cfg, self.w, self.tokenizer = cfg, weights, tokenizer
         # the RoPE factor tensor for this context (Phi-3: long or short) in the Arch
         a = Arch.from_config(cfg)
         self.arch = a = a.with_rope_factors(weights.rope_factors(a, ctx))
+        self.source, self._key_stats = source, key_stats
+        self.config = c = self._with_stats(_config(cache, k_type, v_type, backend, device,
+                                                   sparse_v, seed, max_batch, cache_opts), ctx)
         self.ctx = ctx
         B = min(c.max_batch, ctx)
         if c.backend != weights.backend:
@@ -62,8 +66,21 @@ class Model:
                 upload.release(self.ops.dev)  # the RoPE tables went up through the staging buffer
         self.pos = 0
         self.tokens = []  # the token ids in the cache, by position
-        self.source = None  # the GGUF path (set by load): the model's identity in state files
         self.stats = {}
+
+    def _with_stats(self, c, ctx):
+        """The CacheConfig c with the model's key statistics over positions below ctx, where
+        its cache transforms keys and c gives none."""
+        spec = c.spec(self.arch.n_layers)
+        if c.key_mean is not None or not any(map(spec.transformed, range(spec.n_layers))):
+            return c
+        if self._key_stats is None and self.source is not None:
+            from nexvk.model.keystats import key_stats
+            self._key_stats = key_stats(self.source)
+        if self._key_stats is None:
+            return c
+        mean, scale = self._key_stats.tables(ctx)
+        return c.replace(key_mean=mean, key_scale=scale if c.key_scale is None else c.key_scale)
 
     # the cache configuration's parts, as attributes (read by callers before CacheConfig)
     k_type = property(lambda self: self.config.k_type)
@@ -85,7 +102,8 @@ class Model:
                     cache_opts)
         if ctx <= 0:
             raise ValueError(f"context must be positive, got {ctx}")
-        g = open_gguf(resolve_model(path, progress=progress))
+        path = resolve_model(path, progress=progress)
+        g = open_gguf(path)
         cfg = Config.from_gguf(g)
         Arch.from_config(cfg)  # an unsupported family fails before the slow steps
         # sizes the metadata may leave out come from the tensor table (GGUF lists ne0 first)
@@ -105,9 +123,8 @@ class Model:
         c = c.replace(backend=resolve(c.backend, c.device, numpy_bytes))
         t0 = time.perf_counter()
         w = load_weights(g, Arch.from_config(cfg), c.backend, c.device, progress)
-        m = cls(cfg, w, tok, ctx, cache=c)
+        m = cls(cfg, w, tok, ctx, cache=c, source=path)
         m.stats["load_s"] = time.perf_counter() - t0
-        m.source = g.path
         return m
 
     def with_cache(self, k_type=None, v_type=None, cache=None, ctx=None, **kw):
@@ -124,9 +141,8 @@ class Model:
             cache = self.config.replace(**changes, **kw)
         elif k_type or v_type or kw:
             raise ValueError("give with_cache a CacheConfig or fields to change, not both")
-        m = Model(self.cfg, self.w, self.tokenizer, ctx or self.ctx, cache=cache)
-        m.source = self.source
-        return m
+        return Model(self.cfg, self.w, self.tokenizer, ctx or self.ctx, cache=cache,
+                     source=self.source, key_stats=self._key_stats)
 
     def reset(self):
         self.cache.reset()

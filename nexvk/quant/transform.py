@@ -45,13 +45,14 @@ class KeyTransform:
         self.ready = np.zeros(n_layers, bool)
         self.reset()
 
-    def reset(self):
-        """A new sequence: fitted tables are forgotten, given ones stay."""
-        self.ready[:] = ~self.active | (not self.fit_mean and not self.fit_scale)
+    def reset(self, layers=slice(None)):
+        """A new sequence (on `layers`, default all): fitted tables are forgotten, given ones
+        stay."""
+        self.ready[layers] = ~self.active[layers] | (not self.fit_mean and not self.fit_scale)
         if self.fit_mean:
-            self.mean[:] = 0
+            self.mean[layers] = 0
         if self.fit_scale:
-            self.scale[:] = 1
+            self.scale[layers] = 1
 
     def fit(self, layer, k, q=None):
         """Fix the layer's tables from its first keys k (T, HKV, d), T >= 1: the mean of k;
@@ -70,10 +71,7 @@ class KeyTransform:
                 T, H, d = q.shape
                 hkv = k.shape[1]
                 Q = np.mean(q.reshape(T, hkv, H // hkv, d) ** 2, axis=(0, 2), dtype=np.float64)
-                K = np.mean((k - m) ** 2, axis=0, dtype=np.float64)
-                K = np.maximum(K, 1e-6 * K.mean(axis=-1, keepdims=True) + 1e-30)
-                s = (np.maximum(Q, 1e-30) / K) ** 0.25
-                s = np.clip(s / np.exp(np.log(s).mean(axis=-1, keepdims=True)), 2.0 ** -12, 2.0 ** 12)
+                s = channel_scale(Q, np.mean((k - m) ** 2, axis=0, dtype=np.float64))
         self.mean[layer] = np.asarray(m).astype(np.float16)
         self.scale[layer] = np.asarray(s).astype(np.float16)
         self.ready[layer] = True
@@ -93,6 +91,14 @@ class KeyTransform:
         hkv = self.scale.shape[1]
         s = self.scale[layer].astype(q.dtype)[None, :, None, :]       # (1, HKV, 1, d)
         return (q.reshape(T, hkv, H // hkv, d) / s).reshape(T, H, d)
+
+
+def channel_scale(Q, K):
+    """The channel scale (Q / K) ** (1/4) at geometric mean 1 per head (see KeyTransform.fit),
+    from Q and K (..., d): the mean squares of the queries and of the centred keys."""
+    K = np.maximum(K, 1e-6 * K.mean(axis=-1, keepdims=True) + 1e-30)
+    s = (np.maximum(Q, 1e-30) / K) ** 0.25
+    return np.clip(s / np.exp(np.log(s).mean(axis=-1, keepdims=True)), 2.0 ** -12, 2.0 ** 12)
 
 
 def _check_table(x, shape, what):

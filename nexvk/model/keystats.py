@@ -1,0 +1,140 @@
+"""Key statistics of a model: the mean and channel scale of the hardened cache's key transform
+(nexvk.quant.transform), fitted once per model file and cached, so that every sequence of a
+model -- a one-token chat turn, a decode, a whole prefill -- stores its keys the same way.
+
+The tokens come from the model itself, so nothing is shipped: from BOS and random tokens,
+ROUNDS passes each replace every token by a sample of the model's next-token distribution at
+the position before it (top-k, fixed seed); after the last pass a prefill of those TOKENS
+tokens records each layer's keys and queries as the cache receives them (after RoPE), and
+the statistics are their moments over every position but the first (a sink). They run on the
+host (the numpy backend, an f16 cache), whatever backend the model then uses, and are cached
+in <nexvk home>/keystats/ under the file's sha256; `nexvk calibrate --key-stats` recomputes
+them (with -f TEXT: from that text instead, e.g. a sample of what the model will read).
+docs/hardening.md has the measurements behind the recipe.
+"""
+import json
+
+import numpy as np
+
+from nexvk.quant.transform import channel_scale
+
+RECIPE = {"version": 2, "tokens": 2048, "rounds": 2, "top_k": 40, "seed": 0, "block": 256}
+
+
+class Moments:
+    """Sums of k, k^2 and the grouped q^2 per (block of `block` positions, layer, KV head,
+    channel), from cache appends. The keys a cache stores are after RoPE, whose slow pairs
+    turn with the position, so their mean depends on the positions a cache holds: tables()
+    counts the blocks below a capacity."""
+
+    def __init__(self, n_layers, n_kv_heads, head_dim, n_blocks=1, block=1 << 30, skip=1):
+        shape = (n_blocks, n_layers, n_kv_heads, head_dim)
+        self.n = np.zeros(shape[:2])
+        self.k, self.k2, self.q2 = (np.zeros(shape) for _ in range(3))
+        self.block = block
+        self.skip = skip  # positions before this one are not counted (sinks)
+
+    def __call__(self, layer, pos0, k, q):
+        """A KVCache observer: the keys k (T, HKV, d) and queries q (T, H, d) at pos0.."""
+        T, hkv, d = k.shape
+        q = q.reshape(T, hkv, q.shape[1] // hkv, d)
+        a, last = max(0, self.skip - pos0), len(self.n) - 1
+        while a < T:  # rows a..e-1 fall in block b
+            b = min((pos0 + a) // self.block, last)
+            e = T if b == last else min(T, (b + 1) * self.block - pos0)
+            kb, qb = k[a:e].astype(np.float64), q[a:e].astype(np.float64)
+            self.n[b, layer] += e - a
+            self.k[b, layer] += kb.sum(0)
+            self.k2[b, layer] += (kb * kb).sum(0)
+            self.q2[b, layer] += (qb * qb).mean(axis=2).sum(0)
+            a = e
+
+    def tables(self, capacity=None):
+        """(mean, scale), float16 (L, HKV, d) each, as KeyTransform.fit makes them, from the
+        blocks of positions below `capacity` (default: all)."""
+        nb = len(self.n) if capacity is None else max(1, min(len(self.n),
+                                                            -(-capacity // self.block)))
+        n = self.n[:nb].sum(0)[:, None, None]
+        mean = self.k[:nb].sum(0) / n
+        scale = channel_scale(self.q2[:nb].sum(0) / n,
+                              np.maximum(self.k2[:nb].sum(0) / n - mean ** 2, 0.0))
+        return mean.astype(np.float16), scale.astype(np.float16)
+
+
+def calibration_tokens(model, n, rounds, top_k, seed):
+    """n token ids the model writes itself (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    vocab = model.arch.vocab_size
+    k = min(top_k, vocab)
+    bos = model.tokenizer.bos_id
+    x = rng.integers(0, vocab, n)
+    x[0] = 0 if bos is None else bos
+    B = model.state.B
+    for _ in range(rounds):
+        model.reset()
+        for s in range(0, n - 1, B):  # a slice's samples feed the next slice at once
+            logits = model.forward(x[s:s + B], s)                  # (rows, vocab)
+            for r in range(0, len(logits), 32):  # a vocab of 262k is 1 MiB a row
+                block = logits[r:r + 32][:n - 1 - s - r]
+                if not len(block):
+                    break
+                top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+                z = np.take_along_axis(block, top, 1) + rng.gumbel(size=top.shape)
+                x[s + r + 1:s + r + 1 + len(block)] = top[np.arange(len(block)), z.argmax(1)]
+    return x
+
+
+def compute(path, progress=False, text=None):
+    """The Moments of the model file at `path` by RECIPE, on the host; with `text`, from BOS
+    and that text's first tokens instead of tokens the model writes."""
+    from nexvk.cache.config import CacheConfig
+    from nexvk.model.model import Model
+    r = RECIPE
+    m = Model.load(path, ctx=r["tokens"], progress=progress, cache=CacheConfig("f16", "f16"))
+    if text is None:
+        x = calibration_tokens(m, r["tokens"], r["rounds"], r["top_k"], r["seed"])
+    else:
+        x = np.array(m.tokenizer.encode(text, bos=True)[:r["tokens"]])
+        if len(x) < 2 * r["block"]:
+            raise ValueError(f"key statistics need at least {2 * r['block']} tokens of text, "
+                             f"got {len(x)}")
+    a = m.arch
+    moments = Moments(a.n_layers, a.n_kv_heads, a.head_dim, -(-r["tokens"] // r["block"]),
+                      r["block"])
+    m.cache.observer = moments
+    m.reset()
+    m.forward(x, 0, last_only=True)
+    return moments
+
+
+def key_stats(path, progress=False, refresh=False, text=None):
+    """The Moments of the model file at `path` (tables(capacity) gives a cache's mean and
+    scale): from the cache directory, or computed (and saved there) when missing, stale or
+    refresh=True; text: compute them from this text (saved until the next refresh)."""
+    from nexvk.model.fetch import home, sha256
+    digest = sha256(path)
+    out = home() / "keystats" / f"{digest[:32]}.npz"
+    parts = ("n", "k", "k2", "q2")
+    if out.is_file() and not refresh:
+        try:
+            with np.load(out) as f:
+                saved = json.loads(str(f["recipe"]))
+                if {k: v for k, v in saved.items() if k != "text"} == RECIPE:
+                    m = Moments(*f["k"].shape[1:], len(f["n"]), RECIPE["block"])
+                    for name in parts:
+                        getattr(m, name)[:] = f[name]
+                    return m
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: computed again below
+    m = compute(path, progress, text)
+    recipe = RECIPE if text is None else dict(RECIPE, text=sha256_text(text))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez(tmp, recipe=json.dumps(recipe), **{name: getattr(m, name) for name in parts})
+    tmp.replace(out)
+    return m
+
+
+def sha256_text(text):
+    import hashlib
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]

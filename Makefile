@@ -1,13 +1,14 @@
-# nexvk: `make` sets everything up and runs the default model; `make test` runs the tests.
+# nexvk: `make` sets everything up and asks the default (instruct) model a question as a chat;
+# `make test` runs the tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NEXVK := $(VENV)/bin/nexvk
-PROMPT ?= The three most useful things to know about the sun are
+PROMPT ?= Give me three tips for a good night's sleep.
 
 .PHONY: demo setup test bench validate shaders
 demo: setup
 	$(NEXVK) devices || true
-	$(NEXVK) run -p "$(PROMPT)" -n 64 -ctk turbo3 -ctv turbo3
+	$(NEXVK) run --chat -p "$(PROMPT)" -n 160 -ctk turbo4 -ctv turbo3
 
 setup:
 	bash tools/setup.sh

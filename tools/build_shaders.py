@@ -36,6 +36,7 @@ VARIANTS = {
     "glu": ("glu.comp", {}),
     "add": ("add.comp", {}),
     "copy_words": ("copy_words.comp", {}),
+    "read_words": ("read_words.comp", {}),
 }
 # the products and the embedding lookup: one variant per GGML weight type
 for _op in ("mul_mv", "mul_mm", "get_rows"):

@@ -7,6 +7,7 @@ layers into arenas no larger than the device's storage-buffer limit. One lock se
 public methods, so a cache shared by threads never loses or mixes up tokens (calls then run
 one at a time, not in parallel).
 """
+import contextlib
 import threading
 
 import numpy as np
@@ -15,6 +16,7 @@ from nexvk.backends import backend as backend_of
 from nexvk.backends import resolve
 from nexvk.cache.config import DEFAULT_MAX_BATCH, CacheConfig, check_sparse_v
 from nexvk.cache.layout import CacheLayout, count
+from nexvk.cache.state_rows import state_array
 from nexvk.quant import check_vectors
 from nexvk.quant.transform import KeyTransform
 
@@ -246,6 +248,68 @@ class KVCache:
                                  f"tokens; cannot append {T} more")
             self._check_ring(layer, T, "append")
         self._len = [pos + T] * self.n_layers
+
+    # ---- state (prompt caches) -------------------------------------------------------------
+    def state(self):
+        """The cached tokens as {name: array}: each layer's rows in position order (codes,
+        scales, float16 sinks), the raw keys of sinks awaiting the key transform, the
+        transform's tables and ready flags, and the lengths; restore() puts them back into a
+        cache of the same formats (any capacity that holds them, either backend).
+        NOTE: on a device backend a layer the host did not fit takes its tables and raw sink
+        keys from the device (a model's step fits them there); a cache filled by host-array
+        append() calls on a device, not yet past its sinks, keeps its raw sink keys on the host
+        and saves the device's (unused) ones."""
+        device = backend_of(self.backend).device
+        with self._lock, self._staging():
+            t = self.transform
+            out = {"lengths": np.array(self._len, np.int64), "key_mean": t.mean.copy(),
+                   "key_scale": t.scale.copy(), "key_ready": t.ready.copy()}
+            for layer, n in enumerate(self._len):
+                S = self.layer_sinks[layer]
+                raw = self._raw_sinks[layer]
+                if device and t.active[layer] and not t.ready[layer]:
+                    mean, scale, raw = self._impl.transform_state(layer)
+                    out["key_mean"][layer], out["key_scale"][layer] = mean, scale
+                    out["key_ready"][layer] = n > S
+                out[f"raw_sinks{layer}"] = raw[:min(n, len(raw))].copy()
+                out.update({f"{k}{layer}": a for k, a in self._impl.state(layer, n).items()})
+            return out
+
+    def restore(self, state):
+        """Replace the cache's contents by a state() of a cache with the same formats
+        (ValueError, and the cache as it was, when it does not fit this one)."""
+        device = backend_of(self.backend).device
+        with self._lock, self._staging():
+            t = self.transform
+            lengths = state_array(state, "lengths", (self.n_layers,), np.int64)
+            if lengths.min() < 0 or lengths.max() > self.capacity:
+                raise ValueError(f"the saved cache holds up to {lengths.max()} tokens; this "
+                                 f"cache takes {self.capacity}")
+            tables = [state_array(state, name, like.shape, like.dtype)
+                      for name, like in (("key_mean", t.mean), ("key_scale", t.scale),
+                                         ("key_ready", t.ready))]
+            raw = [state_array(state, f"raw_sinks{i}",
+                                (min(n, len(r)),) + r.shape[1:], r.dtype)
+                   for i, (n, r) in enumerate(zip(lengths, self._raw_sinks))]
+            layers = [self._impl.check_state(i, int(n), state) for i, n in enumerate(lengths)]
+            t.mean[:], t.scale[:], t.ready[:] = tables  # everything checked: now write
+            for i, rows in enumerate(layers):
+                self._impl.restore(i, int(lengths[i]), rows)
+                self._raw_sinks[i][:len(raw[i])] = raw[i]
+                if device and t.active[i]:
+                    self._impl.set_tables(i, t.mean[i], t.scale[i])
+                    self._impl.set_raw_sinks(i, raw[i])
+            self._len = [int(n) for n in lengths]
+
+    @contextlib.contextmanager
+    def _staging(self):
+        """On a device backend, frees the staging buffer that reads and writes went through."""
+        try:
+            yield
+        finally:
+            if backend_of(self.backend).device:
+                from nexvk.kernels import upload
+                upload.release(self._impl.dev)
 
     @property
     def store(self):

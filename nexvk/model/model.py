@@ -68,6 +68,7 @@ class Model:
                     self.ops.record(*self._prepare(T, mode)[::2])
                 upload.release(self.ops.dev)  # the RoPE tables went up through the staging buffer
         self.pos = 0
+        self.tokens = []  # the token ids in the cache, by position
         self.stats = {}
 
     def _with_stats(self, c, ctx):
@@ -150,6 +151,7 @@ class Model:
     def reset(self):
         self.cache.reset()
         self.pos = 0
+        self.tokens = []
 
     def forward(self, tokens, pos, last_only=False):
         """Run tokens (T,) at positions pos..pos+T-1 after the pos tokens already cached.
@@ -175,6 +177,8 @@ class Model:
             self.cache.truncate(pos)
             raise
         self.pos = pos + T
+        del self.tokens[pos:]
+        self.tokens += tokens.tolist()
         return logits
 
     def check_step(self, tokens, pos):
@@ -236,10 +240,48 @@ class Model:
         return out
 
     # ---- generation --------------------------------------------------------------------
+    def prefill(self, ids, reuse=True):
+        """Run the prompt `ids` and return the last token's logits (vocab,). reuse: keep the
+        cached tokens that begin it (from an earlier call, a chat turn or load_state) and run
+        only the rest; stats["reused_tokens"] says how many were kept."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        keep = self._reusable(ids) if reuse else 0
+        if keep:
+            self.cache.truncate(keep)
+            self.pos = keep
+            del self.tokens[keep:]
+        else:
+            self.reset()
+        logits = self.forward(ids[keep:], keep, last_only=True)[0]
+        self.stats["reused_tokens"] = keep
+        return logits
+
+    def _reusable(self, ids):
+        """Cached tokens that can stay for prompt `ids`: their common prefix, less the last
+        prompt token (run again for its logits); 0 when rolling back to it is unsafe: on a
+        sliding-window layer more than max_batch positions back (the ring has reused their
+        slots), or to before the key transform was fitted (position `sinks`)."""
+        n = 0
+        for a, b in zip(self.tokens, ids[:-1]):
+            if a != b:
+                break
+            n += 1
+        drop = len(self.tokens) - n
+        if drop and (n <= max(self.cache.layer_sinks) or
+                     (any(self.cache.windows) and drop > self.cache.max_batch)):
+            return 0
+        return n
+
     def generate(self, prompt, n=64, temperature=0.0, top_k=0, top_p=1.0, seed=0, stream=None,
-                 chat=False, bos=None):
+                 chat=False, bos=None, reuse=False, prompt_cache=None):
         """Continue `prompt` by up to n tokens (stops early at an end-of-text token); n = -1
-        generates until an end-of-text token or the end of the context.
+        generates until an end-of-text token or the end of the context. chat: the prompt is
+        one user turn of the model's chat template. reuse: keep the cached tokens that begin
+        the prompt (e.g. from load_state) and prefill only the rest. prompt_cache: a file
+        path: start from its cache when it exists, write the prompt's cache there when not
+        (nexvk.model.state.prefill_cached).
         Calls stream(text_piece) as text becomes available; returns the generated text and
         fills self.stats with prefill/decode token counts, seconds and tokens/s."""
         tok = self.tokenizer
@@ -249,18 +291,62 @@ class Model:
             if tok.bos_id is None:
                 raise ValueError("empty prompt and the model has no BOS token")
             ids = [int(tok.bos_id)]
+        n = self._budget(n, len(ids))
+        return self._respond(ids, n, Sampler(temperature, top_k, top_p, seed), stream, reuse,
+                             prompt_cache)
+
+    def chat(self, messages, n=-1, temperature=0.0, top_k=0, top_p=1.0, seed=0, stream=None,
+             prompt_cache=None):
+        """The assistant's reply to `messages` ([{"role": "system"/"user"/"assistant",
+        "content": str}, ...], rendered with the model's chat template), up to n tokens (-1:
+        until its end-of-turn token or the end of the context). The tokens of earlier turns
+        stay in the cache: only what is new since the last call is prefilled. When the
+        conversation and a reply would not fit the context, the oldest turns after the system
+        prompt are left out: stats["dropped"] says how many messages (from the first after
+        any system message), and the rest is prefilled again. prompt_cache: as generate's."""
+        tok = self.tokenizer
+        room = n if n >= 0 else max(1, self.ctx // 4)  # a reply of at least this many tokens
+        first = 1 if messages and isinstance(messages[0], dict) and \
+            messages[0].get("role") == "system" else 0
+        msgs, dropped = list(messages), 0
+        ids = tok.encode_chat(msgs)
+        while len(ids) + room > self.ctx and len(msgs) - first > 1:
+            k = 1  # drop the oldest turn: its message and any that follow up to a user's
+            while len(msgs) - first - k > 1 and msgs[first + k].get("role") != "user":
+                k += 1
+            del msgs[first:first + k]
+            dropped += k
+            ids = tok.encode_chat(msgs)
+        if len(ids) + room > self.ctx:
+            raise ValueError(f"the conversation's last message takes {len(ids)} tokens; with "
+                             f"{room} for the reply that exceeds the context of {self.ctx} "
+                             "tokens (raise -c or shorten it)")
+        n = self._budget(n, len(ids))
+        self.stats["dropped"] = dropped  # set before the reply streams, for the caller to say
+        return self._respond(ids, n, Sampler(temperature, top_k, top_p, seed), stream, True,
+                             prompt_cache)
+
+    def _budget(self, n, prompt_len):
+        """Tokens to generate after a prompt: n checked, -1 = the rest of the context."""
         if n == -1:
-            n = max(self.ctx - len(ids), 0)
-        elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            return max(self.ctx - prompt_len, 0)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"n must be the number of tokens to generate (>= 0, or -1 for "
                              f"until the end of the context), got {n!r}")
-        if len(ids) + n > self.ctx:
-            raise ValueError(f"prompt ({len(ids)} tokens) + {n} new tokens exceed the context "
+        if prompt_len + n > self.ctx:
+            raise ValueError(f"prompt ({prompt_len} tokens) + {n} new tokens exceed the context "
                              f"of {self.ctx} tokens (raise -c or shorten the prompt)")
-        sampler = Sampler(temperature, top_k, top_p, seed)
-        self.reset()
+        return n
+
+    def _respond(self, ids, n, sampler, stream, reuse, prompt_cache=None):
+        """Prefill ids, then sample up to n tokens, streaming text; stops at a stop id."""
+        tok = self.tokenizer
         t0 = time.perf_counter()
-        logits = self.forward(ids, 0, last_only=True)[0]
+        if prompt_cache is None:
+            logits = self.prefill(ids, reuse)
+        else:
+            from nexvk.model.state import prefill_cached
+            logits = prefill_cached(self, ids, prompt_cache)
         t1 = time.perf_counter()
         out, text, n_dec = [], "", 0
         for i in range(n):
@@ -277,14 +363,31 @@ class Model:
                 logits = self.forward([nxt], self.pos)[0]
                 n_dec += 1
         t2 = time.perf_counter()
-        self.stats.update(prompt_tokens=len(ids), prefill_s=t1 - t0,
-                          prefill_tok_s=len(ids) / max(t1 - t0, 1e-9),
+        done = len(ids) - self.stats["reused_tokens"]
+        self.stats.update(prompt_tokens=len(ids), prefill_tokens=done, prefill_s=t1 - t0,
+                          prefill_tok_s=done / max(t1 - t0, 1e-9),
                           decode_tokens=n_dec, decode_s=t2 - t1,
                           decode_tok_s=n_dec / max(t2 - t1, 1e-9), generated=len(out))
         final = tok.decode(out)
         if stream and final != text:
             stream(final[len(text):])
         return final
+
+    # ---- prompt caches -------------------------------------------------------------------
+    def save_state(self, path, meta=None):
+        """Write the cache of the tokens processed so far (codes, norms, sinks, key transform,
+        token ids) to `path`, with this model's identity and cache format and `meta` (any
+        JSON value) (nexvk/model/state.py). Returns the bytes written."""
+        from nexvk.model.state import save
+        return save(self, path, meta)
+
+    def load_state(self, path):
+        """Restore a file written by save_state (ValueError, cache unchanged, when it comes
+        from another model or cache format, or is truncated or corrupt) and return its meta;
+        a later prompt that starts with its tokens (generate(..., reuse=True), chat)
+        prefills only the rest."""
+        from nexvk.model.state import load
+        return load(self, path)
 
 
 def load_weights(g, a, backend, device=None, progress=False):

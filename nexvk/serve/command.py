@@ -40,6 +40,7 @@ def cmd_serve(args):
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     path = resolve_model(args.model)
-    m = Model.load(path, ctx=args.ctx, progress=True, cache=commands.cache_config(args, path))
+    m = Model.load(path, ctx=args.ctx, progress=True, cache=commands.cache_config(args, path),
+                   threads=args.threads)
     serve(m, args.n_parallel, args.host, args.port, args.alias or Path(path).stem)
     return 0

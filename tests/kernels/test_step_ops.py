@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nexvk.kernels import add, glu, rms_norm, rope
-from nexvk.kernels.upload import release, upload_words
+from nexvk.kernels.upload import download_words, release, upload_words
 
 U2 = 2.0 ** -48
 
@@ -92,6 +92,24 @@ def test_upload_words_lands_at_the_offset(device, monkeypatch, rng):
     assert np.array_equal(dst.host, want)
     with pytest.raises(ValueError, match="overflows"):
         upload_words(device, dst, 4000, words)
+    release(device)
+    device.release("test/")
+
+
+def test_download_words_reads_a_storage_buffer(device, monkeypatch, rng):
+    """Words uploaded into a device-only buffer come back from any offset, through several
+    staging chunks, equal to the numpy twin's slice."""
+    import nexvk.kernels.upload as up
+    monkeypatch.setattr(up, "CHUNK", 1024)
+    device.release("upload/")
+    src = device.pool.get("test/storage", 5000, np.uint32)
+    words = rng.integers(0, 2**32, 5000, dtype=np.uint32)
+    upload_words(device, src, 0, words)
+    assert np.array_equal(download_words(device, src, 777, 2500), words[777:3277])
+    assert np.array_equal(download_words(device, src, 0, 5000), words)
+    assert download_words(device, src, 10, 0).size == 0
+    with pytest.raises(ValueError, match="overflows"):
+        download_words(device, src, 4000, 1001)
     release(device)
     device.release("test/")
 

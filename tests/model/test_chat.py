@@ -96,3 +96,68 @@ def test_template_is_sandboxed(smol):
 def test_bad_messages(smol, bad):
     with pytest.raises(ValueError):
         smol.encode_chat(bad)
+
+
+# ---- Model.chat and `nexvk chat` -------------------------------------------------------------
+SYSTEM = {"role": "system", "content": "Answer in one short sentence."}
+
+
+def test_turns_are_appended_not_prefilled_again(model):
+    m = model.with_cache("turbo3", "turbo3")
+    pieces = []
+    talk = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
+    reply = m.chat(talk, n=24, stream=pieces.append)
+    assert "Paris" in reply and "".join(pieces) == reply
+    assert m.stats["reused_tokens"] == 0 and m.stats["dropped"] == 0
+    cached = list(m.tokens)
+    talk += [{"role": "assistant", "content": reply},
+             {"role": "user", "content": "And of Italy?"}]
+    reply = m.chat(talk, n=24)
+    assert reply.strip()
+    # every token of the first turn stayed in the cache; only the new turn was prefilled
+    assert m.stats["reused_tokens"] == len(cached)
+    assert m.tokens[:len(cached)] == cached
+    ids = m.tokenizer.encode_chat(talk)
+    assert m.stats["prefill_tokens"] == len(ids) - len(cached)
+
+
+def test_a_full_context_drops_the_oldest_turns(model):
+    m = model.with_cache("f16", "f16", ctx=160)
+    talk = [SYSTEM]
+    for i in range(6):
+        talk += [{"role": "user", "content": f"Question number {i}: tell me about the number {i}."},
+                 {"role": "assistant", "content": f"The number {i} is a number " * 3}]
+    talk.append({"role": "user", "content": "Thanks!"})
+    assert len(m.tokenizer.encode_chat(talk)) + 16 > 160
+    m.chat(talk, n=16)
+    k = m.stats["dropped"]
+    assert k >= 2 and k % 2 == 0  # whole turns: a question and its answer
+    kept = [talk[0]] + talk[1 + k:]
+    assert m.tokens[:m.stats["prompt_tokens"]] == m.tokenizer.encode_chat(kept)
+    with pytest.raises(ValueError, match="last message"):
+        m.chat([SYSTEM, {"role": "user", "content": "word " * 200}], n=16)
+
+
+def _chat(capsys, monkeypatch, model_path, stdin, *flags):
+    import io
+    from nexvk.cli import main
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as e:
+        main(["chat", "-m", str(model_path), "-c", "256", "-n", "24", "--backend", "numpy",
+              "-ctk", "f16", "-ctv", "f16",
+              *flags])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_chat_command_reads_stdin_until_eof(model_path, tmp_path, capsys, monkeypatch):
+    f = tmp_path / "talk.npz"
+    stdin = (f"What is the capital of France?\n/save {f}\n/reset\n/load {tmp_path}/none\n"
+             f"/load {f}\nAnd of Italy?\n/bogus\n")
+    rc, out, err = _chat(capsys, monkeypatch, model_path, stdin, "-sys", SYSTEM["content"])
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and "Paris" in lines[0] and lines[1].strip()
+    assert "saved 3 messages" in err and "conversation reset" in err
+    assert "error: prompt cache not found" in err and "loaded 3 messages" in err
+    assert "unknown command /bogus" in err and "Traceback" not in err

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from nexvk.cpu import half
 from nexvk.cpu.fastexp import exp
-from nexvk.cpu.formats import F16, Q4_0, Q8_0, TURBO
+from nexvk.cpu.formats import F16, Q8_0, TURBO
 from nexvk.cpu.rotate import rotate, unrotate
 from nexvk.kernels.attention import ref  # noqa: F401  (the numpy twin)
 

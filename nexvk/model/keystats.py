@@ -13,6 +13,8 @@ them (with -f TEXT: from that text instead, e.g. a sample of what the model will
 docs/hardening.md has the measurements behind the recipe.
 """
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -61,7 +63,7 @@ class Moments:
         return mean.astype(np.float16), scale.astype(np.float16)
 
 
-def calibration_tokens(model, n, rounds, top_k, seed):
+def calibration_tokens(model, n, rounds, top_k, seed, progress=False):
     """n token ids the model writes itself (see the module docstring)."""
     rng = np.random.default_rng(seed)
     vocab = model.arch.vocab_size
@@ -70,7 +72,12 @@ def calibration_tokens(model, n, rounds, top_k, seed):
     x = rng.integers(0, vocab, n)
     x[0] = 0 if bos is None else bos
     B = model.state.B
-    for _ in range(rounds):
+    passes = range(rounds)
+    if progress:
+        from tqdm import tqdm
+        passes = tqdm(passes, desc="key statistics: self-written text", unit="pass",
+                      file=sys.stderr)
+    for _ in passes:
         model.reset()
         for s in range(0, n - 1, B):  # a slice's samples feed the next slice at once
             logits = model.forward(x[s:s + B], s)                  # (rows, vocab)
@@ -92,7 +99,7 @@ def compute(path, progress=False, text=None):
     r = RECIPE
     m = Model.load(path, ctx=r["tokens"], progress=progress, cache=CacheConfig("f16", "f16"))
     if text is None:
-        x = calibration_tokens(m, r["tokens"], r["rounds"], r["top_k"], r["seed"])
+        x = calibration_tokens(m, r["tokens"], r["rounds"], r["top_k"], r["seed"], progress)
     else:
         x = np.array(m.tokenizer.encode(text, bos=True)[:r["tokens"]])
         if len(x) < 2 * r["block"]:
@@ -126,6 +133,10 @@ def key_stats(path, progress=False, refresh=False, text=None):
                     return m
         except (OSError, ValueError, KeyError):
             pass  # unreadable: computed again below
+    if progress:
+        print(f"nexvk: key statistics of {Path(path).name} are computed once ({RECIPE['rounds'] + 1} "
+              f"passes over {RECIPE['tokens']} tokens on the host; a few minutes on 2 cores) and "
+              f"cached in {out.parent}", file=sys.stderr)
     m = compute(path, progress, text)
     recipe = RECIPE if text is None else dict(RECIPE, text=sha256_text(text))
     out.parent.mkdir(parents=True, exist_ok=True)

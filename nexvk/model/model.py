@@ -79,7 +79,7 @@ class Model:
             return c
         if self._key_stats is None and self.source is not None:
             from nexvk.model.keystats import key_stats
-            self._key_stats = key_stats(self.source)
+            self._key_stats = key_stats(self.source, progress=True)
         if self._key_stats is None:
             return c
         mean, scale = self._key_stats.tables(ctx)

@@ -2,7 +2,6 @@
 line's low rows, presets, codes of the wrong width, a vocabulary shorter than the
 embeddings, and crafted files run under a memory cap. Each test failed before its fix."""
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -202,21 +201,34 @@ def test_ppl_reads_only_what_the_chunks_need(tiny, tmp_path):
     assert rss < 600 << 20, rss
 
 
+# NOTE: Linux keeps a process's peak RSS across exec, and a forked child starts with its
+# parent's resident pages: a child forked straight from a big pytest process would report
+# pytest's size. So a small launcher (its own peak is pytest's; a fork of it starts afresh)
+# runs the command and reports the command's own exit code and peak RSS.
+_LAUNCH = """
+import os, resource, subprocess, sys
+cap, report = int(sys.argv[1]), sys.argv[2]
+p = subprocess.Popen(sys.argv[3:],
+                     preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+_, status, usage = os.wait4(p.pid, 0)
+with open(report, "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def capped(args, cap=3 << 30):
     """`nexvk ARGS` in a child under an address-space cap: (exit code, stdout, stderr, the
     child's peak RSS in bytes)."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen([sys.executable, "-m", "nexvk", *args], cwd=REPO, stdout=out,
-                             stderr=err, text=True, preexec_fn=limit,
-                             env={**os.environ, "OPENBLAS_NUM_THREADS": "1",
-                                  "RAYON_NUM_THREADS": "1"})
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r") as report:
+        subprocess.run([sys.executable, "-c", _LAUNCH, str(cap), report.name, sys.executable,
+                        "-m", "nexvk", *args], cwd=REPO, stdout=out, stderr=err, text=True,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1"},
+                       check=True)
+        rc, maxrss = (int(x) for x in report.read().split())
         out.seek(0)
         err.seek(0)
-        return p.returncode, out.read(), err.read(), usage.ru_maxrss << 10
+        return rc, out.read(), err.read(), maxrss << 10
 
 
 def _spm_file(tiny, fuzz, pieces):

@@ -5,7 +5,7 @@ supported (arch.py), loads the named weights (weights.py) and runs `forward.forw
 Ops backend: numpy (ops_numpy.py: float32 weights, each op executed at once), cpu
 (nexvk/cpu: compiled kernels, weights as stored, each op executed at once) or vulkan
 (ops_vulkan.py: weights in their GGUF formats on the device, each step shape recorded once
-into one graph and replayed, one submission per step). The KV cache (numpy or vulkan store)
+into one graph and replayed, one submission per step). The KV cache (its store per backend)
 is the only thing that knows the KV formats; it keeps only the window on sliding-window layers.
 """
 import time
@@ -52,7 +52,8 @@ class Model:
                              window=list(a.window), config=c.replace(max_batch=B))
         b = backend_of(c.backend)
         self.threads = threads
-        self.ops = b.get("ops")(self.cache, c.sparse_v, **({"threads": threads} if b.threads else {}))
+        self.ops = b.get("ops")(self.cache, c.sparse_v,
+                                **({"threads": threads} if b.threads else {}))
         if not b.device:
             self.state = State(a, B, self.ops)
             self._states = {}

@@ -351,6 +351,25 @@ def e2e_peer(path, tokenizer, cache="f16", ctx=512, decode_tokens=64, name="smol
     return row
 
 
+def peer_row(path, cache="f16", ctx=512, decode_tokens=64, name="smollm2-135m", threads=None):
+    """e2e_peer in a fresh process. NOTE: in a process where the cpu backend has run, numba's
+    (and OpenBLAS's) worker threads take cores from llama.cpp's: measured 35 instead of 91
+    decode tok/s for SmolLM2 at 512 on 2 cores."""
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_peer_in_child, (str(path), cache, ctx, decode_tokens, name, threads))
+
+
+def _peer_in_child(path, cache, ctx, decode_tokens, name, threads):
+    # NOTE: nexvk.cpu.jit sets OMP_WAIT_POLICY=passive for numba's OpenMP threads; llama.cpp's
+    # OpenMP threads meet at a barrier after every op and slow down ~2.5x when they sleep there
+    if os.environ.get("OMP_WAIT_POLICY") == "passive" and "NEXVK_OMP_WAIT_POLICY_SET" in os.environ:
+        del os.environ["OMP_WAIT_POLICY"]
+    from nexvk.model.gguf import open_gguf
+    from nexvk.model.tokenizer import Tokenizer
+    return e2e_peer(path, Tokenizer(open_gguf(path)), cache, ctx, decode_tokens, name, threads)
+
+
 def add_one_ratio(rows):
     """x_one: each concurrency row's aggregate tokens/s over one sequence's (same backend
     and cache)."""
@@ -427,10 +446,7 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None, 
             return [e2e(model(name, path, b), cache, ctx, cfg["decode_tokens"], name)]
 
         def peer_step(name, path, cache, ctx):
-            from nexvk.model.gguf import open_gguf
-            from nexvk.model.tokenizer import Tokenizer
-            return [e2e_peer(path, Tokenizer(open_gguf(path)), cache, ctx,
-                             cfg["decode_tokens"], name, threads)]
+            return [peer_row(path, cache, ctx, cfg["decode_tokens"], name, threads)]
         for name, path in e2e_models().items():
             for b in backends:
                 ctxs = cfg["e2e_contexts"] if name == "smollm2-135m" else cfg["e2e_contexts"][:1]

@@ -22,7 +22,9 @@ def _cache_dir():
 
 
 _cache_dir()
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+if "OMP_WAIT_POLICY" not in os.environ:  # idle numba threads sleep instead of spinning
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+    os.environ["NEXVK_OMP_WAIT_POLICY_SET"] = "1"  # so bench's llama.cpp child can undo it
 try:
     import numba
 except ImportError:  # the backend registry says why and falls back to numpy

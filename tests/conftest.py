@@ -45,3 +45,19 @@ def _no_validation_errors(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def gemma_path():
+    """Gemma-3-270M Q4_K_M: $NEXVK_GEMMA when set; in CI (CI=true) `nexvk fetch gemma3-270m`
+    through nexvk.model.fetch.fetch_model, so the tests run there; elsewhere skipped when not
+    given, since its licence (Google's Gemma terms) lets us fetch it only when asked to."""
+    env = os.environ.get("NEXVK_GEMMA")
+    if env:
+        if not Path(env).is_file():
+            pytest.fail(f"NEXVK_GEMMA={env} is not a file")
+        return Path(env)
+    if os.environ.get("CI") == "true":
+        from nexvk.model.fetch import fetch_model
+        return fetch_model("gemma3-270m", progress=False)
+    pytest.skip("Gemma-3-270M not given: set NEXVK_GEMMA to its GGUF (`nexvk fetch gemma3-270m`)")

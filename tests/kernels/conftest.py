@@ -1,13 +1,9 @@
 """Real GGUF tensors for the weight-kernel tests: SmolLM2 (the default model, fetched like the
-model tests fetch it) and Gemma-3 270M Q4_K_M where present (NEXVK_GEMMA or /tmp/gemma)."""
-import os
+model tests fetch it) and Gemma-3 270M Q4_K_M (the gemma_path fixture: NEXVK_GEMMA, fetched in CI)."""
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-GEMMA = Path(os.environ.get("NEXVK_GEMMA", "/tmp/gemma/gemma.gguf"))
-
 
 class Tensors:
     """name -> (type name, rows, cols, offset, bytes); raw(name, rows) reads with a plain file
@@ -92,7 +88,5 @@ def smollm():
 
 
 @pytest.fixture(scope="session")
-def gemma():
-    if not GEMMA.is_file():
-        pytest.skip(f"Gemma-3 270M Q4_K_M GGUF not at {GEMMA} (set NEXVK_GEMMA)")
-    return Tensors(GEMMA)
+def gemma(gemma_path):
+    return Tensors(gemma_path)

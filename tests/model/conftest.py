@@ -3,7 +3,6 @@ per backend shared by the tests (numpy: weights dequantized once; vulkan: upload
 wikitext-2 test text, Gemma-3-270M (the one place that finds it: see gemma_path) and the tiny
 llama GGUF of tools/fuzz_gguf.py (loads in milliseconds; variants via `tiny`)."""
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -39,22 +38,6 @@ def wikitext():
     if not WIKITEXT.is_file():
         pytest.skip(f"wikitext-2 test text not found at {WIKITEXT}")
     return WIKITEXT.read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="session")
-def gemma_path():
-    """Gemma-3-270M Q4_K_M: $NEXVK_GEMMA when set; in CI (CI=true) `nexvk fetch gemma3-270m`
-    through nexvk.model.fetch.fetch_model, so the tests run there; elsewhere skipped when not
-    given, since its licence (Google's Gemma terms) lets us fetch it only when asked to."""
-    env = os.environ.get("NEXVK_GEMMA")
-    if env:
-        if not Path(env).is_file():
-            pytest.fail(f"NEXVK_GEMMA={env} is not a file")
-        return Path(env)
-    if os.environ.get("CI") == "true":
-        from nexvk.model.fetch import fetch_model
-        return fetch_model("gemma3-270m", progress=False)
-    pytest.skip("Gemma-3-270M not given: set NEXVK_GEMMA to its GGUF (`nexvk fetch gemma3-270m`)")
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,11 @@
 (nexvk.quant.transform), fitted once per model file and cached, so that every sequence of a
 model -- a one-token chat turn, a decode, a whole prefill -- stores its keys the same way.
 
-The tokens come from the model itself, so nothing is shipped: from BOS and random tokens,
-ROUNDS passes each replace every token by a sample of the model's next-token distribution at
-the position before it (top-k, fixed seed); after the last pass a prefill of those TOKENS
-tokens records each layer's keys and queries as the cache receives them (after RoPE), and
-the statistics are their moments over every position but the first (a sink). They run on the
+The tokens come from the model itself, so nothing is shipped: SEQUENCES sequences, each from
+BOS (a random token without one), sampled one token at a time (top-k, fixed seed) in one
+batch (nexvk.model.batch), are joined into TOKENS tokens after one BOS; a prefill of those
+records each layer's keys and queries as the cache receives them (after RoPE), and the
+statistics are their moments over every position but the first (a sink). They run on the
 host (the numpy backend, an f16 cache), whatever backend the model then uses, and are cached
 in <nexvk home>/keystats/ under the file's sha256; `nexvk calibrate --key-stats` recomputes
 them (with -f TEXT: from that text instead, e.g. a sample of what the model will read).
@@ -20,7 +20,7 @@ import numpy as np
 
 from nexvk.quant.transform import channel_scale
 
-RECIPE = {"version": 2, "tokens": 2048, "rounds": 2, "top_k": 40, "seed": 0, "block": 256}
+RECIPE = {"version": 3, "tokens": 2048, "sequences": 8, "top_k": 40, "seed": 0, "block": 256}
 
 
 class Moments:
@@ -63,32 +63,30 @@ class Moments:
         return mean.astype(np.float16), scale.astype(np.float16)
 
 
-def calibration_tokens(model, n, rounds, top_k, seed, progress=False):
-    """n token ids the model writes itself (see the module docstring)."""
+def calibration_tokens(model, n, sequences, top_k, seed, progress=False):
+    """n token ids the model writes itself (see the module docstring); model: an f16 cache."""
+    from nexvk.model.batch import Batch
     rng = np.random.default_rng(seed)
     vocab = model.arch.vocab_size
     k = min(top_k, vocab)
     bos = model.tokenizer.bos_id
-    x = rng.integers(0, vocab, n)
-    x[0] = 0 if bos is None else bos
-    B = model.state.B
-    passes = range(rounds)
+    steps = -(-(n - 1) // sequences)            # tokens each sequence writes
+    gen = model.with_cache(ctx=steps + 1)
+    seqs = [gen.with_cache() for _ in range(sequences)]
+    batch = Batch(gen, sequences)
+    x = np.empty((steps + 1, sequences), np.int64)
+    x[0] = rng.integers(0, vocab, sequences) if bos is None else bos
+    bar = range(steps)
     if progress:
         from tqdm import tqdm
-        passes = tqdm(passes, desc="key statistics: self-written text", unit="pass",
-                      file=sys.stderr)
-    for _ in passes:
-        model.reset()
-        for s in range(0, n - 1, B):  # a slice's samples feed the next slice at once
-            logits = model.forward(x[s:s + B], s)                  # (rows, vocab)
-            for r in range(0, len(logits), 32):  # a vocab of 262k is 1 MiB a row
-                block = logits[r:r + 32][:n - 1 - s - r]
-                if not len(block):
-                    break
-                top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-                z = np.take_along_axis(block, top, 1) + rng.gumbel(size=top.shape)
-                x[s + r + 1:s + r + 1 + len(block)] = top[np.arange(len(block)), z.argmax(1)]
-    return x
+        bar = tqdm(bar, desc="key statistics: self-written text", unit="step",
+                   file=sys.stderr)
+    for i in bar:
+        logits = batch.step(seqs, x[i])                             # (sequences, vocab)
+        top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+        z = np.take_along_axis(logits, top, 1) + rng.gumbel(size=top.shape)
+        x[i + 1] = top[np.arange(sequences), z.argmax(1)]
+    return np.concatenate([x[:1, 0], x[1:].T.reshape(-1)])[:n]
 
 
 def compute(path, progress=False, text=None):
@@ -99,7 +97,7 @@ def compute(path, progress=False, text=None):
     r = RECIPE
     m = Model.load(path, ctx=r["tokens"], progress=progress, cache=CacheConfig("f16", "f16"))
     if text is None:
-        x = calibration_tokens(m, r["tokens"], r["rounds"], r["top_k"], r["seed"], progress)
+        x = calibration_tokens(m, r["tokens"], r["sequences"], r["top_k"], r["seed"], progress)
     else:
         x = np.array(m.tokenizer.encode(text, bos=True)[:r["tokens"]])
         if len(x) < 2 * r["block"]:
@@ -110,7 +108,14 @@ def compute(path, progress=False, text=None):
                       r["block"])
     m.cache.observer = moments
     m.reset()
-    m.forward(x, 0, last_only=True)
+    B = m.state.B
+    starts = range(0, len(x), B)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="key statistics: keys and queries", unit="step",
+                      file=sys.stderr)
+    for s in starts:
+        m.forward(x[s:s + B], s, last_only=True)
     return moments
 
 
@@ -120,7 +125,8 @@ def key_stats(path, progress=False, refresh=False, text=None):
     refresh=True; text: compute them from this text (saved until the next refresh)."""
     from nexvk.model.fetch import home, sha256
     digest = sha256(path)
-    out = home() / "keystats" / f"{digest[:32]}.npz"
+    # one file per recipe version: installs of different versions sharing a home keep theirs
+    out = home() / "keystats" / f"{digest[:32]}-r{RECIPE['version']}.npz"
     parts = ("n", "k", "k2", "q2")
     if out.is_file() and not refresh:
         try:
@@ -134,9 +140,9 @@ def key_stats(path, progress=False, refresh=False, text=None):
         except (OSError, ValueError, KeyError):
             pass  # unreadable: computed again below
     if progress:
-        print(f"nexvk: key statistics of {Path(path).name} are computed once ({RECIPE['rounds'] + 1} "
-              f"passes over {RECIPE['tokens']} tokens on the host; a few minutes on 2 cores) and "
-              f"cached in {out.parent}", file=sys.stderr)
+        print(f"nexvk: key statistics of {Path(path).name} are computed once (the model writes "
+              f"{RECIPE['tokens']} tokens and reads them back on the host; a few minutes on 2 "
+              f"cores) and cached in {out.parent}", file=sys.stderr)
     m = compute(path, progress, text)
     recipe = RECIPE if text is None else dict(RECIPE, text=sha256_text(text))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,25 @@ def test_moments_by_position_block_count_the_positions_below_a_capacity(rng):
         assert np.allclose(mean, t.mean, atol=2e-3) and np.allclose(scale, t.scale, rtol=2e-3)
 
 
+def test_calibration_tokens_are_sequences_the_model_writes_from_bos(tiny):
+    """Each sequence of the batch is what the model writes alone from BOS (top_k=1: greedy,
+    so the batched sampling can be checked against a plain decode); the text is BOS and then
+    the sequences one after another, the same for the same seed."""
+    m = Model.load(tiny(), ctx=32)
+    x = keystats.calibration_tokens(m, 20, 3, top_k=1, seed=0)
+    bos = m.tokenizer.bos_id
+    assert len(x) == 20 and x[0] == bos
+    greedy, tok = [], bos
+    m.reset()
+    for pos in range(7):
+        tok = int(np.argmax(m.forward([tok], pos)[-1]))
+        greedy.append(tok)
+    assert x[1:].tolist() == (greedy * 3)[:19]
+    sampled = keystats.calibration_tokens(m, 20, 3, top_k=40, seed=0)
+    assert np.array_equal(sampled, keystats.calibration_tokens(m, 20, 3, top_k=40, seed=0))
+    assert not np.array_equal(sampled, x)
+
+
 def test_statistics_are_cached_per_file_and_refreshed_on_demand(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("NEXVK_HOME", str(tmp_path))
     monkeypatch.setitem(keystats.RECIPE, "tokens", 24)

@@ -13,10 +13,11 @@ from nexvk.model.eval import perplexity
 from nexvk.quant.formats import make
 
 # measured on this window (the first 256 tokens of wikitext-2 test, numpy): plain turbo3 0.313;
-# hardened, with the model file's key statistics (nexvk/model/keystats.py): turbo3 0.0716,
-# turbo4/turbo3 0.0444 (fitted on the window itself, before issue 15: 0.0925 and 0.0304); the
-# bounds leave about 30% margin for float32 summation-order differences
-BOUNDS = {("turbo3", "turbo3"): 0.095, ("turbo4", "turbo3"): 0.058}
+# hardened, with the model file's key statistics (nexvk/model/keystats.py, recipe 3): turbo3
+# 0.0698, turbo4/turbo3 0.0356 (recipe 2: 0.0716 and 0.0444; fitted on the window itself,
+# before issue 15: 0.0925 and 0.0304); the bounds leave about 30% margin for float32
+# summation-order differences (which can also change the text the model writes itself)
+BOUNDS = {("turbo3", "turbo3"): 0.091, ("turbo4", "turbo3"): 0.047}
 
 
 def run(argv, capsys):

@@ -10,8 +10,10 @@ conversion: a byte becomes a float32 in 32-bit lanes (vpmovzxbd, vcvtdq2ps), and
 two 4-bit values v = lo + 16 hi is never split into integers (numba widens integer
 arithmetic to int64, and LLVM then converts in 8-lane vcvtqq2ps, half the speed):
 lo x_lo + hi x_hi = v x_lo + floor(v / 16) (x_hi - 16 x_lo), all in float32.
-The loops over a chunk range sit in one function per weight type, taking their row views
-once per call: a view per block or value costs reference counting that LLVM cannot drop.
+The loops over a chunk range sit in one function per weight type (an overload, given the
+backend's fastmath explicitly: an overload does not inherit it, and without it these loops
+ran at half speed), taking their row views once per call: a view per block or value costs
+reference counting that LLVM cannot drop.
 Threads split the chunks in contiguous runs inside one parallel region; a product too
 small to repay waking the threads (SERIAL_BYTES), or a call for one thread, runs on the
 calling thread.
@@ -22,9 +24,8 @@ from nexvk.cpu.jit import FASTMATH, kernel, numba
 from nexvk.cpu.weights import R
 
 SERIAL_BYTES = 8 << 20  # weight bytes below which one thread does the whole product
-# (a parallel region costs ~10-20 us to start on a quiet core and far more on a busy one:
-# SmolLM2's layer products take 7-50 us each, and a decode step at load 3 was ~2x faster
-# with only the 34 MiB output product split than with everything over 256 KiB split)
+# (a parallel region costs ~10-20 us to start on a quiet core and far more on a busy one,
+# against 7-50 us for SmolLM2's layer products: docs/cpu.md, Threads, has the measurement)
 
 
 def ref(w, x, y=None):

@@ -1,6 +1,9 @@
 """One SmolLM2 decode token's 211 weight products, timed in one process: the cpu backend's
 mul_mv on the weights as stored (1 and 2 threads) against numpy's float32 sgemv (OpenBLAS at
-its default threads, then at one). A relative figure that holds up on a shared machine.
+its default threads, then at one). A relative figure that holds up on a shared machine;
+the process's CPU time ("cpu") is what a quiet core would take for the one-thread rows
+(another process's load barely moves it, unlike wall time). PYTHONPATH=<another checkout>
+runs the same products with that checkout's kernels (before/after).
 
     .venv/bin/python tools/cpu_products.py
 """
@@ -19,12 +22,13 @@ from nexvk.model.gguf import open_gguf
 
 def timed(fn, n=15):
     fn()
-    ts = []
+    ts, cs = [], []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         ts.append(time.perf_counter() - t0)
-    return np.median(ts) * 1e3, min(ts) * 1e3
+        cs.append(time.process_time() - c0)
+    return np.median(ts) * 1e3, min(ts) * 1e3, np.median(cs) * 1e3
 
 
 def one_thread(fn):
@@ -56,8 +60,9 @@ def main():
     runs += [("numpy sgemv, OpenBLAS default threads", sgemv),
              ("numpy sgemv, OpenBLAS 1 thread", one_thread(sgemv))]
     for name, fn in runs:
-        med, best = timed(fn)
-        print(f"{name:<40} median {med:7.1f} ms  best {best:7.1f} ms per token "
+        med, best, cpu_ms = timed(fn)
+        print(f"{name:<40} median {med:7.1f} ms  best {best:7.1f} ms  cpu {cpu_ms:7.1f} ms "
+              f"per token "
               f"({len(mats)} products; load average {os.getloadavg()[0]:.1f})", flush=True)
 
 

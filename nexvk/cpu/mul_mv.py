@@ -1,21 +1,31 @@
 """y = W x for one token (decode), W a CpuWeight in its stored integers: the twin of
 kernels/mul_mv.py.
 
-Per chunk of R rows and sub-block of BL values: acc[r] = sum_i q[i, r] * x[i] in float32 (a
+Per chunk of R rows and sub-block b of BL values: acc[r] = sum_i q[i, r] x[i] in float32 (a
 loop over the chunk's rows for each value i: unit stride, vectorized), then
-y[r] += d[r] * acc[r] + m[r] * sum_i x[i]. x stays float32 (no 8-bit activation
-rounding), so the result is numpy's product up to float32 summation order. Threads split the
-chunks in contiguous runs inside one parallel region; a product too small to repay waking
-the threads (SERIAL_BYTES) runs on the calling thread.
+y[r] += d[r] acc[r] + m[r] sum_i x[i]. x stays float32 (no 8-bit activation rounding as in
+llama.cpp: that moved SmolLM2's logits past the issue's 1e-3 bound even at 16 bits), so the
+result is numpy's product up to float32 summation order. What makes it fast is the
+conversion: a byte becomes a float32 in 32-bit lanes (vpmovzxbd, vcvtdq2ps), and a byte of
+two 4-bit values v = lo + 16 hi is never split into integers (numba widens integer
+arithmetic to int64, and LLVM then converts in 8-lane vcvtqq2ps, half the speed):
+lo x_lo + hi x_hi = v x_lo + floor(v / 16) (x_hi - 16 x_lo), all in float32.
+The loops over a chunk range sit in one function per weight type (an overload, given the
+backend's fastmath explicitly: an overload does not inherit it, and without it these loops
+ran at half speed), taking their row views once per call: a view per block or value costs
+reference counting that LLVM cannot drop.
+Threads split the chunks in contiguous runs inside one parallel region; a product too
+small to repay waking the threads (SERIAL_BYTES), or a call for one thread, runs on the
+calling thread.
 """
 import numpy as np
 
-from nexvk.cpu.jit import kernel, numba
+from nexvk.cpu.jit import FASTMATH, kernel, numba
 from nexvk.cpu.weights import R
 
-SERIAL_BYTES = 256 << 10  # weight bytes below which one thread does the whole product
-# (a parallel region costs ~20 us to start on a quiet core and far more on a busy one: at
-# ~8 G weights/s a thread, SmolLM2's 576 x 576 products (166 KiB) gain nothing from two)
+SERIAL_BYTES = 8 << 20  # weight bytes below which one thread does the whole product
+# (a parallel region costs ~10-20 us to start on a quiet core and far more on a busy one,
+# against 7-50 us for SmolLM2's layer products: docs/cpu.md, Threads, has the measurement)
 
 
 def ref(w, x, y=None):
@@ -24,45 +34,12 @@ def ref(w, x, y=None):
     return out if y is None else (y + out).astype(np.float32)
 
 
-def _block(q, c, b, x, a):
-    """a[r] = sum_i q[c, b, i, r] * x[b*BL + i] over the chunk's R rows (typed per q.dtype)."""
-
-
-@numba.extending.overload(_block)
-def _block_impl(q, c, b, x, a):
-    if q.dtype == numba.types.uint8:        # two 4-bit values a byte: i low, i + BL/2 high
-        def nib(q, c, b, x, a):
-            L = q.shape[2]
-            x0 = 2 * L * b
-            a[:] = 0
-            for i in range(L):
-                xl, xh = x[x0 + i], x[x0 + L + i]
-                for r in range(R):
-                    v = q[c, b, i, r]
-                    a[r] += np.float32(v & 15) * xl + np.float32(v >> 4) * xh
-        return nib
-
-    def one(q, c, b, x, a):                 # int8 or float32, one value an element
-        L = q.shape[2]
-        x0 = L * b
-        a[:] = 0
-        for i in range(L):
-            xi = x[x0 + i]
-            for r in range(R):
-                a[r] += np.float32(q[c, b, i, r]) * xi
-    return one
+def _chunks(q, d, m, x, xs, c0, c1, acc, y, rows, add):
+    """Rows c0*R..c1*R-1 of y (+)= W x (typed per q.dtype); acc: 2R float32 scratch."""
 
 
 @kernel
-def _chunk(q, d, m, xs, x, c, acc, y, rows, add):
-    """Rows c*R.. of y (+)= W x for one chunk c (acc: 2R float32 scratch)."""
-    a, out = acc[:R], acc[R:2 * R]
-    out[:] = 0
-    for b in range(q.shape[1]):
-        _block(q, c, b, x, a)
-        s = xs[b]
-        for r in range(R):
-            out[r] += d[c, b, r] * a[r] + m[c, b, r] * s
+def _put(out, y, c, rows, add):
     n = min(R, rows - c * R)
     if add:
         for r in range(n):
@@ -72,9 +49,57 @@ def _chunk(q, d, m, xs, x, c, acc, y, rows, add):
             y[c * R + r] = out[r]
 
 
+@kernel
+def _scale(d, m, c, b, s, a, out):
+    """out[r] += the block's product a[r] times its scale, and the offset times sum(x)."""
+    for r in range(R):
+        out[r] += d[c, b, r] * a[r] + m[c, b, r] * s
+
+
+@numba.extending.overload(_chunks, jit_options={"fastmath": FASTMATH})
+def _chunks_impl(q, d, m, x, xs, c0, c1, acc, y, rows, add):
+    if q.dtype == numba.types.uint8:        # two 4-bit values a byte: i low, i + BL/2 high
+        def nib(q, d, m, x, xs, c0, c1, acc, y, rows, add):
+            S, L = q.shape[1], q.shape[2]
+            a, out = acc[:R], acc[R:2 * R]
+            sixteenth = np.float32(1 / 16)
+            for c in range(c0, c1):
+                out[:] = 0
+                for b in range(S):
+                    x0 = 2 * L * b
+                    a[:] = 0
+                    for i in range(L):
+                        xl = x[x0 + i]
+                        xh = x[x0 + L + i] - np.float32(16) * xl
+                        qi = q[c, b, i]
+                        for r in range(R):
+                            v = np.float32(qi[r])
+                            a[r] += v * xl + np.floor(v * sixteenth) * xh
+                    _scale(d, m, c, b, xs[b], a, out)
+                _put(out, y, c, rows, add)
+        return nib
+
+    def one(q, d, m, x, xs, c0, c1, acc, y, rows, add):    # int8 or float32: one a value
+        S, L = q.shape[1], q.shape[2]
+        a, out = acc[:R], acc[R:2 * R]
+        for c in range(c0, c1):
+            out[:] = 0
+            for b in range(S):
+                x0 = L * b
+                a[:] = 0
+                for i in range(L):
+                    xi = x[x0 + i]
+                    qi = q[c, b, i]
+                    for r in range(R):
+                        a[r] += np.float32(qi[r]) * xi
+                _scale(d, m, c, b, xs[b], a, out)
+            _put(out, y, c, rows, add)
+    return one
+
+
 @kernel(parallel=True)
 def _mul_mv(q, d, m, x, y, rows, add, scratch, threads):
-    """scratch: (threads + 1, 2R + S) float32: per thread acc|out, and the sums of x."""
+    """scratch: (threads + 1, >= max(2R, S)) float32: per thread acc|out, and the sums of x."""
     C, S = q.shape[0], q.shape[1]
     bl = x.size // S
     xs = scratch[-1, :S]
@@ -83,14 +108,12 @@ def _mul_mv(q, d, m, x, y, rows, add, scratch, threads):
         for i in range(bl):
             s += x[b * bl + i]
         xs[b] = s
-    if q.size * q.itemsize < SERIAL_BYTES:
-        for c in range(C):
-            _chunk(q, d, m, xs, x, c, scratch[0], y, rows, add)
-        return
     nt = min(threads, C, scratch.shape[0] - 1)
+    if nt == 1:
+        _chunks(q, d, m, x, xs, 0, C, scratch[0], y, rows, add)
+        return
     for t in numba.prange(nt):
-        for c in range(t * C // nt, (t + 1) * C // nt):
-            _chunk(q, d, m, xs, x, c, scratch[t], y, rows, add)
+        _chunks(q, d, m, x, xs, t * C // nt, (t + 1) * C // nt, scratch[t], y, rows, add)
 
 
 def scratch(max_threads, max_sub):
@@ -104,5 +127,5 @@ def run(w, x, y, add=False, tmp=None, threads=None):
     threads = threads or numba.get_num_threads()
     if tmp is None:
         tmp = scratch(threads, w.d.shape[1])
-    _mul_mv(w.q, w.d, w.m, x, y, w.rows, add, tmp, threads)
+    _mul_mv(w.q, w.d, w.m, x, y, w.rows, add, tmp, threads if w.q.nbytes >= SERIAL_BYTES else 1)
     return y

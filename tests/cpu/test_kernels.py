@@ -46,7 +46,7 @@ def test_mul_mv_matches_its_twin(rng, kind, threads):
 
 def test_mul_mv_threads_split_a_large_product(rng):
     """Above SERIAL_BYTES the chunks go to the threads; every row is still written once."""
-    rows, cols = 9 * R + 1, 8192
+    rows, cols = 17 * R + 1, 8192
     w, wf = weight("q8_0", rows, cols, 2)
     assert w.q.nbytes >= mul_mv.SERIAL_BYTES
     x = rng.standard_normal(cols).astype(np.float32)

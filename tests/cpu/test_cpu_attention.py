@@ -154,7 +154,20 @@ print(b.alloc - a.alloc, c.alloc - b.alloc, c.alloc - c.free, end - mid)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     per_100, per_400, live, grown = map(int, out)
-    arrays = 7 * 2 + 19            # encode K and V, attention: array arguments per step
+    arrays = 7 * 2 + 21            # encode K and V, attention: array arguments per step
     assert per_100 == 100 * arrays and per_400 == 400 * arrays
     assert live == 0
     assert grown < 4096
+
+
+@pytest.mark.parametrize("k,v", [("turbo2", "turbo4"), ("turbo3", "turbo3")])
+def test_pair_table_path(rng, k, v):
+    """Rows decoded two codes per lookup (where nexvk.cpu.lut does not serve: no AVX-512,
+    or head_dim not a multiple of 16) give what the 16-code lookups give."""
+    import dataclasses
+    g = _geometry(k, v, 2, 64, 100, 6, sinks=1)
+    ref, st = NumpyStore(g), CpuStore(g)
+    st.kinds = [tuple(dataclasses.replace(x, vec=False) for x in kv) for kv in st.kinds]
+    _fill(rng, [ref, st], 2, 64, 77)
+    _check(rng, ref, st, 1, 77, 6, 64, 0.0)
+    _check(rng, ref, st, 9, 77, 6, 64, 0.0)

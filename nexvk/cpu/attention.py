@@ -3,8 +3,9 @@
 The rotated-domain form of the shaders: each query is rotated once into the key format's
 compute domain and scored against centroids times norms (q8_0/q4_0: values times block
 scales; f16: the halves), one key row at a time into a d-float register-sized buffer, never
-a float copy of the context; values are accumulated in the value format's compute domain
-and un-rotated once per query head.
+a float copy of the context (turbo rows: 16 codes per vector table lookup, nexvk.cpu.lut,
+where the CPU has AVX-512, else two per scalar pair-table copy); values are accumulated in
+the value format's compute domain and un-rotated once per query head.
 
 Queries go in blocks of `block` (the score scratch holds block x heads x keys floats). Per
 block, two passes over the block's visible keys, each split into `ns` chunks x KV heads
@@ -24,7 +25,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from nexvk.cpu import half
+from nexvk.cpu import half, lut
 from nexvk.cpu.fastexp import exp
 from nexvk.cpu.formats import F16, Q8_0, TURBO
 from nexvk.cpu.rotate import rotate, unrotate
@@ -74,23 +75,32 @@ def attend(kk, vk, kc, ks, vc, vs, sink_k, sink_v, q, pos0, scale, thr, window, 
                     scr.skips.size // hkv))
     if work < PARALLEL_WORK:
         ns = 1
-    return _attend(kk.fid, kk.bits, kk.pairs, kk.signs, kk.inv_sqrt_d, kc, ks, sink_k,
-               vk.fid, vk.bits, vk.pairs, vk.signs, vk.inv_sqrt_d, vc, vs, sink_v,
+    return _attend(_tables(kk), kk.signs, kk.inv_sqrt_d, kc, ks, sink_k,
+               _tables(vk), vk.signs, vk.inv_sqrt_d, vc, vs, sink_v,
                q, pos0, np.float32(scale), np.float32(thr), window, ns, out,
                scr.qr, scr.scores, scr.ml, scr.rows, scr.rows2, scr.acc, scr.skips)
 
 
+def _tables(k):
+    """What _decode needs of a Kind: (fid, bits, pair table, centroids, 16-code lookups)."""
+    return k.fid, k.bits, k.pairs, k.centroids, k.vec
+
+
 @njit(cache=True, fastmath=FAST, inline="always")
-def _decode(fid, bits, pairs, codes, scales, sinks, slot, g, out, out2):
+def _decode(tables, codes, scales, sinks, slot, g, out, out2):
     """out := the row of KV head g in `slot` (-1 - p: sink position p) in its compute
     domain, but for the factor returned (a turbo norm); out2 is out viewed as uint64. Rows
     are indexed in place: a view per row would cost reference counting on every key."""
+    fid, bits, pairs, cent, vec = tables
     d = out.size
     if slot < 0:
         p = -1 - slot
         for i in range(d):
             out[i] = half.to_f32(sinks[p, g, i])
         return np.float32(1)
+    if fid == TURBO and vec:   # 16 codes per table lookup
+        lut.decode_row(bits, codes, (slot * codes.shape[1] + g) * codes.shape[2], cent, out)
+        return half.to_f32(scales[slot, g, 0])
     if fid == TURBO:   # two codes at a time: one 64-bit copy of their two centroids
         if bits == 3:
             for k in range(d // 8):
@@ -158,7 +168,7 @@ def _seen(t, p0, window, j0, j1):
 
 
 @njit(cache=True, fastmath=FAST)
-def _scores(it, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
+def _scores(it, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
             scores, ml, rows, rows2):
     """Pass 1 for item it = (KV head g, chunk c): scores, then per query row the chunk's
     max m and sum l of exp(s - m); the scores become exp(s - m), 0 where not seen."""
@@ -170,7 +180,7 @@ def _scores(it, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window, n
     if j0 < j1:
         slot = _slot0(j0, N, nslots)
         for j in range(j0, j1):
-            mult = _decode(kf, kbits, kpairs, kc, ks, sink_k, slot, g, buf, rows2[it])
+            mult = _decode(kt, kc, ks, sink_k, slot, g, buf, rows2[it])
             for t in range(tb):
                 age = p0 + t - j
                 if age < 0 or (window > 0 and age >= window):
@@ -202,7 +212,7 @@ def _scores(it, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window, n
 
 
 @njit(cache=True, fastmath=FAST)
-def _values(it, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
+def _values(it, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
             scores, ml, rows, rows2, acc, skips):
     """Pass 2 for item it: weights = scores * the item's factor (ml[it, t, r, 0]), those
     under thr dropped and counted; then the value rows some query row needs."""
@@ -231,7 +241,7 @@ def _values(it, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G
                 for r in range(G):
                     need = need or scores[t, g * G + r, j - lo] > 0
             if need:
-                mult = _decode(vf, vbits, vpairs, vc, vs, sink_v, slot, g, buf, rows2[it])
+                mult = _decode(vt, vc, vs, sink_v, slot, g, buf, rows2[it])
                 for t in range(tb):
                     for r in range(G):
                         p = scores[t, g * G + r, j - lo] * mult
@@ -243,24 +253,24 @@ def _values(it, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G
 
 
 @njit(cache=True, parallel=True)
-def _scores_par(n, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
+def _scores_par(n, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
                 scores, ml, rows, rows2):
     for it in prange(n):
-        _scores(it, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
+        _scores(it, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
                 scores, ml, rows, rows2)
 
 
 @njit(cache=True, parallel=True)
-def _values_par(n, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
+def _values_par(n, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
                 scores, ml, rows, rows2, acc, skips):
     for it in prange(n):
-        _values(it, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
+        _values(it, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
                 scores, ml, rows, rows2, acc, skips)
 
 
 @njit(cache=True, fastmath=FAST)
-def _attend(kf, kbits, kpairs, ksigns, kinv, kc, ks, sink_k,
-            vf, vbits, vpairs, vsigns, vinv, vc, vs, sink_v,
+def _attend(kt, ksigns, kinv, kc, ks, sink_k,
+            vt, vsigns, vinv, vc, vs, sink_v,
             q, pos0, scale, thr, window, ns, out, qr, scores, ml, rows, rows2, acc, skips):
     T, H, d = q.shape
     hkv = kc.shape[1]
@@ -277,16 +287,16 @@ def _attend(kf, kbits, kpairs, ksigns, kinv, kc, ks, sink_k,
             for h in range(H):
                 x = qr[t, h]
                 x[:] = q[b0 + t, h]
-                if kf == TURBO:
+                if kt[0] == TURBO:
                     rotate(x, ksigns, kinv)
                 for i in range(d):
                     x[i] *= scale
         if ns > 1:
-            _scores_par(n, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
+            _scores_par(n, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
                         ns, G, scores, ml, rows, rows2)
         else:
             for it in range(n):
-                _scores(it, kf, kbits, kpairs, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
+                _scores(it, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
                         ns, G, scores, ml, rows, rows2)
         for g in range(hkv):   # combine the chunks: global max M and 1 / sum
             for t in range(tb):
@@ -305,11 +315,11 @@ def _attend(kf, kbits, kpairs, ksigns, kinv, kc, ks, sink_k,
                     for c in range(ns):   # a chunk's exp(s - m_c) times this: the weight
                         ml[g * ns + c, t, r, 0] /= s
         if ns > 1:
-            _values_par(n, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
+            _values_par(n, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
                         thr, scores, ml, rows, rows2, acc, skips)
         else:
             for it in range(n):
-                _values(it, vf, vbits, vpairs, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
+                _values(it, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
                         thr, scores, ml, rows, rows2, acc, skips)
         for it in range(n):
             skipped += skips[it]
@@ -322,6 +332,6 @@ def _attend(kf, kbits, kpairs, ksigns, kinv, kc, ks, sink_k,
                     src = acc[g * ns + c, t, r]
                     for i in range(d):
                         o[i] += src[i]
-                if vf == TURBO:
+                if vt[0] == TURBO:
                     unrotate(o, vsigns, vinv)
     return skipped

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nexvk.cpu import lut
 from nexvk.cpu.rotate import inv_sqrt
 from nexvk.quant.formats import Turbo
 
@@ -23,6 +24,7 @@ class Kind:
     signs: np.ndarray         # float32 (d,): the rotation's diagonal (ones when not rotated)
     inv_sqrt_d: np.float32
     pairs: np.ndarray         # uint64 (256,): two codes (low first) -> their two centroids
+    vec: bool = False         # rows decode 16 codes per table lookup (nexvk.cpu.lut)
 
 
 def kind(fmt):
@@ -37,6 +39,7 @@ def kind(fmt):
         v = np.arange(1 << 2 * b)
         pairs = np.zeros((256, 2), np.float32)
         pairs[v] = np.stack([cent[v & ((1 << b) - 1)], cent[v >> b]], axis=1)
-        return Kind(TURBO, b, cent, thr, fmt.signs, inv_sqrt(d), pairs.view(np.uint64)[:, 0])
+        return Kind(TURBO, b, cent, thr, fmt.signs, inv_sqrt(d), pairs.view(np.uint64)[:, 0],
+                    lut.available(b, d))
     return Kind(_IDS[fmt.name], 0, cent, thr, np.ones(d, np.float32), inv_sqrt(d),
                 np.zeros(256, np.uint64))

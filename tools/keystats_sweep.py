@@ -108,25 +108,11 @@ def cmd_gen(a):
 def cmd_stats(a):
     path = resolve_model(a.model)
     x = np.load(a.tokens)
-    r = keystats.RECIPE
     m = Model.load(path, ctx=len(x), cache=nexvk.CacheConfig("f16", "f16"))
-    ar = m.arch
-    mo = keystats.Moments(ar.n_layers, ar.n_kv_heads, ar.head_dim, -(-len(x) // r["block"]),
-                          r["block"])
-    m.cache.observer = mo
-    m.reset()
     t = time.perf_counter()
-    m.forward(x, 0, last_only=True)
+    mo = keystats.record(m, x, -(-len(x) // keystats.RECIPE["block"]))
     print(f"stats prefill {len(x)} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    np.savez(a.out, **{n: getattr(mo, n) for n in ("n", "k", "k2", "q2")})
-
-
-def load_moments(f):
-    with np.load(f) as z:
-        mo = keystats.Moments(*z["k"].shape[1:], len(z["n"]), keystats.RECIPE["block"])
-        for n in ("n", "k", "k2", "q2"):
-            getattr(mo, n)[:] = z[n]
-    return mo
+    np.savez(a.out, **{n: getattr(mo, n) for n in keystats.PARTS})
 
 
 def cmd_eval(a):
@@ -147,7 +133,8 @@ def cmd_eval(a):
             if f == "sequence":
                 opts = {}
             else:
-                mean, scale = load_moments(f).tables(a.ctx)
+                with np.load(f) as z:
+                    mean, scale = keystats.read(z).tables(a.ctx)
                 opts = {"key_mean": mean, "key_scale": scale}
             for cfg in a.configs.split(","):
                 kt, vt = cfg.split("/")

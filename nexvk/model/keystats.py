@@ -20,6 +20,7 @@ import numpy as np
 
 from nexvk.quant.transform import channel_scale
 
+PARTS = ("n", "k", "k2", "q2")  # the sums a Moments holds (and its file)
 RECIPE = {"version": 3, "tokens": 2048, "sequences": 8, "top_k": 40, "seed": 0, "block": 256}
 
 
@@ -103,9 +104,14 @@ def compute(path, progress=False, text=None):
         if len(x) < 2 * r["block"]:
             raise ValueError(f"key statistics need at least {2 * r['block']} tokens of text, "
                              f"got {len(x)}")
-    a = m.arch
-    moments = Moments(a.n_layers, a.n_kv_heads, a.head_dim, -(-r["tokens"] // r["block"]),
-                      r["block"])
+    return record(m, x, -(-r["tokens"] // r["block"]), progress)
+
+
+def record(m, x, n_blocks, progress=False):
+    """The Moments (n_blocks blocks of RECIPE's) of the keys and queries the f16-cache model m
+    stores for the token ids x, from position 0."""
+    a, block = m.arch, RECIPE["block"]
+    moments = Moments(a.n_layers, a.n_kv_heads, a.head_dim, n_blocks, block)
     m.cache.observer = moments
     m.reset()
     B = m.state.B
@@ -119,6 +125,14 @@ def compute(path, progress=False, text=None):
     return moments
 
 
+def read(f):
+    """The Moments saved in the open .npz f (as key_stats saves them)."""
+    m = Moments(*f["k"].shape[1:], len(f["n"]), RECIPE["block"])
+    for name in PARTS:
+        getattr(m, name)[:] = f[name]
+    return m
+
+
 def key_stats(path, progress=False, refresh=False, text=None):
     """The Moments of the model file at `path` (tables(capacity) gives a cache's mean and
     scale): from the cache directory, or computed (and saved there) when missing, stale or
@@ -127,16 +141,12 @@ def key_stats(path, progress=False, refresh=False, text=None):
     digest = sha256(path)
     # one file per recipe version: installs of different versions sharing a home keep theirs
     out = home() / "keystats" / f"{digest[:32]}-r{RECIPE['version']}.npz"
-    parts = ("n", "k", "k2", "q2")
     if out.is_file() and not refresh:
         try:
             with np.load(out) as f:
                 saved = json.loads(str(f["recipe"]))
                 if {k: v for k, v in saved.items() if k != "text"} == RECIPE:
-                    m = Moments(*f["k"].shape[1:], len(f["n"]), RECIPE["block"])
-                    for name in parts:
-                        getattr(m, name)[:] = f[name]
-                    return m
+                    return read(f)
         except (OSError, ValueError, KeyError):
             pass  # unreadable: computed again below
     if progress:
@@ -147,7 +157,7 @@ def key_stats(path, progress=False, refresh=False, text=None):
     recipe = RECIPE if text is None else dict(RECIPE, text=sha256_text(text))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
-    np.savez(tmp, recipe=json.dumps(recipe), **{name: getattr(m, name) for name in parts})
+    np.savez(tmp, recipe=json.dumps(recipe), **{name: getattr(m, name) for name in PARTS})
     tmp.replace(out)
     return m
 

@@ -22,8 +22,9 @@ from nexvk.cpu import mul_mv, ops
 from nexvk.model.fetch import fetch_default
 
 
-def load_module(path):
-    spec = importlib.util.spec_from_file_location("mul_mv_other", path)
+def load_module(path, name="mul_mv_other"):
+    """The Python file at path imported as module `name` (a version of a kernel module)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod   # numba's disk cache finds its functions by module name
     spec.loader.exec_module(mod)

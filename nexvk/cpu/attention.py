@@ -2,10 +2,15 @@
 
 The rotated-domain form of the shaders: each query is rotated once into the key format's
 compute domain and scored against centroids times norms (q8_0/q4_0: values times block
-scales; f16: the halves), one key row at a time into a d-float register-sized buffer, never
-a float copy of the context (turbo rows: 16 codes per vector table lookup, nexvk.cpu.lut,
-where the CPU has AVX-512, else two per scalar pair-table copy); values are accumulated in
-the value format's compute domain and un-rotated once per query head.
+scales; f16: the halves). Rows are decoded TILE at a time into a small float tile that
+stays in L1, never a float copy of the context (turbo rows: 16 codes per vector table
+lookup, nexvk.cpu.lut, where the CPU has AVX-512, else two per scalar pair-table copy);
+values are accumulated in the value format's compute domain and un-rotated once per query
+head. Decoding a tile (_tile), its dots (_dots) and its value sums (_accum) are separate
+compiled functions called once per tile, and none of them hands an array to an inlined
+helper inside its loops: numba increfs and decrefs every array an inlined function
+receives, and in a large loop nest its pruning pass leaves those atomic calls in (the
+earlier one-row-at-a-time kernel spent most of its time on them: docs/cpu.md).
 
 Queries go in blocks of `block` (the score scratch holds block x heads x keys floats). Per
 block, two passes over the block's visible keys, each split into `ns` chunks x KV heads
@@ -34,6 +39,7 @@ from nexvk.kernels.attention import ref  # noqa: F401  (the numpy twin)
 # fastmath without nnan/ninf: the kernels compare against -inf
 FAST = {"reassoc", "contract", "arcp", "nsz", "afn"}
 PARALLEL_WORK = 1 << 18  # key-row x query-row x d products below which one thread runs
+TILE = 32  # rows decoded per call of _tile: 8 KiB at d = 64
 
 
 @dataclass
@@ -43,19 +49,20 @@ class Scratch:
     qr: np.ndarray       # (block, heads, d) rotated, scaled queries
     scores: np.ndarray   # (block, heads, keys)
     ml: np.ndarray       # (hkv * ns, block, group, 2) per item: max and sum; then its weight factor
-    rows: np.ndarray     # (hkv * ns, d) one decoded key or value row per item
-    rows2: np.ndarray    # the same, viewed as uint64 (d / 2) for the two-code copies
+    rows: np.ndarray     # (hkv * ns, TILE, d) one tile of decoded key or value rows per item
+    mult: np.ndarray     # (hkv * ns, TILE) each tile row's factor (a turbo norm, else 1)
+    need: np.ndarray     # (hkv * ns, TILE) uint8: which rows of a value tile to decode
     acc: np.ndarray      # (hkv * ns, block, group, d) partial value sums
     skips: np.ndarray    # (hkv * ns,) int64
 
     @classmethod
     def make(cls, block, heads, hkv, keys, d, ns):
         n, G = hkv * ns, heads // hkv
-        rows = np.zeros((n, d), np.float32)
         return cls(np.zeros((block, heads, d), np.float32),
                    np.zeros((block, heads, keys), np.float32),
                    np.zeros((n, block, G, 2), np.float32),
-                   rows, rows.view(np.uint64), np.zeros((n, block, G, d), np.float32),
+                   np.zeros((n, TILE, d), np.float32), np.zeros((n, TILE), np.float32),
+                   np.ones((n, TILE), np.uint8), np.zeros((n, block, G, d), np.float32),
                    np.zeros(n, np.int64))
 
 
@@ -78,63 +85,121 @@ def attend(kk, vk, kc, ks, vc, vs, sink_k, sink_v, q, pos0, scale, thr, window, 
     return _attend(_tables(kk), kk.signs, kk.inv_sqrt_d, kc, ks, sink_k,
                _tables(vk), vk.signs, vk.inv_sqrt_d, vc, vs, sink_v,
                q, pos0, np.float32(scale), np.float32(thr), window, ns, out,
-               scr.qr, scr.scores, scr.ml, scr.rows, scr.rows2, scr.acc, scr.skips)
+               scr.qr, scr.scores, scr.ml, scr.rows, scr.mult, scr.need, scr.acc, scr.skips)
 
 
 def _tables(k):
-    """What _decode needs of a Kind: (fid, bits, pair table, centroids, 16-code lookups)."""
+    """What _tile needs of a Kind: (fid, bits, pair table, centroids, 16-code lookups)."""
     return k.fid, k.bits, k.pairs, k.centroids, k.vec
 
 
-@njit(cache=True, fastmath=FAST, inline="always")
-def _decode(tables, codes, scales, sinks, slot, g, out, out2):
-    """out := the row of KV head g in `slot` (-1 - p: sink position p) in its compute
-    domain, but for the factor returned (a turbo norm); out2 is out viewed as uint64. Rows
-    are indexed in place: a view per row would cost reference counting on every key."""
+@njit(cache=True, fastmath=FAST)
+def _tile(tables, c8, c16, nslots, hkv, scales, sinks, slot, j, m, g, need, t32, t64,
+          mult):
+    """Tile row k (t32[k * d:(k + 1) * d], times mult[k]) := the row of KV head g at
+    position j + k in its compute domain, for k < m where need[k] (mult[k] = 0 elsewhere);
+    slot is position j's. c8, c16: the codes (nslots, hkv, rb bytes) flattened, as bytes
+    and as halves; t64: t32 viewed as uint64. Returns position j + m's slot.
+
+    Written as flat loops over this call's arrays, with no helper that takes an array:
+    numba increfs and decrefs the arrays an inlined helper receives, and in a loop this
+    large its pruning pass leaves those pairs in (~12 atomic calls a row, 3-5x the decode
+    itself). Offsets are unsigned: numba wraps negative indices, and an offset it cannot
+    prove non-negative made LLVM gather element by element."""
     fid, bits, pairs, cent, vec = tables
-    d = out.size
-    if slot < 0:
-        p = -1 - slot
-        for i in range(d):
-            out[i] = half.to_f32(sinks[p, g, i])
-        return np.float32(1)
-    if fid == TURBO and vec:   # 16 codes per table lookup
-        lut.decode_row(bits, codes, (slot * codes.shape[1] + g) * codes.shape[2], cent, out)
-        return half.to_f32(scales[slot, g, 0])
-    if fid == TURBO:   # two codes at a time: one 64-bit copy of their two centroids
-        if bits == 3:
-            for k in range(d // 8):
-                v = np.uint32(codes[slot, g, 3 * k]) | \
-                    (np.uint32(codes[slot, g, 3 * k + 1]) << np.uint32(8)) | \
-                    (np.uint32(codes[slot, g, 3 * k + 2]) << np.uint32(16))
-                for j in range(4):
-                    out2[4 * k + j] = pairs[(v >> np.uint32(6 * j)) & np.uint32(63)]
-        elif bits == 2:
-            for k in range(d // 4):
-                v = codes[slot, g, k]
-                out2[2 * k] = pairs[v & np.uint8(15)]
-                out2[2 * k + 1] = pairs[v >> np.uint8(4)]
-        else:
-            for k in range(d // 2):
-                out2[k] = pairs[codes[slot, g, k]]
-        return half.to_f32(scales[slot, g, 0])
-    if fid == F16:
-        for i in range(d):
-            out[i] = half.to_f32(np.uint32(codes[slot, g, 2 * i]) |
-                                 (np.uint32(codes[slot, g, 2 * i + 1]) << np.uint32(8)))
-    elif fid == Q8_0:
-        for b in range(d // 32):
-            s = half.to_f32(scales[slot, g, b])
-            for i in range(32 * b, 32 * b + 32):
-                out[i] = np.float32(np.int8(codes[slot, g, i])) * s
-    else:  # Q4_0
-        for b in range(d // 32):
-            s = half.to_f32(scales[slot, g, b])
-            for i in range(16 * b, 16 * b + 16):
-                c = codes[slot, g, i]
-                out[2 * i] = np.float32(np.int32(c & np.uint8(15)) - 8) * s
-                out[2 * i + 1] = np.float32(np.int32(c >> np.uint8(4)) - 8) * s
-    return np.float32(1)
+    N, d = sinks.shape[0], sinks.shape[2]
+    rb = c8.size // (nslots * hkv)
+    for k in range(m):
+        f = np.float32(0)
+        if need[k]:
+            f = np.float32(1)
+            o = np.uint64(k * d)
+            if slot < 0:   # a sink: float16 in the compute domain
+                for i in range(d):
+                    t32[o + np.uint64(i)] = half.to_f32(sinks[-1 - slot, g, i])
+            else:
+                base = (slot * hkv + g) * rb
+                ub = np.uint64(base)
+                if fid == TURBO:
+                    f = half.to_f32(scales[slot, g, 0])
+                if fid == TURBO and vec:   # 16 codes per table lookup (nexvk.cpu.lut)
+                    for w in range(d // 16):
+                        ow = 2 * bits * w
+                        o2 = min(ow, rb - 8)   # the last block: the 8 bytes that end the row
+                        src, sh, dst = base + o2, 8 * (ow - o2), k * d + 16 * w
+                        if bits == 3:
+                            lut.decode16(3, c8, src, sh, cent, t32, dst)
+                        elif bits == 2:
+                            lut.decode16(2, c8, src, sh, cent, t32, dst)
+                        else:
+                            lut.decode16(4, c8, src, sh, cent, t32, dst)
+                elif fid == TURBO:   # two codes at a time: one 64-bit copy of two centroids
+                    o64 = o // np.uint64(2)
+                    if bits == 3:
+                        for w in range(d // 8):
+                            x = ub + np.uint64(3 * w)
+                            v = np.uint32(c8[x]) | \
+                                (np.uint32(c8[x + np.uint64(1)]) << np.uint32(8)) | \
+                                (np.uint32(c8[x + np.uint64(2)]) << np.uint32(16))
+                            for p in range(4):
+                                t64[o64 + np.uint64(4 * w + p)] = \
+                                    pairs[(v >> np.uint32(6 * p)) & np.uint32(63)]
+                    elif bits == 2:
+                        for w in range(d // 4):
+                            v = c8[ub + np.uint64(w)]
+                            t64[o64 + np.uint64(2 * w)] = pairs[v & np.uint8(15)]
+                            t64[o64 + np.uint64(2 * w + 1)] = pairs[v >> np.uint8(4)]
+                    else:
+                        for w in range(d // 2):
+                            t64[o64 + np.uint64(w)] = pairs[c8[ub + np.uint64(w)]]
+                elif fid == F16:
+                    h = ub // np.uint64(2)
+                    for i in range(d):
+                        t32[o + np.uint64(i)] = half.to_f32(c16[h + np.uint64(i)])
+                elif fid == Q8_0:
+                    for b in range(d // 32):
+                        s = half.to_f32(scales[slot, g, b])
+                        for i in range(32 * b, 32 * b + 32):
+                            q8 = np.int8(c8[ub + np.uint64(i)])
+                            t32[o + np.uint64(i)] = np.float32(q8) * s
+                else:  # Q4_0
+                    for b in range(d // 32):
+                        s = half.to_f32(scales[slot, g, b])
+                        for i in range(16 * b, 16 * b + 16):
+                            q4 = np.int32(c8[ub + np.uint64(i)])
+                            t32[o + np.uint64(2 * i)] = np.float32((q4 & 15) - 8) * s
+                            t32[o + np.uint64(2 * i + 1)] = np.float32((q4 >> 4) - 8) * s
+        mult[k] = f
+        slot = _next(slot, j + k, N, nslots)
+    return slot
+
+
+@njit(cache=True, fastmath=FAST)
+def _dots(qr, tb, p0, window, h0, G, tile, mult, j, m, scores, col):
+    """scores[t, h0 + r, col + k] := qr[t, h0 + r] . tile[k] * mult[k] for the keys j + k
+    (k < m) that query t sees."""
+    d = tile.shape[1]
+    for t in range(tb):
+        a, b = _seen(t, p0, window, j, j + m)
+        for k in range(a - j, b - j):
+            for r in range(G):
+                s = np.float32(0)
+                for i in range(d):
+                    s += qr[t, h0 + r, i] * tile[k, i]
+                scores[t, h0 + r, col + k] = s * mult[k]
+
+
+@njit(cache=True, fastmath=FAST)
+def _accum(acc, it, tb, h0, G, tile, mult, m, scores, col):
+    """acc[it, t, r] += scores[t, h0 + r, col + k] * mult[k] * tile[k] (k < m, weights != 0)."""
+    d = tile.shape[1]
+    for k in range(m):
+        for t in range(tb):
+            for r in range(G):
+                p = scores[t, h0 + r, col + k] * mult[k]
+                if p != 0:
+                    for i in range(d):
+                        acc[it, t, r, i] += p * tile[k, i]
 
 
 @njit(cache=True, inline="always")
@@ -169,29 +234,22 @@ def _seen(t, p0, window, j0, j1):
 
 @njit(cache=True, fastmath=FAST)
 def _scores(it, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
-            scores, ml, rows, rows2):
+            scores, ml, rows, mult, need):
     """Pass 1 for item it = (KV head g, chunk c): scores, then per query row the chunk's
     max m and sum l of exp(s - m); the scores become exp(s - m), 0 where not seen."""
     g, c = it // ns, it % ns
     j0, j1 = _chunk(lo, nk, ns, c)
-    d = qr.shape[2]
     N, nslots = sink_k.shape[0], kc.shape[0]
-    buf = rows[it]
+    need[it] = 1
     if j0 < j1:
+        c8, tile, mu = kc.reshape(-1), rows[it], mult[it]
+        t32 = tile.reshape(-1)
         slot = _slot0(j0, N, nslots)
-        for j in range(j0, j1):
-            mult = _decode(kt, kc, ks, sink_k, slot, g, buf, rows2[it])
-            for t in range(tb):
-                age = p0 + t - j
-                if age < 0 or (window > 0 and age >= window):
-                    continue
-                for r in range(G):
-                    h = g * G + r
-                    s = np.float32(0)
-                    for i in range(d):
-                        s += qr[t, h, i] * buf[i]
-                    scores[t, h, j - lo] = s * mult
-            slot = _next(slot, j, N, nslots)
+        for j in range(j0, j1, TILE):
+            nt = min(TILE, j1 - j)
+            slot = _tile(kt, c8, c8.view(np.uint16), nslots, kc.shape[1], ks, sink_k, slot, j,
+                         nt, g, need[it], t32, t32.view(np.uint64), mu)
+            _dots(qr, tb, p0, window, g * G, G, tile, mu, j, nt, scores, j - lo)
     for t in range(tb):
         a, b = _seen(t, p0, window, j0, j1)
         for r in range(G):
@@ -213,14 +271,12 @@ def _scores(it, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
 
 @njit(cache=True, fastmath=FAST)
 def _values(it, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
-            scores, ml, rows, rows2, acc, skips):
+            scores, ml, rows, mult, need, acc, skips):
     """Pass 2 for item it: weights = scores * the item's factor (ml[it, t, r, 0]), those
     under thr dropped and counted; then the value rows some query row needs."""
     g, c = it // ns, it % ns
     j0, j1 = _chunk(lo, nk, ns, c)
     N, nslots = sink_v.shape[0], vc.shape[0]
-    d = rows.shape[1]
-    buf = rows[it]
     acc[it, :tb] = 0
     n_skip = 0
     for t in range(tb):
@@ -234,44 +290,44 @@ def _values(it, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
                 n_skip += drop
                 seen[j] = np.float32(0) if drop else p
     if j0 < j1:
+        c8, tile, mu, nd = vc.reshape(-1), rows[it], mult[it], need[it]
+        t32 = tile.reshape(-1)
         slot = _slot0(j0, N, nslots)
-        for j in range(j0, j1):
-            need = False
-            for t in range(tb):
-                for r in range(G):
-                    need = need or scores[t, g * G + r, j - lo] > 0
-            if need:
-                mult = _decode(vt, vc, vs, sink_v, slot, g, buf, rows2[it])
+        for j in range(j0, j1, TILE):
+            nt = min(TILE, j1 - j)
+            for k in range(nt):
+                x = False
                 for t in range(tb):
                     for r in range(G):
-                        p = scores[t, g * G + r, j - lo] * mult
-                        if p != 0:
-                            for i in range(d):
-                                acc[it, t, r, i] += p * buf[i]
-            slot = _next(slot, j, N, nslots)
+                        x = x or scores[t, g * G + r, j + k - lo] > 0
+                nd[k] = x
+            slot = _tile(vt, c8, c8.view(np.uint16), nslots, vc.shape[1], vs, sink_v, slot, j,
+                         nt, g, nd, t32, t32.view(np.uint64), mu)
+            _accum(acc, it, tb, g * G, G, tile, mu, nt, scores, j - lo)
     skips[it] = n_skip
 
 
 @njit(cache=True, parallel=True)
 def _scores_par(n, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
-                scores, ml, rows, rows2):
+                scores, ml, rows, mult, need):
     for it in prange(n):
         _scores(it, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
-                scores, ml, rows, rows2)
+                scores, ml, rows, mult, need)
 
 
 @njit(cache=True, parallel=True)
 def _values_par(n, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
-                scores, ml, rows, rows2, acc, skips):
+                scores, ml, rows, mult, need, acc, skips):
     for it in prange(n):
         _values(it, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
-                scores, ml, rows, rows2, acc, skips)
+                scores, ml, rows, mult, need, acc, skips)
 
 
 @njit(cache=True, fastmath=FAST)
 def _attend(kt, ksigns, kinv, kc, ks, sink_k,
             vt, vsigns, vinv, vc, vs, sink_v,
-            q, pos0, scale, thr, window, ns, out, qr, scores, ml, rows, rows2, acc, skips):
+            q, pos0, scale, thr, window, ns, out, qr, scores, ml, rows, mult, need, acc,
+            skips):
     T, H, d = q.shape
     hkv = kc.shape[1]
     G = H // hkv
@@ -293,11 +349,11 @@ def _attend(kt, ksigns, kinv, kc, ks, sink_k,
                     x[i] *= scale
         if ns > 1:
             _scores_par(n, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
-                        ns, G, scores, ml, rows, rows2)
+                        ns, G, scores, ml, rows, mult, need)
         else:
             for it in range(n):
                 _scores(it, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window,
-                        ns, G, scores, ml, rows, rows2)
+                        ns, G, scores, ml, rows, mult, need)
         for g in range(hkv):   # combine the chunks: global max M and 1 / sum
             for t in range(tb):
                 for r in range(G):
@@ -316,11 +372,11 @@ def _attend(kt, ksigns, kinv, kc, ks, sink_k,
                         ml[g * ns + c, t, r, 0] /= s
         if ns > 1:
             _values_par(n, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
-                        thr, scores, ml, rows, rows2, acc, skips)
+                        thr, scores, ml, rows, mult, need, acc, skips)
         else:
             for it in range(n):
                 _values(it, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G,
-                        thr, scores, ml, rows, rows2, acc, skips)
+                        thr, scores, ml, rows, mult, need, acc, skips)
         for it in range(n):
             skipped += skips[it]
         for t in range(tb):

@@ -392,11 +392,36 @@ def add_peer_ratio(rows):
             r["x_peer_prefill"] = r["prefill_tok_s"] / base["prefill_tok_s"]
 
 
+def merge_rounds(rows):
+    """One row per (model, ctx, cache, backend) from several rounds' e2e rows: the median of
+    each speed, and decode_range = 'min-max' of decode tok/s. A configuration that failed
+    in any round keeps that round's error row instead."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.get("model"), r.get("ctx"), r.get("cache"), r.get("backend"),
+                           r.get("step")), []).append(r)
+    out = []
+    for rs in groups.values():
+        bad = [r for r in rs if "error" in r]
+        if bad or len(rs) == 1:
+            out.append(bad[0] if bad else rs[0])
+            continue
+        row = dict(rs[0])
+        for k in ("prefill_tok_s", "decode_tok_s", "prefill_s", "decode_s"):
+            if all(k in r for r in rs):
+                row[k] = float(np.median([r[k] for r in rs]))
+        dec = [r["decode_tok_s"] for r in rs]
+        row.update(rounds=len(rs), decode_range=f"{min(dec):.3g}-{max(dec):.3g}")
+        out.append(row)
+    return out
+
+
 # ---- the whole run -------------------------------------------------------------------------
 def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None, peer=False,
-         threads=None):
+         threads=None, rounds=1):
     """The run as a list of (section, label, fn() -> list of rows); peer: llama.cpp e2e rows
-    next to ours (same file, prompt and threads)."""
+    next to ours (same file, prompt and threads); rounds: the e2e rows (ours and llama.cpp's)
+    that many times over, one round after the other (merge_rounds takes their medians)."""
     import nexvk
     cfg = QUICK if quick else FULL
     sections = sections or SECTIONS
@@ -447,6 +472,7 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None, 
 
         def peer_step(name, path, cache, ctx):
             return [peer_row(path, cache, ctx, cfg["decode_tokens"], name, threads)]
+        e2e_steps = []
         for name, path in e2e_models().items():
             for b in backends:
                 ctxs = cfg["e2e_contexts"] if name == "smollm2-135m" else cfg["e2e_contexts"][:1]
@@ -454,15 +480,17 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None, 
                     if name != "smollm2-135m":
                         continue
                     ctxs = ctxs[:1]
-                steps += [("e2e", f"e2e {name} {c} {b} ctx {ctx}",
+                e2e_steps += [("e2e", f"e2e {name} {c} {b} ctx {ctx}",
                            lambda name=name, path=path, b=b, c=c, ctx=ctx:
                                e2e_step(name, path, b, c, ctx))
                           for ctx in ctxs for c in E2E_CACHES]
             if peer:
                 ctxs = cfg["e2e_contexts"] if name == "smollm2-135m" else cfg["e2e_contexts"][:1]
-                steps += [("e2e", f"e2e {name} {c} llama.cpp ctx {ctx}",
+                e2e_steps += [("e2e", f"e2e {name} {c} llama.cpp ctx {ctx}",
                            lambda name=name, path=path, c=c, ctx=ctx: peer_step(name, path, c, ctx))
                           for ctx in ctxs for c in PEER_CACHES]
+        steps += [(sec, f"{label} (round {i + 1}/{rounds})" if rounds > 1 else label, fn)
+                  for i in range(rounds) for sec, label, fn in e2e_steps]
     if "concurrency" in sections:  # the default model; on lavapipe too slow to be worth it
         path = e2e_models()["smollm2-135m"]
         prompt = min(cfg["concurrent_prompt"], max(cfg["e2e_contexts"]) // 2)
@@ -483,9 +511,10 @@ def _guarded(label, fn):
 
 
 def run_all(device=None, quick=False, progress=True, backends=None, sections=None, log=None,
-            peer=False, threads=None):
+            peer=False, threads=None, rounds=1):
     """Run every benchmark; returns the report {meta, memory, error, codec, attention, e2e}.
-    peer: llama.cpp e2e rows too (when llama-cpp-python imports; a message otherwise)."""
+    peer: llama.cpp e2e rows too (when llama-cpp-python imports; a message otherwise);
+    rounds: e2e rows measured that many times, round after round, reported as medians."""
     import nexvk
     log = log or (lambda msg: print(msg, file=sys.stderr))
     backends = list(backends or resolve_backends("all", device, log))
@@ -499,10 +528,10 @@ def run_all(device=None, quick=False, progress=True, backends=None, sections=Non
                        "python": platform.python_version(), "numpy": np.__version__,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "sparse_v": SPARSE_V, "peak_keys": PEAK_KEYS, "peak_logit": PEAK_LOGIT,
-                       "loadavg": os.getloadavg(), "threads": threads},
+                       "loadavg": os.getloadavg(), "threads": threads, "rounds": rounds},
               "memory": [], "error": [], "codec": [], "attention": [], "e2e": [],
               "concurrency": []}
-    steps = plan(quick, backends, device, sections, peer, threads)
+    steps = plan(quick, backends, device, sections, peer, threads, rounds)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -518,6 +547,8 @@ def run_all(device=None, quick=False, progress=True, backends=None, sections=Non
         bar.close()
     add_f16_ratio(report["attention"])
     add_one_ratio(report["concurrency"])
+    if rounds > 1:
+        report["e2e"] = merge_rounds(report["e2e"])
     add_peer_ratio(report["e2e"])
     report["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report["meta"]["elapsed_s"] = time.perf_counter() - t0
@@ -576,15 +607,18 @@ def format_report(rep):
              table(rep["e2e"], [("model", "model"), ("ctx", "ctx"), ("cache", "cache"),
                                 ("backend", "backend"), ("prompt_tokens", "prompt"),
                                 ("prefill_tok_s", "prefill tok/s"), ("decode_tokens", "decoded"),
-                                ("decode_tok_s", "decode tok/s"),
-                                ("kv_mib", "KV MiB"), ("bits_per_value", "bits/value")]
+                                ("decode_tok_s", "decode tok/s")]
+                   + ([("decode_range", "decode range")]
+                      if any("decode_range" in r for r in rep["e2e"]) else [])
+                   + [("kv_mib", "KV MiB"), ("bits_per_value", "bits/value")]
                    + ([("x_peer_prefill", "prefill x llama.cpp"),
                        ("x_peer", "decode x llama.cpp")]
                       if any("x_peer" in r for r in rep["e2e"]) else []),
                    "End to end (K and V in the same format; turbo3 = the hardened cache; "
                    "numpy: float32 weights, cpu: compiled kernels with weights as stored, "
                    "vulkan: the whole step on the device; x llama.cpp: over llama.cpp's "
-                   "f16-cache row in the same run)"),
+                   "f16-cache row in the same run" + (f"; medians of {m.get('rounds')} rounds, "
+                   "run one after the other" if (m.get("rounds") or 1) > 1 else "") + ")"),
              table(rep.get("concurrency", []),
                    [("model", "model"), ("backend", "backend"), ("cache", "cache"),
                     ("seqs", "sequences"),
@@ -667,6 +701,10 @@ def add_parser(sub):
                         "file, prompt and threads, and print our ratio to it")
     p.add_argument("-t", "--threads", type=int, default=None,
                    help="threads of the cpu backend and of llama.cpp (default: every core)")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="e2e: measure every row (ours and llama.cpp's) N times, round after "
+                        "round, and report the medians and the decode range: on a shared "
+                        "machine one run moves by tens of percent")
     p.add_argument("--only", nargs="+", choices=SECTIONS,
                    help="run only these sections")
     p.add_argument("--plot", metavar="DIR", help="write PNG charts to DIR")
@@ -680,8 +718,11 @@ def cmd_bench(args):
     """Handler of `nexvk bench`; returns the exit code."""
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     backends = resolve_backends(args.backend, args.device, log)
+    if args.rounds < 1:
+        log(f"--rounds must be at least 1, got {args.rounds}")
+        return 2
     rep = run_all(args.device, args.quick, not args.no_progress, backends, args.only, log,
-                  args.peer, args.threads)
+                  args.peer, args.threads, args.rounds)
     print(format_report(rep))
     if args.json:
         with open(args.json, "w") as f:

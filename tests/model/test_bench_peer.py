@@ -47,3 +47,23 @@ def test_peer_row_and_ratios(monkeypatch, tiny):
     assert "x_peer" not in other                       # no peer row at that context
     bad = bench.e2e_peer(path, Tokenizer(open_gguf(path)), "turbo3", ctx=40, name="tiny")
     assert "error" in bad                              # a KV type llama.cpp has not: a row, no raise
+
+
+def test_rounds_are_merged_into_medians():
+    """--rounds N: each configuration's rows from N rounds become one row of medians with
+    the decode range; a failure in any round is reported, not averaged away."""
+    def row(dec, pre, cache="f16", backend="cpu"):
+        return {"model": "m", "ctx": 512, "cache": cache, "backend": backend,
+                "decode_tok_s": dec, "prefill_tok_s": pre}
+    rows = [row(50.0, 300.0), row(40.0, 330.0, "turbo3"), row(100.0, 320.0, backend="llama.cpp"),
+            row(60.0, 280.0), {"model": "m", "ctx": 512, "cache": "turbo3", "backend": "cpu",
+                                "error": "boom"},
+            row(90.0, 310.0, backend="llama.cpp"), row(30.0, 400.0), row(110.0, 330.0, backend="llama.cpp")]
+    merged = bench.merge_rounds(rows)
+    assert len(merged) == 3
+    ours, bad, peer = merged
+    assert ours["decode_tok_s"] == 50.0 and ours["prefill_tok_s"] == 300.0
+    assert ours["decode_range"] == "30-60" and ours["rounds"] == 3
+    assert bad["error"] == "boom"
+    assert peer["decode_tok_s"] == 100.0 and peer["decode_range"] == "90-110"
+    assert rows[0]["decode_tok_s"] == 50.0 and "rounds" not in rows[0]   # inputs untouched

@@ -242,13 +242,14 @@ def _scores(it, kt, kc, ks, sink_k, qr, tb, p0, lo, nk, window, ns, G,
     N, nslots = sink_k.shape[0], kc.shape[0]
     need[it] = 1
     if j0 < j1:
-        c8, tile, mu = kc.reshape(-1), rows[it], mult[it]
-        t32 = tile.reshape(-1)
+        c8, tile, mu, nd = kc.reshape(-1), rows[it], mult[it], need[it]
+        c16, t32 = c8.view(np.uint16), tile.reshape(-1)
+        t64 = t32.view(np.uint64)
         slot = _slot0(j0, N, nslots)
         for j in range(j0, j1, TILE):
             nt = min(TILE, j1 - j)
-            slot = _tile(kt, c8, c8.view(np.uint16), nslots, kc.shape[1], ks, sink_k, slot, j,
-                         nt, g, need[it], t32, t32.view(np.uint64), mu)
+            slot = _tile(kt, c8, c16, nslots, kc.shape[1], ks, sink_k, slot, j, nt, g, nd,
+                         t32, t64, mu)
             _dots(qr, tb, p0, window, g * G, G, tile, mu, j, nt, scores, j - lo)
     for t in range(tb):
         a, b = _seen(t, p0, window, j0, j1)
@@ -291,7 +292,8 @@ def _values(it, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
                 seen[j] = np.float32(0) if drop else p
     if j0 < j1:
         c8, tile, mu, nd = vc.reshape(-1), rows[it], mult[it], need[it]
-        t32 = tile.reshape(-1)
+        c16, t32 = c8.view(np.uint16), tile.reshape(-1)
+        t64 = t32.view(np.uint64)
         slot = _slot0(j0, N, nslots)
         for j in range(j0, j1, TILE):
             nt = min(TILE, j1 - j)
@@ -301,8 +303,8 @@ def _values(it, vt, vc, vs, sink_v, tb, p0, lo, nk, window, ns, G, thr,
                     for r in range(G):
                         x = x or scores[t, g * G + r, j + k - lo] > 0
                 nd[k] = x
-            slot = _tile(vt, c8, c8.view(np.uint16), nslots, vc.shape[1], vs, sink_v, slot, j,
-                         nt, g, nd, t32, t32.view(np.uint64), mu)
+            slot = _tile(vt, c8, c16, nslots, vc.shape[1], vs, sink_v, slot, j, nt, g, nd,
+                         t32, t64, mu)
             _accum(acc, it, tb, g * G, G, tile, mu, nt, scores, j - lo)
     skips[it] = n_skip
 

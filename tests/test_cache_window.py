@@ -129,3 +129,14 @@ def test_gemma3_bytes_equal_the_plan(fmt, ctx):
     assert c.nbytes == allocated == kv_bytes(cfg, ctx, fmt, fmt, batch)
     if fmt == "f16" and ctx == 32768:  # 3 global layers x 32768 + 15 rings x 1023, 1 KB a token
         assert c.nbytes == 1024 * (3 * 32768 + 15 * 1023)
+
+
+def test_visible_keys_closed_form():
+    """The per-head count of (query, key) pairs attention reports as `total` (the sparse-V
+    skip rate's denominator) against a direct count of what each query sees."""
+    from nexvk.kernels.attention import visible_keys
+    for window in (0, 1, 2, 5, 16, 37):
+        for pos0 in range(0, 60, 7):
+            for T in range(0, 25, 3):
+                want = sum(min(p + 1, window) if window else p + 1 for p in range(pos0, pos0 + T))
+                assert visible_keys(pos0, T, window) == want, (pos0, T, window)

@@ -166,7 +166,7 @@ class KVCache:
             rows = [(n, kf, vf)]
             if fit and n:  # the sinks stored before the mean was known are re-encoded with it
                 rows.insert(0, (0, self._raw_sinks[layer][:n], None))
-            saved = t.mean[layer].copy(), t.scale[layer].copy()
+            saved = (t.mean[layer].copy(), t.scale[layer].copy()) if fit else None
             try:  # fit on this append's non-sink keys (and queries); check every row first
                 if fit:
                     t.fit(layer, kf[s:], None if q is None else q[s:])

@@ -56,9 +56,13 @@ def ref(kfmt, vfmt, kcodes, kscales, vcodes, vscales, q, pos0, scale, thr=0.0, w
 
 def visible_keys(pos0, T, window=0):
     """(query, key) pairs of T queries at positions pos0.. seeing keys p-window+1..p (all
-    keys before them when window is 0), per query head."""
-    p = np.arange(pos0, pos0 + T)
-    return int(np.sum(np.minimum(p + 1, window) if window else p + 1))
+    keys before them when window is 0), per query head: the sum of min(p + 1, window) over
+    the queries, in closed form (called once per layer and token)."""
+    lo, hi = pos0 + 1, pos0 + T          # each query sees p + 1 keys, at most window
+    if not window:
+        return (lo + hi) * T // 2
+    n = max(0, min(hi, window) - lo + 1)  # queries that see fewer than window keys
+    return (2 * lo + n - 1) * n // 2 + window * (T - n)
 
 
 def spec(kfmt, vfmt, group):

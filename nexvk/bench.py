@@ -481,14 +481,15 @@ def plan(quick=False, backends=("numpy", "vulkan"), device=None, sections=None, 
                         continue
                     ctxs = ctxs[:1]
                 e2e_steps += [("e2e", f"e2e {name} {c} {b} ctx {ctx}",
-                           lambda name=name, path=path, b=b, c=c, ctx=ctx:
-                               e2e_step(name, path, b, c, ctx))
-                          for ctx in ctxs for c in E2E_CACHES]
+                               lambda name=name, path=path, b=b, c=c, ctx=ctx:
+                                   e2e_step(name, path, b, c, ctx))
+                              for ctx in ctxs for c in E2E_CACHES]
             if peer:
                 ctxs = cfg["e2e_contexts"] if name == "smollm2-135m" else cfg["e2e_contexts"][:1]
                 e2e_steps += [("e2e", f"e2e {name} {c} llama.cpp ctx {ctx}",
-                           lambda name=name, path=path, c=c, ctx=ctx: peer_step(name, path, c, ctx))
-                          for ctx in ctxs for c in PEER_CACHES]
+                               lambda name=name, path=path, c=c, ctx=ctx:
+                                   peer_step(name, path, c, ctx))
+                              for ctx in ctxs for c in PEER_CACHES]
         steps += [(sec, f"{label} (round {i + 1}/{rounds})" if rounds > 1 else label, fn)
                   for i in range(rounds) for sec, label, fn in e2e_steps]
     if "concurrency" in sections:  # the default model; on lavapipe too slow to be worth it

@@ -126,6 +126,26 @@ def test_values_beyond_fp16_range_are_refused():
             c.encode(np.full((1, 64), 1e7 if name.startswith("q") else 1e5, np.float32))
 
 
+def test_turbo_norm_limit_is_the_vector_norm():
+    """A turbo format refuses exactly the rows whose norm exceeds its fp16 limit, whether or
+    not a row's largest entry alone would have settled it: one large entry, or a norm spread
+    evenly over every entry, just under and just over."""
+    for name in ("turbo2", "turbo3", "turbo4"):
+        for d in (64, 128):
+            f = formats.make(name, d)
+            limit = 65504.0 * np.sqrt(d) * float(np.abs(f.centroids).min())
+            for norm in (0.97 * limit, 1.03 * limit):
+                spike = np.zeros((2, d), np.float32)
+                spike[1, 3] = norm
+                even = np.full((2, d), norm / np.sqrt(d), np.float32)
+                for x in (spike, even):
+                    if norm > limit:
+                        with pytest.raises(ValueError, match="norms up to"):
+                            f.check_range(x, "k")
+                    else:
+                        f.check_range(x, "k")
+
+
 def test_decode_checks_what_it_is_given():
     enc = nexvk.codec("turbo3", 64).encode(np.ones((2, 64), np.float32))
     with pytest.raises(ValueError, match="turbo4"):

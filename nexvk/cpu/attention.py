@@ -7,10 +7,10 @@ stays in L1, never a float copy of the context (turbo rows: 16 codes per vector 
 lookup, nexvk.cpu.lut, where the CPU has AVX-512, else two per scalar pair-table copy);
 values are accumulated in the value format's compute domain and un-rotated once per query
 head. Decoding a tile (_tile), its dots (_dots) and its value sums (_accum) are separate
-compiled functions called once per tile, and none of them hands an array to an inlined
-helper inside its loops: numba increfs and decrefs every array an inlined function
-receives, and in a large loop nest its pruning pass leaves those atomic calls in (the
-earlier one-row-at-a-time kernel spent most of its time on them: docs/cpu.md).
+compiled functions called once per tile, each small: numba increfs and decrefs every array
+an inlined function receives, and in a large loop nest (the earlier one-row-at-a-time
+kernel, which spent most of its time on those atomic calls: docs/cpu.md) its pruning pass
+leaves them in; in functions this size it removes them.
 
 Queries go in blocks of `block` (the score scratch holds block x heads x keys floats). Per
 block, two passes over the block's visible keys, each split into `ns` chunks x KV heads
@@ -101,11 +101,10 @@ def _tile(tables, c8, c16, nslots, hkv, scales, sinks, slot, j, m, g, need, t32,
     slot is position j's. c8, c16: the codes (nslots, hkv, rb bytes) flattened, as bytes
     and as halves; t64: t32 viewed as uint64. Returns position j + m's slot.
 
-    Written as flat loops over this call's arrays, with no helper that takes an array:
-    numba increfs and decrefs the arrays an inlined helper receives, and in a loop this
-    large its pruning pass leaves those pairs in (~12 atomic calls a row, 3-5x the decode
-    itself). Offsets are unsigned: numba wraps negative indices, and an offset it cannot
-    prove non-negative made LLVM gather element by element."""
+    Offsets are unsigned: numba wraps negative indices, and an offset it cannot prove
+    non-negative made LLVM gather element by element. (The one inlined helper that takes
+    arrays, lut.decode_row, costs no reference counts here: perf shows the same share of
+    atomic calls as with its loop written out.)"""
     fid, bits, pairs, cent, vec = tables
     N, d = sinks.shape[0], sinks.shape[2]
     rb = c8.size // (nslots * hkv)
@@ -123,16 +122,7 @@ def _tile(tables, c8, c16, nslots, hkv, scales, sinks, slot, j, m, g, need, t32,
                 if fid == TURBO:
                     f = half.to_f32(scales[slot, g, 0])
                 if fid == TURBO and vec:   # 16 codes per table lookup (nexvk.cpu.lut)
-                    for w in range(d // 16):
-                        ow = 2 * bits * w
-                        o2 = min(ow, rb - 8)   # the last block: the 8 bytes that end the row
-                        src, sh, dst = base + o2, 8 * (ow - o2), k * d + 16 * w
-                        if bits == 3:
-                            lut.decode16(3, c8, src, sh, cent, t32, dst)
-                        elif bits == 2:
-                            lut.decode16(2, c8, src, sh, cent, t32, dst)
-                        else:
-                            lut.decode16(4, c8, src, sh, cent, t32, dst)
+                    lut.decode_row(bits, c8, base, rb, cent, t32, k * d, d)
                 elif fid == TURBO:   # two codes at a time: one 64-bit copy of two centroids
                     o64 = o // np.uint64(2)
                     if bits == 3:

@@ -83,26 +83,28 @@ def decode16(typingctx, bits, src, off, sh, table, dst, doff):
 
 
 @njit(cache=True, inline="always")
-def decode_row(bits, codes, base, table, out):
-    """out := table[c] for the out.size (a multiple of 16) codes of the row that starts at
-    byte base of codes (C-contiguous uint8, rows of codes.shape[-1] >= 8 bytes)."""
-    rb = codes.shape[-1]
-    for m in range(out.size // 16):
+def decode_row(bits, src, base, rb, table, dst, doff, d):
+    """dst[doff:doff + d] := table[c] for the d codes (a multiple of 16) of the rb-byte row
+    (rb >= 8) that starts at byte base of src (C-contiguous uint8, e.g. a cache's codes
+    flattened); dst: float32, C-contiguous."""
+    for m in range(d // 16):
         o = 2 * bits * m
         o2 = min(o, rb - 8)   # the last block of a row: the 8 bytes that end the row
         if bits == 3:
-            decode16(3, codes, base + o2, 8 * (o - o2), table, out, 16 * m)
+            decode16(3, src, base + o2, 8 * (o - o2), table, dst, doff + 16 * m)
         elif bits == 2:
-            decode16(2, codes, base + o2, 8 * (o - o2), table, out, 16 * m)
+            decode16(2, src, base + o2, 8 * (o - o2), table, dst, doff + 16 * m)
         else:
-            decode16(4, codes, base + o2, 8 * (o - o2), table, out, 16 * m)
+            decode16(4, src, base + o2, 8 * (o - o2), table, dst, doff + 16 * m)
 
 
 @njit(cache=True)
 def run(bits, codes, table, out):
     """out (n, d) := every row of codes (n, bytes) decoded (decode_row, for the tests)."""
-    for r in range(out.shape[0]):
-        decode_row(bits, codes, r * codes.shape[1], table, out[r])
+    n, d = out.shape
+    src, dst = codes.reshape(-1), out.reshape(-1)
+    for r in range(n):
+        decode_row(bits, src, r * codes.shape[1], codes.shape[1], table, dst, r * d, d)
 
 
 def ref(bits, words, table, head_dim):

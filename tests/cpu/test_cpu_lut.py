@@ -34,8 +34,10 @@ def test_portable_lookup_compiles_and_agrees(rng, monkeypatch):
 
     @njit(cache=False)
     def run(codes, table, out):
-        for r in range(out.shape[0]):
-            lut.decode_row(3, codes, r * codes.shape[1], table, out[r])
+        n, d = out.shape
+        src, dst = codes.reshape(-1), out.reshape(-1)
+        for r in range(n):
+            lut.decode_row(3, src, r * codes.shape[1], codes.shape[1], table, dst, r * d, d)
 
     words = pack.pack(rng.integers(0, 8, (3, 64)), 3)
     table = rng.standard_normal(16).astype(np.float32)

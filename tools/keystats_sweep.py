@@ -42,13 +42,6 @@ PROMPTS = [
 ]
 
 
-def sample(logits, rng, k, temp):
-    """One top-k sample per row (Gumbel-max)."""
-    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    z = np.take_along_axis(logits, top, 1).astype(np.float64) / temp + rng.gumbel(size=top.shape)
-    return top[np.arange(len(top)), z.argmax(1)]
-
-
 def gen_ar(m, prompts, per_seq, rng, k, temp, stop_at_eos):
     """Each prompt (token list) continued by up to per_seq sampled tokens, in one batch."""
     seqs = [m.with_cache(ctx=m.ctx) for _ in prompts]
@@ -57,7 +50,7 @@ def gen_ar(m, prompts, per_seq, rng, k, temp, stop_at_eos):
     for s, p in zip(seqs, prompts):
         s.reset()
         nxt.append(s.forward(np.array(p), 0)[-1].copy())
-    toks = sample(np.stack(nxt), rng, k, temp)
+    toks = keystats.sample_top_k(np.stack(nxt), rng, k, temp)
     live = list(range(len(seqs)))
     batch = Batch(m, len(seqs))
     stops = m.tokenizer.stop_ids
@@ -75,7 +68,7 @@ def gen_ar(m, prompts, per_seq, rng, k, temp, stop_at_eos):
         if not live:
             break
         logits = batch.step([seqs[i] for i in live], toks)
-        toks = sample(logits, rng, k, temp)
+        toks = keystats.sample_top_k(logits, rng, k, temp)
     print(f"gen: {sum(n_new)} tokens in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return out
 

@@ -83,11 +83,16 @@ def calibration_tokens(model, n, sequences, top_k, seed, progress=False):
         bar = tqdm(bar, desc="key statistics: self-written text", unit="step",
                    file=sys.stderr)
     for i in bar:
-        logits = batch.step(seqs, x[i])                             # (sequences, vocab)
-        top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-        z = np.take_along_axis(logits, top, 1) + rng.gumbel(size=top.shape)
-        x[i + 1] = top[np.arange(sequences), z.argmax(1)]
+        x[i + 1] = sample_top_k(batch.step(seqs, x[i]), rng, k)    # logits (sequences, vocab)
     return np.concatenate([x[:1, 0], x[1:].T.reshape(-1)])[:n]
+
+
+def sample_top_k(logits, rng, k, temp=1.0):
+    """One token per row of logits (rows, vocab): a sample of the top k at temperature temp
+    (Gumbel-max, in float64)."""
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    z = np.take_along_axis(logits, top, 1).astype(np.float64) / temp + rng.gumbel(size=top.shape)
+    return top[np.arange(len(top)), z.argmax(1)]
 
 
 def compute(path, progress=False, text=None):

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nexvk.kernels import attention as attn_kernel
+from nexvk.kernels import attention as attn_kernel, tuning
 from nexvk.quant.formats import make
 
 SCRATCH_BYTES = 16 << 20  # scores + split partials of one dispatch of queries (vulkan)
+GPU_TARGET = tuning.TABLE["gpu"]["attention"]["TARGET"]  # what the memory plan assumes
 # upper bounds of the geometry (far beyond any model; they keep every offset in range)
 LIMITS = {"n_layers": 1 << 12, "n_kv_heads": 1 << 12, "n_heads": 1 << 14,
           "head_dim": 1 << 12, "capacity": 1 << 28, "max_batch": 1 << 16}
@@ -53,13 +54,20 @@ def layer_windows(window, n_layers, capacity):
     return out
 
 
-def scratch_plan(head_dim, n_kv_heads, max_heads, slots, windows, max_batch):
-    """(attention Plan of one query, scratch bytes per query, queries per dispatch `chunk`):
-    how the Vulkan store sizes its score and partial-sum scratch."""
-    keys = max(w or n for w, n in zip(windows, slots))
-    one = attn_kernel.Plan(head_dim, n_kv_heads, max_heads // n_kv_heads, keys, 1)
+def scratch_plan(head_dim, n_kv_heads, max_heads, slots, windows, max_batch, target=0):
+    """(attention Plan of one query, scratch bytes per query, queries per dispatch `chunk`,
+    partial-sum floats of the largest dispatch): how the Vulkan store sizes its score and
+    partial-sum scratch. target: tuning's attention TARGET of the device (split_size)."""
+    keys = [w or n for w, n in zip(windows, slots)]
+    group = max_heads // n_kv_heads
+    one = attn_kernel.Plan(head_dim, n_kv_heads, group, max(keys), 1)
     per_query = 4 * (max_heads * max(slots) + one.part_floats)
-    return one, per_query, max(1, min(max_batch, max(SCRATCH_BYTES, per_query) // per_query))
+    chunk = max(1, min(max_batch, max(SCRATCH_BYTES, per_query) // per_query))
+    # with a target, fewer rows take more (smaller) splits: the largest over every row count
+    parts = chunk * one.part_floats if not target else max(
+        attn_kernel.Plan(head_dim, n_kv_heads, group, k, rows, target).part_floats
+        for k in set(keys) for rows in range(1, chunk + 1))
+    return one, per_query, chunk, parts
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,16 +133,16 @@ class CacheLayout:
         """Most keys one query of `layer` sees."""
         return self.windows[layer] or self.slots[layer]
 
-    def scratch(self):
-        """scratch_plan of this cache (vulkan)."""
+    def scratch(self, target=GPU_TARGET):
+        """scratch_plan of this cache (vulkan) on a device of attention TARGET `target`."""
         return scratch_plan(self.head_dim, self.n_kv_heads, self.max_heads, self.slots,
-                            self.windows, self.max_batch)
+                            self.windows, self.max_batch, target)
 
     def vulkan_working_bytes(self):
         """Device bytes a Vulkan store holds besides the cache itself: the attention scratch
         and the staging of host-array calls (host-visible buffers count twice: device + host
         copy)."""
-        _, per_query, chunk = self.scratch()
+        _, _, chunk, parts = self.scratch()
         d, hkv, H = self.head_dim, self.n_kv_heads, self.max_heads
         staging = sum(4 * rows * d * 2 * (hkv + H) for rows in {1, chunk})
-        return chunk * per_query + 2 * staging
+        return 4 * (chunk * H * max(self.slots) + parts) + 2 * staging

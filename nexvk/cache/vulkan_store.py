@@ -10,6 +10,7 @@ from nexvk.cache.state_rows import StateRows
 from nexvk.kernels import attention as attn_kernel
 from nexvk.kernels import dyn as dyn_words
 from nexvk.kernels import layout
+from nexvk.kernels import tuning
 from nexvk.kernels import upload
 from nexvk.quant.transform import SCALE_MIN_ROWS
 
@@ -87,13 +88,14 @@ class VulkanStore(StateRows):
         # scratch (scores, per-split partials) sized for the largest group and `chunk` queries
         H = c.max_heads
         stride = max(c.slots)
-        one, per_query, self.chunk = c.scratch()
+        self.target = tuning.get(dev, "attention")["TARGET"]
+        one, per_query, self.chunk, parts = c.scratch(self.target)
         one.check_shared_memory(dev.info["limits"]["max_compute_shared_memory_size"], dev.name)
         if per_query > dev.max_buffer_bytes:
             raise ValueError(f"attention over {H} heads x {stride} tokens exceeds {dev.name}'s "
                              "storage-buffer limit; lower the capacity")
         self.scr = pool.get(self.tag + "scores", self.chunk * H * stride, np.float32)
-        self.part = pool.get(self.tag + "partials", self.chunk * one.part_floats, np.float32)
+        self.part = pool.get(self.tag + "partials", parts, np.float32)
         self.io = {}  # staging of the host-array calls, for 1 row and for `chunk` rows
         for rows in sorted({1, self.chunk}):
             self.io[rows] = {
@@ -170,7 +172,7 @@ class VulkanStore(StateRows):
         spec = attn_kernel.spec(c.kfmts[layer], c.vfmts[layer], group)
         for q0 in range(0, rows, self.chunk):
             plan = attn_kernel.Plan(c.head_dim, c.n_kv_heads, group, c.keys_seen(layer),
-                                    min(self.chunk, rows - q0))
+                                    min(self.chunk, rows - q0), self.target)
             push = plan.push(c.n_kv_heads, kreg, vreg, *self.tabs[layer], c.slots[layer], q0,
                              c.windows[layer], q_off, o_off, c.sinks[layer],
                              (ex.sink_k, ex.sink_v), xs)

@@ -70,21 +70,29 @@ def spec(kfmt, vfmt, group):
     return [layout.WG, kfmt.head_dim, group, *layout.spec(kfmt), *layout.spec(vfmt)]
 
 
-def split_size(head_dim, group):
-    """Keys per split: at most ~40k loop iterations per invocation (llvmpipe ends any loop
-    after 65535), a multiple of the workgroup width, between 64 and 4096."""
+def split_size(head_dim, group, keys=0, parallel=1, target=0):
+    """Keys per split, a multiple of the workgroup width. At most ~40k loop iterations per
+    invocation (llvmpipe ends any loop after 65535), between 64 and 4096 keys. target > 0
+    (tuning's attention TARGET, GPUs): smaller splits, so that `parallel` (query rows x KV
+    heads) x splits of `keys` reach `target` workgroups per pass -- a decode step otherwise
+    runs one workgroup per KV head, each looping over every key (3 on SmolLM2, whose decode
+    at 2048 keys then ran at 0.3x its speed at 512 on an H200)."""
     dpt = -(-head_dim // layout.WG)
     per_key = 2 + group + dpt * (1 + group) + head_dim * (1 + group) // layout.WG
-    return int(min(4096, max(layout.WG, 40_000 // per_key // layout.WG * layout.WG)))
+    cap = int(min(4096, max(layout.WG, 40_000 // per_key // layout.WG * layout.WG)))
+    if target <= 0 or keys <= 0:
+        return cap
+    want = -(-keys * parallel // target)
+    return min(cap, max(layout.WG, -(-want // layout.WG) * layout.WG))
 
 
 class Plan:
     """Sizes of one attention configuration: `rows` queries per dispatch, `group` query
     heads per KV head, each query seeing at most `keys` keys (the layer's capacity, or its
-    window)."""
+    window); `target`: see split_size."""
 
-    def __init__(self, head_dim, n_kv_heads, group, keys, rows):
-        self.ks = split_size(head_dim, group)
+    def __init__(self, head_dim, n_kv_heads, group, keys, rows, target=0):
+        self.ks = split_size(head_dim, group, keys, rows * n_kv_heads, target)
         self.ns = -(-keys // self.ks)
         self.groups = rows * n_kv_heads * self.ns           # scores and values passes
         self.reduce_groups = rows * n_kv_heads

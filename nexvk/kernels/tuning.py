@@ -10,6 +10,8 @@ gpu: many invocations per row summed in shared memory, X tiles staged in shared 
 NOTE: llvmpipe compiles mul_mm's unrolled NR x TT tile slowly (~15 s for 16 x 8 on 2 busy
 cores; 16 x 16 runs ~2x faster but takes ~50 s) once per (type, K): Mesa's shader disk cache
 keeps it afterwards. The row count is a push constant so that every shape of a K shares it.
+attention TARGET: workgroups a pass of decode attention should fill (kernels/attention.py
+split_size); 0 = the largest splits (lavapipe: few threads, each split costs a reduce).
 The weight layout (ggml_types) is the same for both: measured on lavapipe, row-interleaved
 layouts gained nothing over row-major streams, which GPUs read coalesced.
 """
@@ -20,6 +22,7 @@ TABLE = {
         "get_rows": {"WG": 8},
         "rms_norm": {"WG": 8},
         "elementwise": {"WG": 64},   # rope, glu, add
+        "attention": {"TARGET": 0},
     },
     "gpu": {
         "mul_mv": {"WG": 128, "NR": 1, "TPR": 32},
@@ -27,6 +30,7 @@ TABLE = {
         "get_rows": {"WG": 64},
         "rms_norm": {"WG": 128},
         "elementwise": {"WG": 128},
+        "attention": {"TARGET": 512},
     },
 }
 

@@ -113,3 +113,61 @@ def test_sparse_v_at_1e6_stays_within_1e4_and_skips_rows(request, backend):
     assert cache.stats["skip_rate"] > 0.5, cache.stats
     assert cache.stats["total"] == L * H
     assert rel(sparse, dense) < 1e-4
+
+
+def test_split_size_fills_a_gpu_without_breaking_llvmpipes_loop_bound():
+    """tuning's attention TARGET: a decode query of SmolLM2 (3 KV heads, 2048 keys) gets
+    splits of one workgroup width (96 workgroups per pass instead of 3); never below the
+    width, never above the loop bound that TARGET 0 (lavapipe) keeps using."""
+    from nexvk.kernels.attention import Plan, split_size
+    from nexvk.kernels.layout import WG
+    cap = split_size(64, 3)
+    assert cap == split_size(64, 3, 2048, 3, 0) and cap >= 2048
+    assert Plan(64, 3, 3, 2048, 1).ns == 1
+    p = Plan(64, 3, 3, 2048, 1, target=512)
+    assert p.ks == WG and p.groups == 3 * 2048 // WG
+    big = Plan(128, 8, 4, 32768, 1, target=512)      # 8 KV heads: 64 splits of 512 keys
+    assert (big.ks, big.ns) == (512, 64)
+    assert Plan(64, 3, 3, 2048, 256, target=512).ks == cap   # a prefill chunk: as before
+    for keys in (1, 63, 65, 1000, 40000):
+        for rows in (1, 7, 64):
+            ks = split_size(128, 4, keys, rows * 8, 512)
+            assert ks % WG == 0 and WG <= ks <= split_size(128, 4)
+
+
+@pytest.fixture
+def gpu_splits(monkeypatch):
+    """lavapipe running attention with the GPU table's TARGET (small splits + reduce)."""
+    from nexvk.kernels import tuning
+    monkeypatch.setitem(tuning.TABLE["cpu"], "attention", dict(tuning.TABLE["gpu"]["attention"]))
+
+
+SPLIT_GRID = [(kt, vt, d, hkv, G, L, T)
+              for (kt, vt) in FORMAT_PAIRS
+              for (d, hkv, G) in [(64, 3, 3), (128, 8, 4)]
+              for (L, T) in [(65, 1), (300, 40), (1000, 1)]]
+
+
+@pytest.mark.parametrize("kt,vt,d,hkv,G,L,T", SPLIT_GRID,
+                         ids=[f"{kt}-{vt}-d{d}-gqa{G}-ctx{L}-T{T}" for kt, vt, d, hkv, G, L, T in SPLIT_GRID])
+def test_vulkan_attention_with_gpu_splits_matches_numpy(device, gpu_splits, kt, vt, d, hkv, G, L, T):
+    test_vulkan_attention_matches_numpy(device, kt, vt, d, hkv, G, L, T)
+
+
+def test_hardened_decode_with_gpu_splits_matches_numpy(device, gpu_splits):
+    """Sinks, the key transform and token-by-token appends (the model's decode path) with
+    small splits: the same outputs as the numpy cache."""
+    rng = np.random.default_rng(3)
+    hkv, d, H, L = 3, 64, 9, 700
+    ref = KVCache(1, hkv, d, L + 4, "turbo3", "turbo3")
+    vk = KVCache(1, hkv, d, L + 4, "turbo3", "turbo3", backend="vulkan", device=device, n_heads=H)
+    k = rng.standard_normal((L, hkv, d)).astype(np.float32) + np.float32(2.0)
+    v = rng.standard_normal((L, hkv, d)).astype(np.float32)
+    ref.append(0, k, v)
+    vk.append(0, k, v)
+    for _ in range(4):
+        kv = rng.standard_normal((1, hkv, d)).astype(np.float32)
+        ref.append(0, kv, kv)
+        vk.append(0, kv, kv)
+        q = rng.standard_normal((1, H, d)).astype(np.float32)
+        assert rel(vk.attention(0, q), ref.attention(0, q)) < 1e-4

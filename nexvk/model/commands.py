@@ -5,7 +5,9 @@ Each handler is a thin shell over the Python API and returns an exit code; nexvk
 ValueError/FileNotFoundError/RuntimeError into one clean error line.
 """
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from nexvk.quant import FORMATS
@@ -276,11 +278,18 @@ def cmd_chat(args):
         print(f"[{msg}]", file=sys.stderr, flush=True)
 
     if interactive:
-        tell(f"chatting with {m.source.name}; {CHAT_HELP}; Ctrl-D ends")
+        tell(f"chatting with {m.source.name}; {CHAT_HELP}; Ctrl-C stops a reply, Ctrl-D ends")
     while True:
         if interactive:
             _emit("> ")
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            print(flush=True)
+            tell("Ctrl-D or /exit ends the chat")
+            continue
         if not line:  # end of input
             break
         line = line.strip()
@@ -318,22 +327,51 @@ def cmd_chat(args):
                 _tell_dropped(tell, m)
             told.append(1)
             _emit(piece)
+        stopped = []
         try:
-            reply = m.chat(history, n=args.n, temperature=args.temp, top_k=args.top_k,
-                           top_p=args.top_p, seed=args.seed, stream=stream,
-                           prompt_cache=prompt_cache)
+            with _ctrl_c_stops(stopped, interactive):
+                reply = m.chat(history, n=args.n, temperature=args.temp, top_k=args.top_k,
+                               top_p=args.top_p, seed=args.seed, stream=stream,
+                               prompt_cache=prompt_cache, stop=lambda: bool(stopped))
         except ValueError as e:
             history.pop()
             tell(f"error: {e}")
             continue
         prompt_cache = None
         print(flush=True)
+        if stopped:
+            tell("reply stopped (kept as it is)")
         if m.stats["dropped"]:
             if not told:
                 _tell_dropped(tell, m)
             del history[len(system):len(system) + m.stats["dropped"]]
         history.append({"role": "assistant", "content": reply})
     return 0
+
+
+class _ctrl_c_stops:
+    """While a chat reply streams (interactive, main thread): the first Ctrl-C appends to
+    `stopped`, which the reply checks between tokens, so it ends at a token boundary with the
+    cache whole; a second one interrupts as usual (e.g. during a long prefill)."""
+
+    def __init__(self, stopped, enabled):
+        self.stopped = stopped
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def _handle(self, signum, frame):
+        if self.stopped:
+            raise KeyboardInterrupt
+        self.stopped.append(signum)
+
+    def __enter__(self):
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def _tell_dropped(tell, m):

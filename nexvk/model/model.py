@@ -276,15 +276,17 @@ class Model:
         return n
 
     def generate(self, prompt, n=64, temperature=0.0, top_k=0, top_p=1.0, seed=0, stream=None,
-                 chat=False, bos=None, reuse=False, prompt_cache=None):
+                 chat=False, bos=None, reuse=False, prompt_cache=None, stop=None):
         """Continue `prompt` by up to n tokens (stops early at an end-of-text token); n = -1
         generates until an end-of-text token or the end of the context. chat: the prompt is
         one user turn of the model's chat template. reuse: keep the cached tokens that begin
         the prompt (e.g. from load_state) and prefill only the rest. prompt_cache: a file
         path: start from its cache when it exists, write the prompt's cache there when not
         (nexvk.model.state.prefill_cached).
-        Calls stream(text_piece) as text becomes available; returns the generated text and
-        fills self.stats with prefill/decode token counts, seconds and tokens/s."""
+        Calls stream(text_piece) as text becomes available; stop() between tokens: True ends
+        the reply there (the cache then holds every token processed, so a conversation can go
+        on: `nexvk chat`'s Ctrl-C). Returns the generated text and fills self.stats with
+        prefill/decode token counts, seconds and tokens/s."""
         tok = self.tokenizer
         ids = (tok.encode_chat([{"role": "user", "content": prompt}]) if chat
                else tok.encode(prompt, bos=bos))
@@ -294,17 +296,18 @@ class Model:
             ids = [int(tok.bos_id)]
         n = self._budget(n, len(ids))
         return self._respond(ids, n, Sampler(temperature, top_k, top_p, seed), stream, reuse,
-                             prompt_cache)
+                             prompt_cache, stop)
 
     def chat(self, messages, n=-1, temperature=0.0, top_k=0, top_p=1.0, seed=0, stream=None,
-             prompt_cache=None):
+             prompt_cache=None, stop=None):
         """The assistant's reply to `messages` ([{"role": "system"/"user"/"assistant",
         "content": str}, ...], rendered with the model's chat template), up to n tokens (-1:
         until its end-of-turn token or the end of the context). The tokens of earlier turns
         stay in the cache: only what is new since the last call is prefilled. When the
         conversation and a reply would not fit the context, the oldest turns after the system
         prompt are left out: stats["dropped"] says how many messages (from the first after
-        any system message), and the rest is prefilled again. prompt_cache: as generate's."""
+        any system message), and the rest is prefilled again. prompt_cache, stop: as
+        generate's."""
         tok = self.tokenizer
         room = n if n >= 0 else max(1, self.ctx // 4)  # a reply of at least this many tokens
         first = 1 if messages and isinstance(messages[0], dict) and \
@@ -325,7 +328,7 @@ class Model:
         n = self._budget(n, len(ids))
         self.stats["dropped"] = dropped  # set before the reply streams, for the caller to say
         return self._respond(ids, n, Sampler(temperature, top_k, top_p, seed), stream, True,
-                             prompt_cache)
+                             prompt_cache, stop)
 
     def _budget(self, n, prompt_len):
         """Tokens to generate after a prompt: n checked, -1 = the rest of the context."""
@@ -339,8 +342,9 @@ class Model:
                              f"of {self.ctx} tokens (raise -c or shorten the prompt)")
         return n
 
-    def _respond(self, ids, n, sampler, stream, reuse, prompt_cache=None):
-        """Prefill ids, then sample up to n tokens, streaming text; stops at a stop id."""
+    def _respond(self, ids, n, sampler, stream, reuse, prompt_cache=None, stop=None):
+        """Prefill ids, then sample up to n tokens, streaming text; stops at a stop id or when
+        stop() says so."""
         tok = self.tokenizer
         t0 = time.perf_counter()
         if prompt_cache is None:
@@ -351,6 +355,8 @@ class Model:
         t1 = time.perf_counter()
         out, text, n_dec = [], "", 0
         for i in range(n):
+            if stop is not None and stop():
+                break
             nxt = sampler(logits)
             if nxt in tok.stop_ids:
                 break

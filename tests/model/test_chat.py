@@ -161,3 +161,67 @@ def test_chat_command_reads_stdin_until_eof(model_path, tmp_path, capsys, monkey
     assert "saved 3 messages" in err and "conversation reset" in err
     assert "error: prompt cache not found" in err and "loaded 3 messages" in err
     assert "unknown command /bogus" in err and "Traceback" not in err
+
+
+def test_a_stopped_reply_keeps_the_cache_whole_and_the_chat_goes_on(model):
+    """generate/chat's stop(), checked between tokens (`nexvk chat`'s Ctrl-C): the reply ends
+    there, the cache holds the prompt and every token shown, and the next turn prefills only
+    what is new after the stopped reply."""
+    m = model.with_cache("f16", "f16", ctx=256)
+    pieces = []
+    talk = [SYSTEM, {"role": "user", "content": "Count from 1 to 50, one number per line."}]
+    reply = m.chat(talk, n=40, stream=pieces.append, stop=lambda: len(pieces) >= 5)
+    assert len(pieces) == 5 and reply == "".join(pieces)
+    assert m.stats["generated"] == 5 and len(m.tokens) == m.stats["prompt_tokens"] + 5
+    talk += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Thanks."}]
+    m.chat(talk, n=4)
+    assert m.stats["reused_tokens"] >= m.stats["prompt_tokens"] - 16   # the turn's new tokens only
+    assert m.tokens[:m.stats["prompt_tokens"]] == m.tokenizer.encode_chat(talk)
+
+
+def test_ctrl_c_in_a_terminal_stops_the_reply_not_the_chat(model_path):
+    """In a terminal, Ctrl-C (SIGINT to the foreground process, as a tty sends it) during a
+    reply stops that reply and the prompt comes back; at the prompt it says how to leave;
+    /exit then ends with status 0 (it used to end the whole chat with 130)."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+    repo = Path(__file__).resolve().parents[2]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: nexvk chat on the pty
+        os.chdir(repo)
+        os.execv(sys.executable, [sys.executable, "-m", "nexvk", "chat", "-m", str(model_path),
+                                  "-c", "1024", "-n", "600", "--backend", "numpy",
+                                  "-ctk", "f16", "-ctv", "f16"])
+    seen = bytearray()
+
+    def until(text, timeout=120):
+        end = time.monotonic() + timeout
+        while text.encode() not in seen:
+            assert time.monotonic() < end, f"no {text!r} in {bytes(seen)[-400:]!r}"
+            if select.select([fd], [], [], 1)[0]:
+                seen.extend(os.read(fd, 4096))
+        i = seen.index(text.encode()) + len(text)
+        del seen[:i]
+
+    try:
+        until("> ")
+        os.write(fd, b"Count from 1 to 300, one number per line.\n")
+        until("per line.")       # the terminal's echo of the question
+        until("\n3")             # the reply is streaming
+        os.write(fd, b"\x03")    # Ctrl-C
+        until("reply stopped")
+        until("> ")
+        os.write(fd, b"\x03")
+        until("/exit ends the chat")
+        os.write(fd, b"/exit\n")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)

@@ -32,6 +32,16 @@ def _log_softmax(logits):
     return z
 
 
+def kld(ref_logits, logits):
+    """KL(ref || other) of the next-token distributions of two (n, vocab) logits arrays, per
+    position (float64): what `nexvk ppl --kld` averages."""
+    return _kl(_log_softmax(ref_logits), _log_softmax(logits))
+
+
+def _kl(lp_ref, lp):
+    return np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=1)
+
+
 BLOCK = 1 << 18     # characters tokenized per step when streaming a text
 OVERLAP = 1 << 10   # characters re-read before each cut (see stream_ids)
 
@@ -210,7 +220,7 @@ def perplexity(model_or_path, text, ctx=512, chunks=None, k_type="f16", v_type="
                     base = kld_base[i] = base.copy()
             lp_ref = _log_softmax(base)
             nll_ref.append(-lp_ref[rows, target])
-            kl.append(np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=1))
+            kl.append(_kl(lp_ref, lp))
             agree.append(lp_ref.argmax(axis=1) == lp.argmax(axis=1))
         if progress:
             it.set_postfix(ppl=f"{math.exp(np.concatenate(nll).mean()):.4f}")

@@ -19,7 +19,7 @@ prompt: ratios 5x to 7500x; plain turbo4 0.40x of it after the float-lane mat-ve
 import numpy as np
 import pytest
 
-from nexvk.model.eval import _log_softmax
+from nexvk.model.eval import kld
 
 CASES = [("f16", {}), ("q8_0", {}), ("q4_0", {}), ("turbo2", {}), ("turbo3", {}),
          ("turbo4", {}), ("turbo2", {"plain": True}), ("turbo3", {"plain": True}),
@@ -36,12 +36,6 @@ def cpu_model(model_path):
 @pytest.fixture(scope="module")
 def ids(model, wikitext):
     return model.tokenizer.encode(wikitext[:4000])[:PROMPT + STEPS]
-
-
-def _kld(ref, other):
-    """KL(ref || other) of the softmaxes of logits rows, per row."""
-    a, b = _log_softmax(ref), _log_softmax(other)
-    return (np.exp(a) * (a - b)).sum(axis=-1)
 
 
 def _state(m):
@@ -93,8 +87,8 @@ def test_cpu_logits_match_numpy_on_the_same_codes(model, cpu_model, ids, f16_log
 
     _restore(m, states[0], ids, PROMPT)           # then on its own codes
     free = np.array([m.forward([tok], m.pos)[-1].copy() for tok in ids[PROMPT:]])
-    drift = _kld(ref, free).mean()
-    own = _kld(f16_logits, ref).mean()            # the format's error (0 for f16)
+    drift = kld(ref, free).mean()
+    own = kld(f16_logits, ref).mean()            # the format's error (0 for f16)
     # two backends' own codes drift apart by what the new rows' flips add up to: below the
     # format's own error (plain turbo4: 0.40x of it after the float-lane mat-vec), a broken
     # kernel lands far above it

@@ -529,7 +529,8 @@ def run_all(device=None, quick=False, progress=True, backends=None, sections=Non
                        "python": platform.python_version(), "numpy": np.__version__,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "sparse_v": SPARSE_V, "peak_keys": PEAK_KEYS, "peak_logit": PEAK_LOGIT,
-                       "loadavg": os.getloadavg(), "threads": threads, "rounds": rounds},
+                       "loadavg": os.getloadavg(), "threads": threads, "rounds": rounds,
+                       "tune": os.environ.get("NEXVK_TUNE", "")},
               "memory": [], "error": [], "codec": [], "attention": [], "e2e": [],
               "concurrency": []}
     steps = plan(quick, backends, device, sections, peer, threads, rounds)
@@ -587,7 +588,8 @@ def format_report(rep):
             f"{', '.join(m['backends'])}; device: "
             f"{dev['name'] + ' / ' + dev['driver'] if dev else 'none'}; {m['started']}, "
             f"{m.get('elapsed_s', 0):.0f} s; load average at start "
-            f"{' '.join(f'{x:.2f}' for x in m.get('loadavg', ()))}\n")
+            f"{' '.join(f'{x:.2f}' for x in m.get('loadavg', ()))}"
+            f"{'; NEXVK_TUNE=' + m['tune'] if m.get('tune') else ''}\n")
     parts = [head,
              table(rep["memory"], [("shape", "shape"), ("format", "format"), ("bits_per_value", "bits/value"),
                                    ("bytes_per_token_layer", "bytes/token/layer"),

@@ -10,11 +10,15 @@ gpu: many invocations per row summed in shared memory, X tiles staged in shared 
 NOTE: llvmpipe compiles mul_mm's unrolled NR x TT tile slowly (~15 s for 16 x 8 on 2 busy
 cores; 16 x 16 runs ~2x faster but takes ~50 s) once per (type, K): Mesa's shader disk cache
 keeps it afterwards. The row count is a push constant so that every shape of a K shares it.
+NEXVK_TUNE overrides entries for a run, e.g. NEXVK_TUNE=attention.TARGET=0,mul_mv.WG=64 (to
+A/B a setting on a new device in one run of `nexvk bench`, or to work around a driver).
 attention TARGET: workgroups a pass of decode attention should fill (kernels/attention.py
 split_size); 0 = the largest splits (lavapipe: few threads, each split costs a reduce).
 The weight layout (ggml_types) is the same for both: measured on lavapipe, row-interleaved
 layouts gained nothing over row-major streams, which GPUs read coalesced.
 """
+import os
+
 TABLE = {
     "cpu": {
         "mul_mv": {"WG": 8, "NR": 8, "TPR": 1},
@@ -35,14 +39,43 @@ TABLE = {
 }
 
 
+def env_overrides(op, text=None):
+    """{key: int} that NEXVK_TUNE (or text) sets for `op`; ValueError naming what is wrong."""
+    text = os.environ.get("NEXVK_TUNE", "") if text is None else text
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, eq, val = item.partition("=")
+        o, dot, key = name.strip().partition(".")
+        table = TABLE["gpu"].get(o)
+        if not (eq and dot and table is not None and key in table):
+            ops = ", ".join(f"{n}.{k}" for n, t in TABLE["gpu"].items() for k in t)
+            raise ValueError(f"NEXVK_TUNE: {item!r} is not OP.KEY=INT with OP.KEY one of {ops}")
+        lo, hi = (0, 1) if key == "SHX" else (0, 1 << 20) if key == "TARGET" else (1, 1 << 16)
+        try:
+            v = int(val)
+        except ValueError:
+            v = lo - 1
+        if not lo <= v <= hi:
+            raise ValueError(f"NEXVK_TUNE: {item!r} needs a whole number from {lo} to {hi}")
+        if o == op:
+            out[key] = v
+    return out
+
+
 def device_kind(dev):
     return "cpu" if dev.info.get("type") == "cpu" else "gpu"
 
 
 def get(dev, op, **override):
-    """The spec constants of `op` on `dev`, with keyword overrides (benchmarks try others)."""
+    """The spec constants of `op` on `dev`: the device kind's table, then NEXVK_TUNE, then
+    keyword overrides (benchmarks try others)."""
     require(dev)
-    p = dict(TABLE[device_kind(dev)][op], **override)
+    p = dict(TABLE[device_kind(dev)][op], **env_overrides(op))
+    p.update(override)
+    most = dev.info.get("limits", {}).get("max_compute_work_group_invocations")
+    if most and p.get("WG", 0) > most:
+        raise ValueError(f"{op}: WG={p['WG']} exceeds {dev.name}'s {most} invocations per "
+                         "workgroup")
     if op == "mul_mv" and (p["TPR"] & (p["TPR"] - 1) or p["WG"] % p["TPR"]):
         raise ValueError(f"mul_mv: TPR={p['TPR']} must be a power of two dividing WG={p['WG']}")
     if op == "rms_norm" and p["WG"] & (p["WG"] - 1):

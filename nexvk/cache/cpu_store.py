@@ -33,6 +33,11 @@ class CpuStore(NumpyStore):
                       for ((kc, ks), (vc, vs), sk, sv) in zip(self.k, self.v, self.sink_k,
                                                               self.sink_v)]
         self.work = np.zeros(LANES + c.head_dim, np.float32)
+        self.xt = np.zeros((1, c.n_kv_heads, c.head_dim), np.float32)
+        self.bounds = [np.array(kf.range_bound() + vf.range_bound(), np.float64)
+                       for kf, vf in zip(c.kfmts, c.vfmts)]
+        self._none = np.zeros((0, 0), np.float32)        # no key transform
+        self._no_q = np.zeros((0, 0, 0), np.float32)
         self._scratch(c.max_heads)
 
     def _scratch(self, heads):
@@ -60,6 +65,19 @@ class CpuStore(NumpyStore):
             if s < T:
                 quantize.encode(knd, x[s:], codes, scales.view(np.uint16), n + s - S,
                                 self.work)
+
+    def append_one(self, layer, n, k, v, q, mean, scale):
+        """One token's k, v (1, HKV, d) float32 at position n >= the layer's sinks, keys
+        through the key transform when mean/scale (float16 (HKV, d)) are given, in one
+        compiled call (quantize.append_one); False (nothing written) when a value is out of
+        range or non-finite, for KVCache's checked path to report."""
+        c = self.c
+        (kc, ks), (vc, vs) = self.k[layer], self.v[layer]
+        m, s = (self._none, self._none) if mean is None else \
+            (mean.astype(np.float32), scale.astype(np.float32))
+        return quantize.append_one(*self.kinds[layer], k, v, self._no_q if q is None else q,
+                                   m, s, self.bounds[layer], kc, ks.view(np.uint16), vc,
+                                   vs.view(np.uint16), n - c.sinks[layer], self.xt, self.work)
 
     def attention(self, layer, q, pos0, scale, thr):
         c = self.c

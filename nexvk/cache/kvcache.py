@@ -144,6 +144,8 @@ class KVCache:
             raise ValueError(f"k and v have different token counts: {k.shape[0]} vs {v.shape[0]}")
         T = k.shape[0]
         self._check_ring(layer, T, "append")
+        if T == 1 and self._append_one(layer, k, v, q):
+            return
         kf = check_vectors(k, self.head_dim, "k").reshape(k.shape)
         vf = check_vectors(v, self.head_dim, "v").reshape(v.shape)
         if q is not None:
@@ -186,6 +188,30 @@ class KVCache:
             self._len[layer] = n + T
             if self.observer is not None:
                 self.observer(layer, n, kf, q)
+
+    def _append_one(self, layer, k, v, q):
+        """A decode token past the sinks, with no fit and no observer, in the store's one
+        compiled call when it has one (the cpu store): the checks, key transform and encoding
+        of the path below, without its numpy calls. False (nothing changed): take that path,
+        which also names whatever the compiled checks refused."""
+        one = getattr(self._impl, "append_one", None)
+        if one is None or self.observer is not None or not all(
+                type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous
+                for x in ((k, v) if q is None else (k, v, q))):
+            return False
+        if q is not None and not (q.ndim == 3 and len(q) == 1 and q.shape[2] == self.head_dim
+                                  and q.shape[1] % self.n_kv_heads == 0):
+            return False
+        with self._lock:
+            n, t = self._len[layer], self.transform
+            if n < self.layer_sinks[layer] or n >= self.capacity or \
+                    (t.active[layer] and not t.ready[layer]):
+                return False
+            tables = (t.mean[layer], t.scale[layer]) if t.active[layer] else (None, None)
+            if not one(layer, n, k, v, q, *tables):
+                return False
+            self._len[layer] = n + 1
+            return True
 
     def _check_storable(self, layer, pos, k, v):
         """ValueError (naming the problem) when rows at positions pos.. cannot be stored:

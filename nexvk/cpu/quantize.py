@@ -124,3 +124,51 @@ def _encode(fid, bits, cent, thr, signs, inv_sqrt_d, x, codes, scales, slot0, wo
         slot += 1
         if slot == codes.shape[0]:
             slot = 0
+
+
+def append_one(kk, vk, k, v, q, mean, scale, limits, kcodes, kscales, vcodes, vscales, slot,
+               xt, work):
+    """One decode token's K and V rows (1, HKV, d) float32 into slot `slot`, keys through the
+    key transform (k - mean) * scale (float32 tables; empty: none), as KVCache.append does it;
+    q, the same position's queries, only checked. limits: (k mult, k lim, v mult, v lim):
+    a row set passes when max|x| * mult <= lim (each format's fp16 range test, or its
+    sufficient condition). True when written; False, with nothing written, when any value is
+    non-finite or a limit is not met: the caller's checked path then says what is wrong."""
+    return _append_one(kk.fid, kk.bits, kk.centroids, kk.thresholds, kk.signs, kk.inv_sqrt_d,
+                       vk.fid, vk.bits, vk.centroids, vk.thresholds, vk.signs, vk.inv_sqrt_d,
+                       k, v, q, mean, scale, limits, kcodes, kscales, vcodes, vscales, slot,
+                       xt, work)
+
+
+@njit(cache=True)
+def _absmax_finite(x):
+    """max |x| over a flat view, or inf when x holds a NaN or Inf."""
+    m = np.float32(0)
+    for i in range(x.size):
+        a = abs(x[i])
+        if not a <= np.float32(3.4028235e38):   # NaN or Inf
+            return np.inf
+        m = max(m, a)
+    return np.float64(m)
+
+
+@njit(cache=True)
+def _append_one(kfid, kbits, kcent, kthr, ksigns, kinv, vfid, vbits, vcent, vthr, vsigns,
+                vinv, k, v, q, mean, scale, limits, kcodes, kscales, vcodes, vscales, slot,
+                xt, work):
+    flat = xt.reshape(-1)
+    kf, mf, sf = k.reshape(-1), mean.reshape(-1), scale.reshape(-1)
+    if mf.size:
+        for i in range(flat.size):
+            flat[i] = (kf[i] - mf[i]) * sf[i]
+    else:
+        flat[:] = kf
+    if _absmax_finite(kf) == np.inf or _absmax_finite(q.reshape(-1)) == np.inf:
+        return False
+    if not _absmax_finite(flat) * limits[0] <= limits[1]:
+        return False
+    if not _absmax_finite(v.reshape(-1)) * limits[2] <= limits[3]:
+        return False
+    _encode(kfid, kbits, kcent, kthr, ksigns, kinv, xt, kcodes, kscales, slot, work)
+    _encode(vfid, vbits, vcent, vthr, vsigns, vinv, v, vcodes, vscales, slot, work)
+    return True

@@ -81,6 +81,11 @@ class Format:
         self.check_range(flat, what)
         return flat
 
+    def range_bound(self):
+        """(mult, limit): rows whose max |value| * mult <= limit can be stored (for turbo
+        formats a sufficient condition; check_range then decides the rest)."""
+        return 1.0, self.max_abs
+
     def check_range(self, flat, what="x"):
         """ValueError when a vector cannot be stored without its fp16 parts overflowing."""
         amax = float(np.abs(flat).max())
@@ -186,12 +191,15 @@ class Turbo(Format):
         self._sqrt_d = float(np.sqrt(head_dim))
         self._norm_limit = 65504.0 * self._sqrt_d * float(np.abs(self.centroids).min())
 
+    def range_bound(self):
+        return self._sqrt_d, self._norm_limit   # no norm exceeds sqrt(d) max|x|
+
     def check_range(self, flat, what="x"):
         """The fp16 norm gamma/||c|| must stay finite; ||c|| is at least sqrt(d) times the
         smallest |centroid|, which bounds the vector norms a turbo format accepts."""
-        limit = self._norm_limit
-        if float(np.abs(flat).max()) * self._sqrt_d <= limit:
-            return   # no norm can exceed sqrt(d) max|x|: one reduction settles it (decode rows)
+        mult, limit = self.range_bound()
+        if float(np.abs(flat).max()) * mult <= limit:
+            return   # one reduction settles it (decode rows)
         norm = float(np.sqrt(np.einsum("nd,nd->n", flat, flat, dtype=np.float64).max()))
         if norm > limit:
             raise ValueError(f"{what} has vector norms up to {norm:.4g}; {self.name} stores the "

@@ -280,9 +280,9 @@ def cmd_chat(args):
     if interactive:
         tell(f"chatting with {m.source.name}; {CHAT_HELP}; Ctrl-C stops a reply, Ctrl-D ends")
     while True:
-        if interactive:
-            _emit("> ")
-        try:
+        try:  # the prompt too: a Ctrl-C right after it is written is still the prompt's
+            if interactive:
+                _emit("> ")
             line = sys.stdin.readline()
         except KeyboardInterrupt:
             if not interactive:

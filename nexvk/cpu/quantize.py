@@ -141,15 +141,15 @@ def append_one(kk, vk, k, v, q, mean, scale, limits, kcodes, kscales, vcodes, vs
 
 
 @njit(cache=True)
-def _absmax_finite(x):
-    """max |x| over a flat view, or inf when x holds a NaN or Inf."""
+def _fits(x, mult, lim):
+    """x (flat) holds only finite values and max |x| * mult <= lim."""
     m = np.float32(0)
     for i in range(x.size):
         a = abs(x[i])
         if not a <= np.float32(3.4028235e38):   # NaN or Inf
-            return np.inf
+            return False
         m = max(m, a)
-    return np.float64(m)
+    return np.float64(m) * mult <= lim
 
 
 @njit(cache=True)
@@ -163,11 +163,9 @@ def _append_one(kfid, kbits, kcent, kthr, ksigns, kinv, vfid, vbits, vcent, vthr
             flat[i] = (kf[i] - mf[i]) * sf[i]
     else:
         flat[:] = kf
-    if _absmax_finite(kf) == np.inf or _absmax_finite(q.reshape(-1)) == np.inf:
-        return False
-    if not _absmax_finite(flat) * limits[0] <= limits[1]:
-        return False
-    if not _absmax_finite(v.reshape(-1)) * limits[2] <= limits[3]:
+    # a non-finite key makes its transformed row non-finite (finite tables): one test each
+    if not (_fits(q.reshape(-1), 0.0, 0.0) and _fits(flat, limits[0], limits[1])
+            and _fits(v.reshape(-1), limits[2], limits[3])):
         return False
     _encode(kfid, kbits, kcent, kthr, ksigns, kinv, xt, kcodes, kscales, slot, work)
     _encode(vfid, vbits, vcent, vthr, vsigns, vinv, v, vcodes, vscales, slot, work)

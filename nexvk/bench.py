@@ -362,9 +362,11 @@ def peer_row(path, cache="f16", ctx=512, decode_tokens=64, name="smollm2-135m", 
 
 def _peer_in_child(path, cache, ctx, decode_tokens, name, threads):
     # NOTE: nexvk.cpu.jit sets OMP_WAIT_POLICY=passive for numba's OpenMP threads; llama.cpp's
-    # OpenMP threads meet at a barrier after every op and slow down ~2.5x when they sleep there
+    # OpenMP threads meet at a barrier after every op and slow down ~2.5x when they sleep there.
+    # llama.cpp runs with OpenMP's defaults: a GOMP_SPINCOUNT given for nexvk is dropped too.
     if os.environ.get("OMP_WAIT_POLICY") == "passive" and "NEXVK_OMP_WAIT_POLICY_SET" in os.environ:
         del os.environ["OMP_WAIT_POLICY"]
+    os.environ.pop("GOMP_SPINCOUNT", None)
     from nexvk.model.gguf import open_gguf
     from nexvk.model.tokenizer import Tokenizer
     return e2e_peer(path, Tokenizer(open_gguf(path)), cache, ctx, decode_tokens, name, threads)
@@ -530,7 +532,7 @@ def run_all(device=None, quick=False, progress=True, backends=None, sections=Non
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "sparse_v": SPARSE_V, "peak_keys": PEAK_KEYS, "peak_logit": PEAK_LOGIT,
                        "loadavg": os.getloadavg(), "threads": threads, "rounds": rounds,
-                       "tune": os.environ.get("NEXVK_TUNE", "")},
+                       "tune": os.environ.get("NEXVK_TUNE", ""), "idle_threads": idle_threads()},
               "memory": [], "error": [], "codec": [], "attention": [], "e2e": [],
               "concurrency": []}
     steps = plan(quick, backends, device, sections, peer, threads, rounds)
@@ -580,6 +582,13 @@ def table(rows, cols, title=None):
     return "\n".join(out) + "\n"
 
 
+def idle_threads():
+    """How the cpu backend's idle OpenMP threads wait (nexvk.cpu.jit; docs/cpu.md, Threads)."""
+    if os.environ.get("GOMP_SPINCOUNT"):
+        return f"spin GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}"
+    return os.environ.get("OMP_WAIT_POLICY", "")
+
+
 def format_report(rep):
     """All tables of a report as text."""
     m = rep["meta"]
@@ -589,7 +598,8 @@ def format_report(rep):
             f"{dev['name'] + ' / ' + dev['driver'] if dev else 'none'}; {m['started']}, "
             f"{m.get('elapsed_s', 0):.0f} s; load average at start "
             f"{' '.join(f'{x:.2f}' for x in m.get('loadavg', ()))}"
-            f"{'; NEXVK_TUNE=' + m['tune'] if m.get('tune') else ''}\n")
+            f"{'; NEXVK_TUNE=' + m['tune'] if m.get('tune') else ''}"
+            f"{'; idle threads: ' + m['idle_threads'] if m.get('idle_threads') else ''}\n")
     parts = [head,
              table(rep["memory"], [("shape", "shape"), ("format", "format"), ("bits_per_value", "bits/value"),
                                    ("bytes_per_token_layer", "bytes/token/layer"),

@@ -67,3 +67,29 @@ def test_rounds_are_merged_into_medians():
     assert bad["error"] == "boom"
     assert peer["decode_tok_s"] == 100.0 and peer["decode_range"] == "90-110"
     assert rows[0]["decode_tok_s"] == 50.0 and "rounds" not in rows[0]   # inputs untouched
+
+
+def test_idle_thread_policy_shown_and_not_passed_to_llama_cpp(monkeypatch):
+    """The bench header says how the cpu backend's idle threads wait (GOMP_SPINCOUNT changes
+    decode speed by ~25% at 2048 keys: docs/cpu.md); the llama.cpp child runs with OpenMP's
+    defaults, without the passive policy nexvk set or a spin count given for nexvk."""
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    assert bench.idle_threads() == "spin GOMP_SPINCOUNT=10000"
+    rep = {"meta": {"nexvk": "0", "quick": False, "backends": ["cpu"], "device": None,
+                    "started": "now", "loadavg": (0.1, 0.1, 0.1),
+                    "idle_threads": bench.idle_threads()}}
+    for k in ("memory", "error", "codec", "attention", "e2e", "concurrency"):
+        rep[k] = []
+    assert "idle threads: spin GOMP_SPINCOUNT=10000" in bench.format_report(rep).splitlines()[0]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    monkeypatch.setenv("NEXVK_OMP_WAIT_POLICY_SET", "1")
+    seen = {}
+
+    def fake_peer(*a):
+        seen.update({k: bench.os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")})
+        return {}
+    monkeypatch.setattr(bench, "e2e_peer", fake_peer)
+    monkeypatch.setattr("nexvk.model.gguf.open_gguf", lambda p: None)
+    monkeypatch.setattr("nexvk.model.tokenizer.Tokenizer", lambda g: None)
+    bench._peer_in_child("m.gguf", "f16", 64, 4, "m", 1)
+    assert seen == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}

@@ -10,7 +10,7 @@ numba's OpenMP layer, threads spinning after each region took the cores from the
 the work whenever the machine had other load (decode 1.1 tok/s with spinning, 13.9 passive,
 11.3 on one thread; SmolLM2, 2 threads, load average 13 here; with one other busy process, a
 short spin, GOMP_SPINCOUNT=10000, still made 2048-key decode steps 2.4x slower). The price
-is ~50 us to wake a sleeping thread per region: on a machine left to nexvk,
+is ~50-100 us to wake a sleeping thread per region: on a machine left to nexvk,
 GOMP_SPINCOUNT=10000 decodes ~25% faster at 2048 keys (docs/cpu.md, Threads).
 """
 import os

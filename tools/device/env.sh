@@ -8,6 +8,7 @@ export LD_LIBRARY_PATH=/tmp/vvl/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_
 export PATH=/tmp/bin:$PATH
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .dev/common/*.whl || echo "pip install failed"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NEXVK_HOME=/tmp/nexvk
+if [ -d .dev/common/keystats ]; then mkdir -p $NEXVK_HOME/keystats && cp .dev/common/keystats/*.npz $NEXVK_HOME/keystats/; fi
 if [ ! -e /usr/share/vulkan/icd.d/nvidia_icd.json ] && [ ! -e /etc/vulkan/icd.d/nvidia_icd.json ]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi

@@ -3,8 +3,9 @@
 # such a machine (this workplace's lent H200: Python 3.12 with numpy, numba, tokenizers, no
 # Vulkan loader, no Kompute, no registry) gets the Kompute wheel built here for its Python,
 # Debian's loader + glvnd libraries (the NVIDIA ICD is libGLX_nvidia, which needs them), the
-# validation layer, spirv-val, gguf, a slice of wikitext and the default model in two parts
-# (each call may carry 64 MiB). Usage: PYTHON=/path/to/python3.12 bash tools/device/prepare.sh
+# validation layer, spirv-val, gguf, a slice of wikitext, the default model's key statistics and
+# the model itself in two parts (each call may carry 64 MiB).
+# Usage: PYTHON=/path/to/python3.12 bash tools/device/prepare.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${PYTHON:?set PYTHON to a python of the same version as the device machine}"
@@ -23,6 +24,18 @@ T=$(mktemp -d); (cd "$T" && apt-get $o download -qq spirv-tools && dpkg -x spirv
 cp "$T"/x/usr/bin/spirv-val .dev/common/ && rm -rf "$T"
 head -c 300000 ../shared/data/wikitext-2-raw-test.txt > .dev/common/wiki-head.txt
 M=$(.venv/bin/python -c 'from nexvk.model.fetch import fetch_default; print(fetch_default(progress=False))')
+# the model's key statistics (~1 MiB; computed here if missing): a fresh device machine would
+# spend ~77 s of device time computing them on its host
+K=$(.venv/bin/python - "$M" <<'PY'
+import sys
+from nexvk.model.fetch import home, sha256
+from nexvk.model.keystats import RECIPE, key_stats
+key_stats(sys.argv[1])
+v = RECIPE["version"]
+print(home() / "keystats" / f"{sha256(sys.argv[1])[:32]}-r{v}.npz")
+PY
+)
+mkdir -p .dev/common/keystats && cp "$K" .dev/common/keystats/
 head -c 45000000 "$M" > .dev/partA/partA
 tail -c +45000001 "$M" > .dev/partB/partB
 du -sh .dev/*

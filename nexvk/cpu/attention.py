@@ -181,9 +181,27 @@ def _dots(qr, tb, p0, window, h0, G, tile, mult, j, m, scores, col):
 
 @njit(cache=True, fastmath=FAST)
 def _accum(acc, it, tb, h0, G, tile, mult, m, scores, col):
-    """acc[it, t, r] += scores[t, h0 + r, col + k] * mult[k] * tile[k] (k < m, weights != 0)."""
+    """acc[it, t, r] += scores[t, h0 + r, col + k] * mult[k] * tile[k] (k < m, weights != 0).
+
+    Four rows per pass over acc (skipped when all four weights are 0): one load and store of
+    acc per four rows instead of per row (a 2048-key SmolLM2 layer's value sums: ~90 -> ~68
+    us). A row of a group whose weight is 0 adds 0 x its tile row, which is finite (a row
+    that was not decoded holds an earlier, decoded one, or the zeros it started with)."""
     d = tile.shape[1]
-    for k in range(m):
+    k = 0
+    while k + 4 <= m:
+        for t in range(tb):
+            for r in range(G):
+                s = scores[t, h0 + r]
+                p0, p1 = s[col + k] * mult[k], s[col + k + 1] * mult[k + 1]
+                p2, p3 = s[col + k + 2] * mult[k + 2], s[col + k + 3] * mult[k + 3]
+                if p0 != 0 or p1 != 0 or p2 != 0 or p3 != 0:
+                    a = acc[it, t, r]
+                    for i in range(d):
+                        a[i] += (p0 * tile[k, i] + p1 * tile[k + 1, i]) + \
+                            (p2 * tile[k + 2, i] + p3 * tile[k + 3, i])
+        k += 4
+    for k in range(k, m):
         for t in range(tb):
             for r in range(G):
                 p = scores[t, h0 + r, col + k] * mult[k]

@@ -138,14 +138,19 @@ def read(f):
     return m
 
 
+def cache_file(path):
+    """Where the key statistics of the model file at `path` are cached: one file per model
+    (its sha256) and recipe version, so that installs of different versions sharing a home
+    keep theirs."""
+    from nexvk.model.fetch import home, sha256
+    return home() / "keystats" / f"{sha256(path)[:32]}-r{RECIPE['version']}.npz"
+
+
 def key_stats(path, progress=False, refresh=False, text=None):
     """The Moments of the model file at `path` (tables(capacity) gives a cache's mean and
     scale): from the cache directory, or computed (and saved there) when missing, stale or
     refresh=True; text: compute them from this text (saved until the next refresh)."""
-    from nexvk.model.fetch import home, sha256
-    digest = sha256(path)
-    # one file per recipe version: installs of different versions sharing a home keep theirs
-    out = home() / "keystats" / f"{digest[:32]}-r{RECIPE['version']}.npz"
+    out = cache_file(path)
     if out.is_file() and not refresh:
         try:
             with np.load(out) as f:

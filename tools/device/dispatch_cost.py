@@ -7,29 +7,25 @@ submission like a step: "chain" (every dispatch on the buffer the last one wrote
 between each two), "independent" (N buffers: no barrier) and "one" (a single dispatch: the
 submission's own cost). Prints the median time per submission over REPS runs and per dispatch
 after subtracting "one", and checks the sums the kernels wrote.
-Usage: python tools/device/dispatch_cost.py [N=256] [SIZE=1024] [REPS=30]
+Usage: python tools/device/dispatch_cost.py [N=256] [SIZE=1024] [REPS=30, at most 50]
 """
 import sys
-import time
 
 import numpy as np
 
+from nexvk.bench import timeit
 from nexvk.device.manager import get_device
 from nexvk.kernels import add, dyn
 
 
 def timed(graph, reps):
-    graph.run()  # recorded and warm
-    t = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        graph.run()
-        t.append(time.perf_counter() - t0)
-    return float(np.median(t))
+    """Median seconds of graph.run() after one warm-up run (which records it)."""
+    return timeit(graph.run, repeat=reps)[0]
 
 
 def main():
     n, size, reps = ([int(a) for a in sys.argv[1:]] + [256, 1024, 30][len(sys.argv) - 1:])[:3]
+    reps = min(reps, 50)   # bench.timeit stops at 50 calls; the sums below count 1 + reps runs
     dev = get_device()
     d = dev.pool.get("dc/dyn", dyn.size(1), np.uint32, kind="device")
     dyn.fill(d.host, 1, 0)

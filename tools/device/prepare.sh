@@ -26,15 +26,8 @@ head -c 300000 ../shared/data/wikitext-2-raw-test.txt > .dev/common/wiki-head.tx
 M=$(.venv/bin/python -c 'from nexvk.model.fetch import fetch_default; print(fetch_default(progress=False))')
 # the model's key statistics (~1 MiB; computed here if missing): a fresh device machine would
 # spend ~77 s of device time computing them on its host
-K=$(.venv/bin/python - "$M" <<'PY'
-import sys
-from nexvk.model.fetch import home, sha256
-from nexvk.model.keystats import RECIPE, key_stats
-key_stats(sys.argv[1])
-v = RECIPE["version"]
-print(home() / "keystats" / f"{sha256(sys.argv[1])[:32]}-r{v}.npz")
-PY
-)
+K=$(.venv/bin/python -c 'import sys; from nexvk.model import keystats as k
+k.key_stats(sys.argv[1]); print(k.cache_file(sys.argv[1]))' "$M")
 mkdir -p .dev/common/keystats && cp "$K" .dev/common/keystats/
 head -c 45000000 "$M" > .dev/partA/partA
 tail -c +45000001 "$M" > .dev/partB/partB

@@ -11,7 +11,8 @@ the work whenever the machine had other load (decode 1.1 tok/s with spinning, 13
 11.3 on one thread; SmolLM2, 2 threads, load average 13 here; with one other busy process, a
 short spin, GOMP_SPINCOUNT=10000, still made 2048-key decode steps 2.4x slower). The price
 is ~50-100 us to wake a sleeping thread per region: on a machine left to nexvk,
-GOMP_SPINCOUNT=10000 decodes ~25% faster at 2048 keys (docs/cpu.md, Threads).
+GOMP_SPINCOUNT=10000 decoded SmolLM2 at 2048 keys 1.3-1.5x as fast in a quiet
+side-by-side pair (docs/cpu.md, Threads).
 """
 import os
 
